@@ -1,0 +1,196 @@
+//! The access log: one structured line per request, written when the response is over.
+//!
+//! A proxied response is over when its body ends, fails, or is dropped because the client
+//! went away, so the record travels inside [`ObservedBody`] and is written from there, with
+//! the bytes sent and the time to the first byte. Headers are never logged: that is how no
+//! key ends up in a log.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::body::BoxError;
+use crate::forward::Attempt;
+
+/// What is known about a request, filled in as it goes through the phases.
+#[derive(Debug)]
+pub struct AccessRecord {
+    pub started: Instant,
+    pub request_id: String,
+    pub method: String,
+    pub path: String,
+    pub endpoint: &'static str,
+    pub model: Option<String>,
+    pub voice: Option<String>,
+    /// Config line of the route taken.
+    pub route: Option<usize>,
+    pub attempts: Vec<Attempt>,
+    pub upstream: Option<String>,
+    pub status: u16,
+    pub bytes_in: u64,
+    pub error: Option<String>,
+}
+
+/// How the response body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Complete,
+    /// The upstream failed mid-body: the client connection is aborted.
+    UpstreamFailed,
+    /// The client went away first.
+    ClientGone,
+}
+
+impl AccessRecord {
+    pub fn new(request_id: String, method: String, path: String) -> AccessRecord {
+        AccessRecord {
+            started: Instant::now(),
+            request_id,
+            method,
+            path,
+            endpoint: "none",
+            model: None,
+            voice: None,
+            route: None,
+            attempts: Vec::new(),
+            upstream: None,
+            status: 0,
+            bytes_in: 0,
+            error: None,
+        }
+    }
+
+    fn attempts_text(&self) -> String {
+        self.attempts
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Writes the line for a response voxgate answered itself (no streamed body).
+    pub fn finish(self, bytes_out: u64) {
+        let ttfb = self.started.elapsed();
+        self.write(bytes_out, Some(ttfb), "complete");
+    }
+
+    fn write(self, bytes_out: u64, ttfb: Option<std::time::Duration>, ending: &str) {
+        let total_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let ttfb_ms = ttfb.map(|t| t.as_secs_f64() * 1000.0);
+        tracing::info!(
+            target: "voxgate::access",
+            request_id = %self.request_id,
+            method = %self.method,
+            path = %self.path,
+            endpoint = self.endpoint,
+            model = self.model.as_deref(),
+            voice = self.voice.as_deref(),
+            route_line = self.route,
+            attempts = %self.attempts_text(),
+            upstream = self.upstream.as_deref(),
+            status = self.status,
+            bytes_in = self.bytes_in,
+            bytes_out,
+            ttfb_ms,
+            total_ms,
+            ending,
+            error = self.error.as_deref(),
+            "request"
+        );
+    }
+}
+
+/// A proxied response body: passes frames through untouched and writes the access record
+/// when it ends, fails or is dropped.
+pub struct ObservedBody<B> {
+    inner: B,
+    record: Option<AccessRecord>,
+    bytes_out: u64,
+    first_byte: Option<Instant>,
+    ending: Ending,
+}
+
+impl<B> ObservedBody<B> {
+    pub fn new(inner: B, record: AccessRecord) -> ObservedBody<B> {
+        ObservedBody {
+            inner,
+            record: Some(record),
+            bytes_out: 0,
+            first_byte: None,
+            ending: Ending::ClientGone,
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some(record) = self.record.take() {
+            let ttfb = self.first_byte.map(|t| t.duration_since(record.started));
+            let ending = match self.ending {
+                Ending::Complete => "complete",
+                Ending::UpstreamFailed => "upstream_failed_mid_body",
+                Ending::ClientGone => "client_gone",
+            };
+            record.write(self.bytes_out, ttfb, ending);
+        }
+    }
+}
+
+impl<B> Drop for ObservedBody<B> {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl<B> Body for ObservedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes_out += data.len() as u64;
+                    if this.first_byte.is_none() && !data.is_empty() {
+                        this.first_byte = Some(Instant::now());
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // Returning the error makes hyper abort the client connection, so a cut
+                // upstream stream is seen as a broken response, never a short clean one.
+                this.ending = Ending::UpstreamFailed;
+                let e: BoxError = e.into();
+                if let Some(r) = this.record.as_mut() {
+                    r.error = Some(e.to_string());
+                }
+                this.close();
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.ending = Ending::Complete;
+                this.close();
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,1037 @@
+//! Configuration: TOML text → raw serde structs → one validated, immutable [`Config`].
+//!
+//! Loading happens in three steps, as in rust-rpxy: `toml` deserialises into the `Raw*`
+//! structs (unknown keys are refused there), [`validate`] turns every raw value into a typed
+//! one (`Uri`, `Duration`, compiled globs, upstream indices) and collects *every* mistake it
+//! finds with its line and column, and the router and upstream clients are built from the
+//! result elsewhere. Nothing is checked per request that could have been checked here.
+//!
+//! Error messages never quote the configuration text: an `api_key` written inline must not
+//! reach a terminal or a log through a typo next to it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::route::{Endpoint, Matcher, Pattern};
+
+/// The built-in default configuration, also printed by `voxgate print-config`.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Where the built-in default config claims to come from in messages.
+pub const DEFAULT_NAME: &str = "<built-in default>";
+
+/// Characters a `set` key may use: they end up inside a multipart `name="…"` parameter.
+fn is_field_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'[' | b']'))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated configuration.
+
+/// A validated configuration: every value typed, every reference resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    /// Sorted by name; routes refer to them by index.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// In file order: the first route that matches wins.
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// A request body larger than this is refused with 413 as soon as that is known.
+    pub max_body_bytes: u64,
+    /// JSON bodies are held whole in memory to be inspected, so they get a tighter limit.
+    pub max_json_bytes: u64,
+    /// How much of one request body is kept in memory for replay before it spills to disk.
+    pub replay_memory_per_request: u64,
+    /// How much request-body memory all requests together may hold before spilling.
+    pub replay_memory_total: u64,
+    /// Directory for spilled request bodies (unlinked files); the OS temp dir by default.
+    pub spill_dir: Option<PathBuf>,
+    /// Time a client has to send its request headers.
+    pub header_read_timeout: Duration,
+    /// Longest pause allowed between two pieces of a request body.
+    pub body_read_timeout: Duration,
+    /// How long in-flight requests may run on after SIGINT/SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// A secret value: shown as `<redacted>` by `Debug`, never by `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// Scheme and authority, plus an optional path prefix; never a query.
+    pub url: Uri,
+    pub connect_timeout: Duration,
+    /// Per try: from sending the request until the response headers arrive.
+    pub response_timeout: Duration,
+    /// Replaces the client's Authorization header when set.
+    pub api_key: Option<Secret>,
+    /// Without an `api_key`, pass the client's Authorization header on (otherwise strip it).
+    pub pass_client_key: bool,
+    pub voice_map: HashMap<String, String>,
+    pub model_map: HashMap<String, String>,
+}
+
+/// A value a route's `set` writes into the request body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    String(String),
+    Integer(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl FieldValue {
+    /// The text a multipart form part carries for this value.
+    pub fn as_form_text(&self) -> String {
+        match self {
+            FieldValue::String(s) => s.clone(),
+            FieldValue::Integer(i) => i.to_string(),
+            FieldValue::Float(f) => f.to_string(),
+            FieldValue::Bool(b) => b.to_string(),
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            FieldValue::String(s) => serde_json::Value::from(s.as_str()),
+            FieldValue::Integer(i) => serde_json::Value::from(*i),
+            FieldValue::Float(f) => serde_json::Value::from(*f),
+            FieldValue::Bool(b) => serde_json::Value::from(*b),
+        }
+    }
+}
+
+/// What makes a failed attempt worth trying on the next upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FallbackPolicy {
+    /// No connection could be made: nothing was sent.
+    pub connect: bool,
+    /// No response headers within the upstream's `response_timeout`.
+    pub timeout: bool,
+    /// The connection broke after the request was sent, before any response header.
+    pub reset: bool,
+    /// Response statuses that send the request on (sorted).
+    pub statuses: Vec<u16>,
+}
+
+impl Default for FallbackPolicy {
+    fn default() -> Self {
+        FallbackPolicy {
+            connect: true,
+            timeout: true,
+            reset: true,
+            statuses: vec![502, 503, 504],
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// 1-based line of the `[[routes]]` entry, for logs and messages.
+    pub line: usize,
+    pub matcher: Matcher,
+    /// Indices into [`Config::upstreams`], tried in order.
+    pub to: Vec<usize>,
+    /// Body fields written before forwarding, in key order.
+    pub set: Vec<(String, FieldValue)>,
+    pub fallback: FallbackPolicy,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors.
+
+/// One mistake in a configuration file, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// Every mistake found in one configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", render_diagnostics(file, diagnostics))]
+    Invalid {
+        file: String,
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+fn render_diagnostics(file: &str, diagnostics: &[Diagnostic]) -> String {
+    diagnostics
+        .iter()
+        .map(|d| format!("{file}:{}:{}: {}", d.line, d.column, d.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Turns byte offsets into 1-based line and column (in characters).
+struct Locator<'a> {
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn at(&self, offset: usize, message: impl Into<String>) -> Diagnostic {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..self.text.floor_char_boundary_compat(offset)];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before[line_start..].chars().count() + 1;
+        Diagnostic {
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+
+    fn span(&self, span: Range<usize>, message: impl Into<String>) -> Diagnostic {
+        self.at(span.start, message)
+    }
+}
+
+trait FloorCharBoundary {
+    fn floor_char_boundary_compat(&self, index: usize) -> usize;
+}
+
+impl FloorCharBoundary for str {
+    fn floor_char_boundary_compat(&self, mut index: usize) -> usize {
+        while index > 0 && !self.is_char_boundary(index) {
+            index -= 1;
+        }
+        index
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading.
+
+impl Config {
+    /// The built-in default configuration, with the environment applied.
+    pub fn builtin() -> Result<Config, ConfigError> {
+        Config::from_toml(DEFAULT_TOML, DEFAULT_NAME)
+    }
+
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates configuration text; `file` names it in messages.
+    pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_with_env(text, file, &|name| std::env::var(name).ok())
+    }
+
+    /// As [`Config::from_toml`], with `${VAR}` looked up through `env`.
+    pub fn from_toml_with_env(
+        text: &str,
+        file: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let locator = Locator { text };
+        let invalid = |diagnostics| ConfigError::Invalid {
+            file: file.to_string(),
+            diagnostics,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            // The message alone: toml's Display would quote the offending line.
+            invalid(vec![locator.at(offset, e.message().trim_end().to_string())])
+        })?;
+        validate(raw, &locator, env).map_err(invalid)
+    }
+
+    pub fn upstream_index(&self, name: &str) -> Option<usize> {
+        self.upstreams.iter().position(|u| u.name == name)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw structs: the file's shape, nothing checked beyond types and key names.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    upstreams: BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<String>>,
+    max_body_bytes: Option<Spanned<i64>>,
+    max_json_bytes: Option<Spanned<i64>>,
+    replay_memory_per_request: Option<Spanned<i64>>,
+    replay_memory_total: Option<Spanned<i64>>,
+    spill_dir: Option<String>,
+    header_read_timeout: Option<Spanned<String>>,
+    body_read_timeout: Option<Spanned<String>>,
+    shutdown_grace: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<LogFormat>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: Spanned<String>,
+    connect_timeout: Option<Spanned<String>>,
+    response_timeout: Option<Spanned<String>>,
+    api_key: Option<Spanned<String>>,
+    #[serde(default)]
+    pass_client_key: bool,
+    #[serde(default)]
+    voice_map: HashMap<String, String>,
+    #[serde(default)]
+    model_map: HashMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    #[serde(rename = "match", default)]
+    matches: RawMatch,
+    to: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    set: BTreeMap<String, Spanned<toml::Value>>,
+    fallback_on: Option<Spanned<Vec<Spanned<toml::Value>>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    endpoint: Option<Spanned<toml::Value>>,
+    method: Option<Spanned<toml::Value>>,
+    path: Option<Spanned<toml::Value>>,
+    model: Option<Spanned<toml::Value>>,
+    voice: Option<Spanned<toml::Value>>,
+    response_format: Option<Spanned<toml::Value>>,
+    stream: Option<bool>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation: raw → typed, every mistake collected.
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
+const DEFAULT_MAX_BODY: u64 = 26_214_400;
+const DEFAULT_MAX_JSON: u64 = 1_048_576;
+const DEFAULT_REPLAY_PER_REQUEST: u64 = 4 * 1_048_576;
+const DEFAULT_REPLAY_TOTAL: u64 = 64 * 1_048_576;
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Validator<'a> {
+    locator: &'a Locator<'a>,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let d = self.locator.span(span, message);
+        self.diagnostics.push(d);
+    }
+
+    fn duration(
+        &mut self,
+        value: Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some(value) = value else { return default };
+        match humantime::parse_duration(value.get_ref()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.error(value.span(), format!("`{key}` must be longer than zero"));
+                default
+            }
+            Err(e) => {
+                self.error(
+                    value.span(),
+                    format!("`{key}` is not a duration such as \"500ms\" or \"30s\": {e}"),
+                );
+                default
+            }
+        }
+    }
+
+    fn size(&mut self, value: Option<Spanned<i64>>, key: &str, default: u64) -> u64 {
+        let Some(value) = value else { return default };
+        match u64::try_from(*value.get_ref()) {
+            Ok(n) if n > 0 => n,
+            _ => {
+                self.error(
+                    value.span(),
+                    format!("`{key}` must be a positive number of bytes"),
+                );
+                default
+            }
+        }
+    }
+
+    /// Expands `${VAR}` and `${VAR:-default}`.
+    fn expand(&mut self, value: &Spanned<String>, key: &str) -> String {
+        let text = value.get_ref();
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text.as_str();
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let Some(len) = rest[start..].find('}') else {
+                self.error(value.span(), format!("`{key}` has an unclosed `${{`"));
+                return out;
+            };
+            let inner = &rest[start + 2..start + len];
+            let (name, default) = match inner.split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (inner, None),
+            };
+            let valid_name =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid_name {
+                self.error(
+                    value.span(),
+                    format!("`{key}` names an invalid environment variable `{name}`"),
+                );
+            } else {
+                match ((self.env)(name), default) {
+                    (Some(v), _) => out.push_str(&v),
+                    (None, Some(d)) => out.push_str(d),
+                    (None, None) => self.error(
+                        value.span(),
+                        format!(
+                            "`{key}` uses ${{{name}}}, which is not set in the environment \
+                             (write ${{{name}:-}} to allow it to be empty)"
+                        ),
+                    ),
+                }
+            }
+            rest = &rest[start + len + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    fn url(&mut self, name: &str, value: &Spanned<String>) -> Uri {
+        let fallback = Uri::from_static("http://127.0.0.1");
+        let text = self.expand(value, "url");
+        let uri: Uri = match text.parse() {
+            Ok(uri) => uri,
+            Err(e) => {
+                self.error(
+                    value.span(),
+                    format!("upstream `{name}`: `url` is not a valid URL: {e}"),
+                );
+                return fallback;
+            }
+        };
+        let problem = match (uri.scheme_str(), uri.authority()) {
+            (Some("http" | "https"), Some(_)) if uri.query().is_some() => {
+                Some("must not have a query string".to_string())
+            }
+            (Some("http" | "https"), Some(_)) => {
+                let path = uri.path().trim_end_matches('/');
+                if path.ends_with("/v1") {
+                    Some(
+                        "must not end in /v1: voxgate appends the full request path \
+                         (/v1/audio/speech, …) itself"
+                            .to_string(),
+                    )
+                } else {
+                    None
+                }
+            }
+            (Some(scheme), _) if scheme != "http" && scheme != "https" => {
+                Some(format!("has scheme `{scheme}`; use http or https"))
+            }
+            _ => Some("must be an absolute http:// or https:// URL with a host".to_string()),
+        };
+        match problem {
+            Some(p) => {
+                self.error(value.span(), format!("upstream `{name}`: `url` {p}"));
+                fallback
+            }
+            None => uri,
+        }
+    }
+
+    /// A match value: a string or a list of strings, each a glob.
+    fn pattern(&mut self, value: Option<Spanned<toml::Value>>, key: &str) -> Option<Pattern> {
+        let value = value?;
+        let span = value.span();
+        let items: Vec<String> = match value.into_inner() {
+            toml::Value::String(s) => vec![s],
+            toml::Value::Array(items) => {
+                let mut strings = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        toml::Value::String(s) => strings.push(s),
+                        _ => {
+                            self.error(
+                                span.clone(),
+                                format!("match `{key}` must list strings only"),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                if strings.is_empty() {
+                    self.error(span, format!("match `{key}` is an empty list"));
+                    return None;
+                }
+                strings
+            }
+            _ => {
+                self.error(
+                    span,
+                    format!("match `{key}` must be a string or a list of strings"),
+                );
+                return None;
+            }
+        };
+        match Pattern::new(&items) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.error(span, format!("match `{key}`: {e}"));
+                None
+            }
+        }
+    }
+
+    fn matcher(&mut self, raw: RawMatch) -> Matcher {
+        let mut matcher = Matcher {
+            stream: raw.stream,
+            ..Matcher::default()
+        };
+        if let Some(endpoint) = raw.endpoint {
+            let span = endpoint.span();
+            if let Some(pattern) = self.pattern(Some(endpoint), "endpoint") {
+                let endpoints: Vec<Endpoint> = Endpoint::ALL
+                    .into_iter()
+                    .filter(|e| pattern.matches(e.name()))
+                    .collect();
+                for literal in pattern.literals() {
+                    if Endpoint::from_name(literal).is_none() {
+                        self.error(
+                            span.clone(),
+                            format!(
+                                "unknown endpoint `{literal}`; expected speech, transcriptions, \
+                                 translations or other"
+                            ),
+                        );
+                    }
+                }
+                if endpoints.is_empty() {
+                    self.error(span, "match `endpoint` matches no endpoint");
+                }
+                matcher.endpoints = Some(endpoints);
+            }
+        }
+        if let Some(method) = raw.method {
+            let span = method.span();
+            if let Some(pattern) = self.pattern(Some(method), "method") {
+                for literal in pattern.literals() {
+                    if http::Method::from_bytes(literal.as_bytes()).is_err() {
+                        self.error(span.clone(), format!("`{literal}` is not an HTTP method"));
+                    }
+                }
+                matcher.method = Some(pattern);
+            }
+        }
+        matcher.path = self.pattern(raw.path, "path");
+        matcher.model = self.pattern(raw.model, "model");
+        matcher.voice = self.pattern(raw.voice, "voice");
+        matcher.response_format = self.pattern(raw.response_format, "response_format");
+        matcher
+    }
+
+    fn fallback(&mut self, raw: Option<Spanned<Vec<Spanned<toml::Value>>>>) -> FallbackPolicy {
+        let Some(raw) = raw else {
+            return FallbackPolicy::default();
+        };
+        let mut policy = FallbackPolicy {
+            connect: false,
+            timeout: false,
+            reset: false,
+            statuses: Vec::new(),
+        };
+        for item in raw.into_inner() {
+            let span = item.span();
+            match item.into_inner() {
+                toml::Value::String(s) if s == "connect" => policy.connect = true,
+                toml::Value::String(s) if s == "timeout" => policy.timeout = true,
+                toml::Value::String(s) if s == "reset" => policy.reset = true,
+                toml::Value::Integer(n) if (400..=599).contains(&n) => {
+                    policy.statuses.push(n as u16)
+                }
+                _ => self.error(
+                    span,
+                    "`fallback_on` entries are \"connect\", \"timeout\", \"reset\" or a status \
+                     from 400 to 599",
+                ),
+            }
+        }
+        policy.statuses.sort_unstable();
+        policy.statuses.dedup();
+        policy
+    }
+
+    fn set_value(&mut self, key: &str, value: Spanned<toml::Value>) -> Option<FieldValue> {
+        let span = value.span();
+        if !is_field_name(key) {
+            self.error(
+                span.clone(),
+                format!("`set` key `{key}` may use only letters, digits and _ - . [ ]"),
+            );
+        }
+        match value.into_inner() {
+            toml::Value::String(s) => Some(FieldValue::String(s)),
+            toml::Value::Integer(i) => Some(FieldValue::Integer(i)),
+            toml::Value::Float(f) => Some(FieldValue::Float(f)),
+            toml::Value::Boolean(b) => Some(FieldValue::Bool(b)),
+            _ => {
+                self.error(
+                    span,
+                    format!("`set.{key}` must be a string, number or boolean"),
+                );
+                None
+            }
+        }
+    }
+}
+
+fn validate(
+    raw: RawConfig,
+    locator: &Locator<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<Diagnostic>> {
+    let mut v = Validator {
+        locator,
+        env,
+        diagnostics: Vec::new(),
+    };
+
+    let listen = match &raw.server.listen {
+        None => DEFAULT_LISTEN.parse().ok(),
+        Some(l) => match l.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                v.error(
+                    l.span(),
+                    "`listen` must be an IP address and port such as \"127.0.0.1:9000\"",
+                );
+                None
+            }
+        },
+    };
+    let server = ServerConfig {
+        listen: listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9000))),
+        max_body_bytes: v.size(
+            raw.server.max_body_bytes,
+            "max_body_bytes",
+            DEFAULT_MAX_BODY,
+        ),
+        max_json_bytes: v.size(
+            raw.server.max_json_bytes,
+            "max_json_bytes",
+            DEFAULT_MAX_JSON,
+        ),
+        replay_memory_per_request: v.size(
+            raw.server.replay_memory_per_request,
+            "replay_memory_per_request",
+            DEFAULT_REPLAY_PER_REQUEST,
+        ),
+        replay_memory_total: v.size(
+            raw.server.replay_memory_total,
+            "replay_memory_total",
+            DEFAULT_REPLAY_TOTAL,
+        ),
+        spill_dir: raw.server.spill_dir.map(PathBuf::from),
+        header_read_timeout: v.duration(
+            raw.server.header_read_timeout,
+            "header_read_timeout",
+            Duration::from_secs(10),
+        ),
+        body_read_timeout: v.duration(
+            raw.server.body_read_timeout,
+            "body_read_timeout",
+            Duration::from_secs(30),
+        ),
+        shutdown_grace: v.duration(
+            raw.server.shutdown_grace,
+            "shutdown_grace",
+            Duration::from_secs(30),
+        ),
+    };
+
+    let mut upstreams = Vec::with_capacity(raw.upstreams.len());
+    for (name, u) in raw.upstreams {
+        let url = v.url(&name, &u.url);
+        let api_key = u.api_key.as_ref().and_then(|k| {
+            let key = v.expand(k, "api_key");
+            if key.bytes().any(|b| b.is_ascii_control() || b == b' ') && !key.is_empty() {
+                v.error(
+                    k.span(),
+                    "`api_key` must not contain spaces or control characters",
+                );
+                return None;
+            }
+            (!key.is_empty()).then_some(Secret(key))
+        });
+        upstreams.push(UpstreamConfig {
+            connect_timeout: v.duration(
+                u.connect_timeout,
+                "connect_timeout",
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
+            response_timeout: v.duration(
+                u.response_timeout,
+                "response_timeout",
+                DEFAULT_RESPONSE_TIMEOUT,
+            ),
+            name,
+            url,
+            api_key,
+            pass_client_key: u.pass_client_key,
+            voice_map: u.voice_map,
+            model_map: u.model_map,
+        });
+    }
+
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    if raw.routes.is_empty() {
+        v.error(
+            0..0,
+            "no [[routes]]: every request would be refused; add at least one route",
+        );
+    }
+    for route in raw.routes {
+        let line = locator.at(route.span().start, "").line;
+        let route = route.into_inner();
+        let to_span = route.to.span();
+        let mut to = Vec::new();
+        for name in route.to.into_inner() {
+            match upstreams.iter().position(|u| u.name == *name.get_ref()) {
+                Some(i) => to.push(i),
+                None => {
+                    let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+                    v.error(
+                        name.span(),
+                        format!(
+                            "unknown upstream `{}` (defined: {})",
+                            name.get_ref(),
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    );
+                }
+            }
+        }
+        if to.is_empty() && v.diagnostics.is_empty() {
+            v.error(to_span, "`to` must name at least one upstream");
+        }
+        let matcher = v.matcher(route.matches);
+        let mut set = Vec::new();
+        for (key, value) in route.set {
+            if let Some(value) = v.set_value(&key, value) {
+                set.push((key, value));
+            }
+        }
+        let fallback = v.fallback(route.fallback_on);
+        routes.push(RouteConfig {
+            line,
+            matcher,
+            to,
+            set,
+            fallback,
+        });
+    }
+
+    if v.diagnostics.is_empty() {
+        Ok(Config {
+            server,
+            log: LogConfig {
+                format: raw.log.format.unwrap_or(LogFormat::Text),
+            },
+            upstreams,
+            routes,
+        })
+    } else {
+        v.diagnostics.sort_by_key(|d| (d.line, d.column));
+        Err(v.diagnostics)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn load(text: &str) -> Result<Config, Vec<Diagnostic>> {
+        match Config::from_toml_with_env(text, "test.toml", &no_env) {
+            Ok(c) => Ok(c),
+            Err(ConfigError::Invalid { diagnostics, .. }) => Err(diagnostics),
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+
+    fn errors(text: &str) -> Vec<(usize, usize, String)> {
+        load(text)
+            .expect_err("config should be refused")
+            .into_iter()
+            .map(|d| (d.line, d.column, d.message))
+            .collect()
+    }
+
+    const MINIMAL: &str = r#"
+[upstreams.a]
+url = "http://127.0.0.1:1"
+
+[[routes]]
+to = ["a"]
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(c.server.max_body_bytes, 26_214_400);
+        assert_eq!(c.upstreams[0].connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.routes[0].fallback, FallbackPolicy::default());
+        assert_eq!(c.routes[0].line, 5);
+    }
+
+    #[test]
+    fn builtin_default_is_valid() {
+        let c = Config::from_toml_with_env(DEFAULT_TOML, DEFAULT_NAME, &no_env).unwrap();
+        assert_eq!(c.routes.len(), 3);
+        let openai = &c.upstreams[c.upstream_index("openai").unwrap()];
+        assert!(
+            openai.api_key.is_none(),
+            "empty ${{OPENAI_API_KEY:-}} means no key"
+        );
+        assert_eq!(
+            openai.voice_map.get("af_sky").map(String::as_str),
+            Some("nova")
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let e = errors("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].0, e[0].1), (3, 1));
+        assert!(e[0].2.contains("lisen"), "{}", e[0].2);
+    }
+
+    #[test]
+    fn unknown_upstream_name_is_located() {
+        let e = errors(
+            "[upstreams.kokoro]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\nto = [\"kokoro\", \"opnai\"]\n",
+        );
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].0, e[0].1), (4, 17));
+        assert!(e[0].2.contains("unknown upstream `opnai`"));
+        assert!(e[0].2.contains("kokoro"));
+    }
+
+    #[test]
+    fn bad_duration_is_located() {
+        let e = errors(&format!(
+            "{MINIMAL}\n[upstreams.b]\nurl = \"http://x\"\nconnect_timeout = \"3 parsecs\"\n"
+        ));
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].0, e[0].1), (10, 19));
+        assert!(e[0].2.contains("connect_timeout"));
+    }
+
+    #[test]
+    fn zero_duration_is_refused() {
+        let e = errors(&format!("{MINIMAL}\n[server]\nshutdown_grace = \"0s\"\n"));
+        assert!(e[0].2.contains("longer than zero"));
+    }
+
+    #[test]
+    fn bad_urls_are_refused_with_reasons() {
+        for (url, why) in [
+            ("ftp://host", "scheme"),
+            ("127.0.0.1:8880", "absolute"),
+            ("http://host/v1", "/v1"),
+            ("http://host/?a=b", "query"),
+            ("http://ho st", "valid URL"),
+        ] {
+            let e = errors(&format!(
+                "[upstreams.a]\nurl = \"{url}\"\n[[routes]]\nto = [\"a\"]\n"
+            ));
+            assert_eq!(e.len(), 1, "{url}: {e:?}");
+            assert_eq!((e[0].0, e[0].1), (2, 7), "{url}");
+            assert!(e[0].2.contains(why), "{url}: {}", e[0].2);
+        }
+    }
+
+    #[test]
+    fn bad_glob_is_located() {
+        let e = errors(&format!(
+            "{MINIMAL}\n[[routes]]\nmatch = {{ voice = \"af_[\" }}\nto = [\"a\"]\n"
+        ));
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].0, 9);
+        assert!(e[0].2.contains("voice"), "{}", e[0].2);
+    }
+
+    #[test]
+    fn unknown_endpoint_is_refused() {
+        let e = errors(&format!(
+            "{MINIMAL}\n[[routes]]\nmatch = {{ endpoint = \"speach\" }}\nto = [\"a\"]\n"
+        ));
+        assert!(e[0].2.contains("unknown endpoint `speach`"), "{e:?}");
+    }
+
+    #[test]
+    fn every_error_is_reported_not_just_the_first() {
+        let e = errors(
+            "[server]\nlisten = \"nowhere\"\n[upstreams.a]\nurl = \"ftp://x\"\nresponse_timeout = \"soon\"\n[[routes]]\nto = [\"b\"]\nfallback_on = [\"sometimes\"]\n",
+        );
+        let lines: Vec<usize> = e.iter().map(|d| d.0).collect();
+        assert_eq!(lines, vec![2, 4, 5, 7, 8], "{e:?}");
+    }
+
+    #[test]
+    fn fallback_on_is_parsed() {
+        let c = load(&format!(
+            "{MINIMAL}fallback_on = [\"connect\", 503, 429, 503]\n"
+        ))
+        .unwrap();
+        let p = &c.routes[0].fallback;
+        assert!(p.connect && !p.timeout && !p.reset);
+        assert_eq!(p.statuses, vec![429, 503]);
+        let e = errors(&format!("{MINIMAL}fallback_on = [200]\n"));
+        assert_eq!(e[0].0, 7);
+    }
+
+    #[test]
+    fn env_vars_expand_and_unset_ones_are_errors() {
+        let env = |name: &str| (name == "KEY").then(|| "sk-test".to_string());
+        let text = "[upstreams.a]\nurl = \"http://127.0.0.1:1\"\napi_key = \"${KEY}\"\n[upstreams.b]\nurl = \"http://127.0.0.1:1\"\napi_key = \"${MISSING:-}\"\n[[routes]]\nto = [\"a\", \"b\"]\n";
+        let c = Config::from_toml_with_env(text, "t", &env).unwrap();
+        assert_eq!(c.upstreams[0].api_key.as_ref().unwrap().expose(), "sk-test");
+        assert!(c.upstreams[1].api_key.is_none());
+        let e = errors("[upstreams.a]\nurl = \"http://127.0.0.1:1\"\napi_key = \"${MISSING}\"\n[[routes]]\nto = [\"a\"]\n");
+        assert_eq!((e[0].0, e[0].1), (3, 11));
+        assert!(e[0].2.contains("MISSING"));
+    }
+
+    #[test]
+    fn errors_never_quote_secrets() {
+        let text = "[upstreams.a]\nurl = \"http://127.0.0.1:1\"\napi_key = \"sk-secret-value\" oops\n[[routes]]\nto = [\"a\"]\n";
+        let err = Config::from_toml_with_env(text, "t.toml", &no_env).unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.starts_with("t.toml:3:"), "{shown}");
+        assert!(!shown.contains("sk-secret-value"), "{shown}");
+        let c = load("[upstreams.a]\nurl = \"http://127.0.0.1:1\"\napi_key = \"sk-secret-value\"\n[[routes]]\nto = [\"a\"]\n").unwrap();
+        assert!(!format!("{c:?}").contains("sk-secret-value"));
+    }
+
+    #[test]
+    fn set_values_are_typed_and_keys_checked() {
+        let c = load(&format!(
+            "{MINIMAL}set = {{ model = \"tts-1\", speed = 1.5, n = 2, stream = true }}\n"
+        ))
+        .unwrap();
+        let set = &c.routes[0].set;
+        assert_eq!(set[0], ("model".into(), FieldValue::String("tts-1".into())));
+        assert!(set.contains(&("speed".into(), FieldValue::Float(1.5))));
+        let e = errors(&format!("{MINIMAL}set = {{ \"bad\\\"key\" = \"x\" }}\n"));
+        assert!(e[0].2.contains("may use only"), "{e:?}");
+        let e = errors(&format!("{MINIMAL}set = {{ model = [1] }}\n"));
+        assert!(e[0].2.contains("string, number or boolean"), "{e:?}");
+    }
+
+    #[test]
+    fn a_config_without_routes_is_refused() {
+        let e = errors("[upstreams.a]\nurl = \"http://127.0.0.1:1\"\n");
+        assert!(e[0].2.contains("no [[routes]]"));
+    }
+
+    #[test]
+    fn wrong_types_are_located() {
+        let e = errors(&format!("{MINIMAL}\n[server]\nmax_body_bytes = \"big\"\n"));
+        assert_eq!(e[0].0, 9);
+        let e = errors(&format!("{MINIMAL}\n[server]\nmax_body_bytes = -1\n"));
+        assert!(e[0].2.contains("positive"));
+    }
+}

@@ -1,0 +1,315 @@
+//! Forwarding with fallback: try a route's upstreams in order until one answers.
+//!
+//! The rules live in one place, [`falls_back`]: a connect failure, a missing response within
+//! the per-try timeout, a connection broken before the response, or a status listed in the
+//! route's `fallback_on` sends the request on to the next upstream — and nothing else does.
+//! The decision is taken on the response *headers*, before a single response byte has gone
+//! to the client; once a response is handed back it is the client's, whatever happens to
+//! its body. Every attempt is recorded for the access log and for the error message when
+//! all of them fail.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::config::{FallbackPolicy, RouteConfig};
+use crate::error::ApiError;
+use crate::payload::{Edits, Payload};
+use crate::upstream::{AttemptError, Upstream};
+
+/// What became of one attempt.
+#[derive(Debug)]
+pub enum AttemptResult {
+    /// The response went to the client.
+    Answered(StatusCode),
+    /// The status was in `fallback_on`; `detail` is the gist of its error body.
+    Refused {
+        status: StatusCode,
+        detail: Option<String>,
+    },
+    /// No response at all.
+    Failed(AttemptError),
+}
+
+#[derive(Debug)]
+pub struct Attempt {
+    pub upstream: String,
+    pub result: AttemptResult,
+    pub elapsed: Duration,
+}
+
+impl fmt::Display for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.elapsed.as_secs_f64() * 1000.0;
+        match &self.result {
+            AttemptResult::Answered(s) => {
+                write!(f, "{}: {} ({ms:.1} ms)", self.upstream, s.as_u16())
+            }
+            AttemptResult::Refused { status, detail } => {
+                write!(f, "{}: answered {}", self.upstream, status.as_u16())?;
+                if let Some(d) = detail {
+                    write!(f, " \"{d}\"")?;
+                }
+                write!(f, " ({ms:.1} ms)")
+            }
+            AttemptResult::Failed(e) => write!(f, "{}: {e} ({ms:.1} ms)", self.upstream),
+        }
+    }
+}
+
+/// The one place that decides whether a failed attempt goes on to the next upstream.
+pub fn falls_back(policy: &FallbackPolicy, outcome: Result<StatusCode, &AttemptError>) -> bool {
+    match outcome {
+        Ok(status) => policy.statuses.contains(&status.as_u16()),
+        Err(AttemptError::Connect(_)) => policy.connect,
+        Err(AttemptError::Timeout(_)) => policy.timeout,
+        Err(AttemptError::Reset(_)) => policy.reset,
+    }
+}
+
+/// Every upstream of the route was tried, or the policy forbade going on.
+#[derive(Debug)]
+pub struct Exhausted {
+    /// Whether the last failure was one the route does not fall back on.
+    pub stopped_by_policy: bool,
+    pub summary: String,
+    pub all_timeouts: bool,
+}
+
+impl Exhausted {
+    pub fn api_error(&self) -> ApiError {
+        let status = if self.all_timeouts {
+            StatusCode::GATEWAY_TIMEOUT
+        } else {
+            StatusCode::BAD_GATEWAY
+        };
+        let lead = if self.stopped_by_policy {
+            "upstream failed and the route does not fall back on that"
+        } else {
+            "no upstream could answer"
+        };
+        ApiError::new(status, "server_error", format!("{lead}: {}", self.summary))
+            .with_code("upstream_unavailable")
+            // voxgate already did the retrying an SDK would do, against every upstream.
+            .with_should_retry(false)
+    }
+}
+
+/// The request line and headers as the client sent them, normalised.
+pub struct RequestHead<'a> {
+    pub method: &'a Method,
+    pub path_and_query: &'a str,
+    pub headers: &'a HeaderMap,
+    pub request_id: &'a HeaderValue,
+}
+
+/// Tries the route's upstreams in order. On success returns the index (into `upstreams`) of
+/// the one that answered, with its response.
+pub async fn forward(
+    upstreams: &[Upstream],
+    route: &RouteConfig,
+    payload: &Payload,
+    head: &RequestHead<'_>,
+    attempts: &mut Vec<Attempt>,
+) -> Result<(usize, Response<Incoming>), Exhausted> {
+    let mut stopped_by_policy = false;
+    for &index in &route.to {
+        let upstream = &upstreams[index];
+        let edits = Edits {
+            set: &route.set,
+            model_map: &upstream.config.model_map,
+            voice_map: &upstream.config.voice_map,
+        };
+        let started = Instant::now();
+        let result = upstream
+            .send(
+                head.method,
+                head.path_and_query,
+                head.headers,
+                head.request_id,
+                payload.render(&edits),
+            )
+            .await;
+        let record = |result| Attempt {
+            upstream: upstream.name().to_string(),
+            result,
+            elapsed: started.elapsed(),
+        };
+        match result {
+            Ok(response) if !falls_back(&route.fallback, Ok(response.status())) => {
+                attempts.push(record(AttemptResult::Answered(response.status())));
+                return Ok((index, response));
+            }
+            Ok(response) => {
+                let status = response.status();
+                let detail = error_detail(response).await;
+                attempts.push(record(AttemptResult::Refused { status, detail }));
+            }
+            Err(e) => {
+                let go_on = falls_back(&route.fallback, Err(&e));
+                attempts.push(record(AttemptResult::Failed(e)));
+                if !go_on {
+                    stopped_by_policy = true;
+                    break;
+                }
+            }
+        }
+    }
+    let summary = attempts
+        .iter()
+        .map(Attempt::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let all_timeouts = !attempts.is_empty()
+        && attempts
+            .iter()
+            .all(|a| matches!(a.result, AttemptResult::Failed(AttemptError::Timeout(_))));
+    Err(Exhausted {
+        stopped_by_policy,
+        summary,
+        all_timeouts,
+    })
+}
+
+/// The message of a refused response, if its body is short and arrives at once: enough to
+/// tell "model not found" from "overloaded" in the final error, never worth a wait.
+async fn error_detail(response: Response<Incoming>) -> Option<String> {
+    const MAX: usize = 2048;
+    let mut body = response.into_body();
+    let mut buf = Vec::new();
+    let read = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                buf.extend_from_slice(&data);
+                if buf.len() > MAX {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(250), read).await;
+    message_of(&Bytes::from(buf))
+}
+
+/// Finds the human message in the error bodies the known upstreams write.
+fn message_of(body: &[u8]) -> Option<String> {
+    let text = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => {
+            let candidates = [
+                v.pointer("/error/message"),
+                v.pointer("/detail/message"),
+                v.pointer("/detail"),
+                v.pointer("/error"),
+                v.pointer("/message"),
+            ];
+            candidates
+                .into_iter()
+                .flatten()
+                .find_map(|c| c.as_str().map(str::to_string))?
+        }
+        Err(_) => String::from_utf8_lossy(body).trim().to_string(),
+    };
+    let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+    (!text.is_empty()).then_some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(connect: bool, timeout: bool, reset: bool, statuses: &[u16]) -> FallbackPolicy {
+        FallbackPolicy {
+            connect,
+            timeout,
+            reset,
+            statuses: statuses.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_default_policy_falls_back_on_exactly_its_triggers() {
+        let p = FallbackPolicy::default();
+        for code in 100..=599u16 {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert_eq!(
+                falls_back(&p, Ok(status)),
+                matches!(code, 502..=504),
+                "status {code}"
+            );
+        }
+        assert!(falls_back(
+            &p,
+            Err(&AttemptError::Connect("refused".into()))
+        ));
+        assert!(falls_back(
+            &p,
+            Err(&AttemptError::Timeout(Duration::from_secs(1)))
+        ));
+        assert!(falls_back(&p, Err(&AttemptError::Reset("reset".into()))));
+    }
+
+    #[test]
+    fn each_trigger_can_be_turned_off_alone() {
+        let connect = AttemptError::Connect("x".into());
+        let timeout = AttemptError::Timeout(Duration::from_secs(1));
+        let reset = AttemptError::Reset("x".into());
+        for (c, t, r) in [
+            (true, false, false),
+            (false, true, false),
+            (false, false, true),
+        ] {
+            let p = policy(c, t, r, &[429]);
+            assert_eq!(falls_back(&p, Err(&connect)), c);
+            assert_eq!(falls_back(&p, Err(&timeout)), t);
+            assert_eq!(falls_back(&p, Err(&reset)), r);
+            assert!(falls_back(&p, Ok(StatusCode::TOO_MANY_REQUESTS)));
+            assert!(!falls_back(&p, Ok(StatusCode::SERVICE_UNAVAILABLE)));
+        }
+    }
+
+    #[test]
+    fn error_messages_are_found_in_every_dialect() {
+        let cases: [(&[u8], Option<&str>); 6] = [
+            (
+                br#"{"error":{"message":"overloaded","type":"server_error"}}"#,
+                Some("overloaded"),
+            ),
+            (
+                br#"{"detail":{"error":"x","message":"voice not found","type":"v"}}"#,
+                Some("voice not found"),
+            ),
+            (br#"{"detail":"Not Found"}"#, Some("Not Found")),
+            (br#"{"error":"model busy"}"#, Some("model busy")),
+            (
+                b"<html>502 Bad Gateway</html>\n",
+                Some("<html>502 Bad Gateway</html>"),
+            ),
+            (b"", None),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(message_of(body).as_deref(), expected);
+        }
+    }
+
+    #[test]
+    fn exhausted_maps_to_502_or_504_without_retry() {
+        let e = Exhausted {
+            stopped_by_policy: false,
+            summary: "a: connect failed".into(),
+            all_timeouts: false,
+        };
+        let api = e.api_error();
+        assert_eq!(api.status, 502);
+        assert_eq!(api.should_retry, Some(false));
+        assert!(api.message.contains("a: connect failed"));
+        let e = Exhausted {
+            all_timeouts: true,
+            ..e
+        };
+        assert_eq!(e.api_error().status, 504);
+    }
+}

@@ -1,0 +1,618 @@
+//! Intake: reading a client's request body, within limits, into a [`Payload`].
+//!
+//! Every body is read to its end before routing, because the fields that decide the route
+//! may come last (openai-node sends the file part first, chunked, with no Content-Length).
+//! While it is read: the size limit is enforced on the bytes as they arrive (413 as soon as
+//! it is crossed, or at once from Content-Length), a stalled client is cut off, multipart is
+//! parsed by `multer` with file parts going straight to the replay [`Spool`], and only the
+//! small text parts and JSON bodies are held in memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{self, Stream};
+use http::{header, HeaderMap, StatusCode};
+use http_body::Body;
+use http_body_util::BodyExt;
+use serde_json::Value;
+
+use crate::body::BoxError;
+use crate::error::ApiError;
+use crate::payload::{part_head, FormBody, FormPart, JsonBody, PartValue, Payload};
+use crate::spool::{SpoolLimits, SpoolWriter};
+
+/// Text parts (model, prompt, …) are held in memory: each gets this much at most.
+pub const MAX_TEXT_PART_BYTES: usize = 64 * 1024;
+/// More parts than this is not an upload, it is an attack.
+pub const MAX_PARTS: usize = 1000;
+
+/// Fields that are read for routing: sent twice, the upstream might read the other copy.
+const SINGLE_VALUED: [&str; 4] = ["model", "stream", "response_format", "file"];
+
+#[derive(Debug, Clone)]
+pub struct IntakeLimits {
+    pub max_body_bytes: u64,
+    pub max_json_bytes: u64,
+    /// Longest pause between two pieces of the body.
+    pub idle_timeout: Duration,
+    pub spool: SpoolLimits,
+}
+
+/// Why a request body was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("Maximum content size limit ({limit}) exceeded ({read} bytes read)")]
+    TooLarge { limit: u64, read: u64 },
+    #[error("{expected}")]
+    UnsupportedMediaType { expected: &'static str },
+    #[error("{message}")]
+    Malformed {
+        message: String,
+        param: Option<&'static str>,
+    },
+    #[error("you must provide a {param} parameter")]
+    Missing { param: &'static str },
+    #[error("the client sent nothing for {0:?}")]
+    Stalled(Duration),
+    #[error("reading the request body failed: {0}")]
+    ClientRead(#[source] BoxError),
+    #[error("storing the request body failed: {0}")]
+    Spool(#[source] std::io::Error),
+}
+
+impl IntakeError {
+    fn malformed(message: impl Into<String>) -> IntakeError {
+        IntakeError::Malformed {
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn api_error(&self) -> ApiError {
+        let message = self.to_string();
+        match self {
+            IntakeError::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "server_error", message)
+            }
+            IntakeError::UnsupportedMediaType { .. } => {
+                ApiError::invalid_request(StatusCode::UNSUPPORTED_MEDIA_TYPE, message)
+            }
+            IntakeError::Malformed { param, .. } => {
+                let e = ApiError::invalid_request(StatusCode::BAD_REQUEST, message);
+                match param {
+                    Some(p) => e.with_param(*p),
+                    None => e,
+                }
+            }
+            IntakeError::Missing { param } => {
+                ApiError::invalid_request(StatusCode::BAD_REQUEST, message).with_param(*param)
+            }
+            IntakeError::Stalled(_) => {
+                ApiError::invalid_request(StatusCode::REQUEST_TIMEOUT, message)
+                    .with_should_retry(false)
+            }
+            IntakeError::ClientRead(_) => {
+                ApiError::invalid_request(StatusCode::BAD_REQUEST, message)
+            }
+            IntakeError::Spool(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+            }
+        }
+    }
+}
+
+/// A body read within the size limit and the idle timeout.
+struct Limited<B> {
+    body: B,
+    read: u64,
+    limit: u64,
+    idle: Duration,
+}
+
+impl<B> Limited<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    fn new(body: B, headers: &HeaderMap, limit: u64, idle: Duration) -> Result<Self, IntakeError> {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match declared {
+            Some(n) if n > limit => Err(IntakeError::TooLarge { limit, read: 0 }),
+            _ => Ok(Limited {
+                body,
+                read: 0,
+                limit,
+                idle,
+            }),
+        }
+    }
+
+    async fn chunk(&mut self) -> Result<Option<Bytes>, IntakeError> {
+        loop {
+            let frame = match tokio::time::timeout(self.idle, self.body.frame()).await {
+                Err(_) => return Err(IntakeError::Stalled(self.idle)),
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(e))) => return Err(IntakeError::ClientRead(e.into())),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            // Trailers carry nothing the API uses.
+            if let Ok(data) = frame.into_data() {
+                self.read += data.len() as u64;
+                if self.read > self.limit {
+                    return Err(IntakeError::TooLarge {
+                        limit: self.limit,
+                        read: self.read,
+                    });
+                }
+                return Ok(Some(data));
+            }
+        }
+    }
+
+    fn into_stream(self) -> impl Stream<Item = Result<Bytes, IntakeError>> + Send
+    where
+        B: Send,
+    {
+        stream::try_unfold(self, |mut body| async move {
+            Ok(body.chunk().await?.map(|chunk| (chunk, body)))
+        })
+    }
+}
+
+fn content_type(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::CONTENT_TYPE)?.to_str().ok()
+}
+
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    content_type(headers).map(|ct| {
+        ct.split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+    })
+}
+
+/// Reads a speech request: a JSON object with a string `model` and a `voice`.
+pub async fn read_json<B>(
+    body: B,
+    headers: &HeaderMap,
+    limits: &IntakeLimits,
+) -> Result<(Payload, u64), IntakeError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    match media_type(headers).as_deref() {
+        None | Some("application/json") => {}
+        Some(t) if t.ends_with("+json") => {}
+        Some(_) => {
+            return Err(IntakeError::UnsupportedMediaType {
+                expected: "this endpoint takes a JSON body (Content-Type: application/json)",
+            })
+        }
+    }
+    let limit = limits.max_json_bytes.min(limits.max_body_bytes);
+    let mut body = Limited::new(body, headers, limit, limits.idle_timeout)?;
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.chunk().await? {
+        buf.extend_from_slice(&chunk);
+    }
+    let raw = buf.freeze();
+    if raw.is_empty() {
+        return Err(IntakeError::malformed(
+            "the request body is empty; expected a JSON object",
+        ));
+    }
+    let object = match serde_json::from_slice::<Value>(&raw) {
+        Ok(Value::Object(object)) => object,
+        Ok(_) => {
+            return Err(IntakeError::malformed(
+                "the request body must be a JSON object",
+            ))
+        }
+        Err(e) => {
+            return Err(IntakeError::malformed(format!(
+                "the request body is not valid JSON: {e}"
+            )))
+        }
+    };
+    match object.get("model") {
+        None | Some(Value::Null) => return Err(IntakeError::Missing { param: "model" }),
+        Some(Value::String(_)) => {}
+        Some(_) => {
+            return Err(IntakeError::Malformed {
+                message: "`model` must be a string".into(),
+                param: Some("model"),
+            })
+        }
+    }
+    match object.get("voice") {
+        None | Some(Value::Null) => return Err(IntakeError::Missing { param: "voice" }),
+        Some(Value::String(_)) => {}
+        Some(Value::Object(o)) if o.get("id").is_some_and(Value::is_string) => {}
+        Some(_) => {
+            return Err(IntakeError::Malformed {
+                message: "`voice` must be a string or an object with a string `id`".into(),
+                param: Some("voice"),
+            })
+        }
+    }
+    let read = raw.len() as u64;
+    Ok((Payload::Json(JsonBody { raw, object }), read))
+}
+
+/// Turns multer's failures back into ours: its stream errors are the ones we raised.
+fn from_multer(e: multer::Error) -> IntakeError {
+    match e {
+        multer::Error::StreamReadFailed(inner) => match inner.downcast::<IntakeError>() {
+            Ok(ours) => *ours,
+            Err(other) => IntakeError::ClientRead(other),
+        },
+        other => IntakeError::malformed(format!("malformed multipart body: {other}")),
+    }
+}
+
+/// Reads a transcription or translation upload.
+pub async fn read_form<B>(
+    body: B,
+    headers: &HeaderMap,
+    limits: &IntakeLimits,
+) -> Result<(Payload, u64), IntakeError>
+where
+    B: Body<Data = Bytes> + Unpin + Send,
+    B::Error: Into<BoxError>,
+{
+    let ct = content_type(headers).unwrap_or_default();
+    let boundary = match multer::parse_boundary(ct) {
+        Ok(b) => b,
+        Err(multer::Error::NoBoundary) => {
+            return Err(IntakeError::malformed(
+                "multipart Content-Type has no boundary parameter",
+            ))
+        }
+        Err(_) => {
+            return Err(IntakeError::UnsupportedMediaType {
+                expected: "this endpoint takes a multipart/form-data upload",
+            })
+        }
+    };
+    let body = Limited::new(body, headers, limits.max_body_bytes, limits.idle_timeout)?;
+    let read_counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = read_counter.clone();
+    let stream = futures_util::StreamExt::inspect(body.into_stream(), move |item| {
+        if let Ok(chunk) = item {
+            counter.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let mut multipart = multer::Multipart::new(stream, boundary.clone());
+    let mut spool = SpoolWriter::new(limits.spool.clone());
+    let mut parts: Vec<FormPart> = Vec::new();
+    while let Some(mut field) = multipart.next_field().await.map_err(from_multer)? {
+        if parts.len() == MAX_PARTS {
+            return Err(IntakeError::malformed(format!(
+                "multipart body has more than {MAX_PARTS} parts"
+            )));
+        }
+        let name = field.name().unwrap_or_default().to_string();
+        if SINGLE_VALUED.contains(&name.as_str()) && parts.iter().any(|p| p.name == name) {
+            return Err(IntakeError::Malformed {
+                message: format!("multipart body has more than one `{name}` part"),
+                param: SINGLE_VALUED.iter().copied().find(|p| *p == name),
+            });
+        }
+        let head = part_head(field.headers());
+        let value = if field.file_name().is_some() || name == "file" {
+            let start = spool.len();
+            while let Some(chunk) = field.chunk().await.map_err(from_multer)? {
+                spool.push(chunk).await.map_err(IntakeError::Spool)?;
+            }
+            PartValue::File(start..spool.len())
+        } else {
+            let mut text = BytesMut::new();
+            while let Some(chunk) = field.chunk().await.map_err(from_multer)? {
+                if text.len() + chunk.len() > MAX_TEXT_PART_BYTES {
+                    return Err(IntakeError::malformed(format!(
+                        "multipart text part `{name}` is longer than {MAX_TEXT_PART_BYTES} bytes"
+                    )));
+                }
+                text.extend_from_slice(&chunk);
+            }
+            PartValue::Text(text.freeze())
+        };
+        parts.push(FormPart { name, head, value });
+    }
+    drop(multipart);
+    if !parts.iter().any(|p| p.name == "file") {
+        return Err(IntakeError::Missing { param: "file" });
+    }
+    if !parts.iter().any(|p| p.name == "model") {
+        return Err(IntakeError::Missing { param: "model" });
+    }
+    let spool = Arc::new(spool.finish().await.map_err(IntakeError::Spool)?);
+    let read = read_counter.load(std::sync::atomic::Ordering::Relaxed);
+    Ok((
+        Payload::Form(FormBody {
+            boundary,
+            parts,
+            spool,
+        }),
+        read,
+    ))
+}
+
+/// Reads any other body as opaque bytes, for replay.
+pub async fn read_raw<B>(
+    body: B,
+    headers: &HeaderMap,
+    limits: &IntakeLimits,
+) -> Result<(Payload, u64), IntakeError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut body = Limited::new(body, headers, limits.max_body_bytes, limits.idle_timeout)?;
+    let mut spool = SpoolWriter::new(limits.spool.clone());
+    while let Some(chunk) = body.chunk().await? {
+        spool.push(chunk).await.map_err(IntakeError::Spool)?;
+    }
+    let spool = spool.finish().await.map_err(IntakeError::Spool)?;
+    let read = spool.len();
+    Ok((Payload::Raw(Arc::new(spool)), read))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::MemoryBudget;
+    use futures_util::StreamExt;
+    use http::HeaderValue;
+    use http_body::Frame;
+    use http_body_util::{Full, StreamBody};
+    use std::convert::Infallible;
+
+    fn limits(max_body: u64) -> IntakeLimits {
+        IntakeLimits {
+            max_body_bytes: max_body,
+            max_json_bytes: 1024,
+            idle_timeout: Duration::from_secs(5),
+            spool: SpoolLimits {
+                memory_per_request: 1 << 20,
+                budget: Arc::new(MemoryBudget::new(1 << 20)),
+                spill_dir: None,
+            },
+        }
+    }
+
+    fn headers(ct: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+        h
+    }
+
+    /// A body delivered in the given pieces, like a chunked upload without Content-Length.
+    fn chunked(
+        pieces: Vec<Vec<u8>>,
+    ) -> StreamBody<impl Stream<Item = Result<Frame<Bytes>, Infallible>> + Unpin + Send> {
+        StreamBody::new(stream::iter(
+            pieces.into_iter().map(|p| Ok(Frame::data(Bytes::from(p)))),
+        ))
+    }
+
+    fn form(parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, filename, value) in parts {
+            out.extend_from_slice(b"--B0UND\r\n");
+            match filename {
+                Some(f) => out.extend_from_slice(
+                    format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: audio/wav\r\n\r\n").as_bytes(),
+                ),
+                None => out.extend_from_slice(
+                    format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+                ),
+            }
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"--B0UND--\r\n");
+        out
+    }
+
+    const FORM_CT: &str = "multipart/form-data; boundary=B0UND";
+
+    #[tokio::test]
+    async fn form_fields_are_found_whatever_the_part_order() {
+        let audio = vec![9u8; 300_000];
+        let python = form(&[
+            ("model", None, b"whisper-1"),
+            ("response_format", None, b"text"),
+            ("file", Some("a.wav"), &audio),
+        ]);
+        let node = form(&[
+            ("file", Some("a.wav"), &audio),
+            ("model", None, b"whisper-1"),
+            ("stream", None, b"true"),
+            ("timestamp_granularities[]", None, b"word"),
+            ("timestamp_granularities[]", None, b"segment"),
+        ]);
+        for (body, format, stream) in [(python, "text", false), (node, "json", true)] {
+            // Deliver in small uneven pieces, as a chunked upload would.
+            let pieces: Vec<Vec<u8>> = body.chunks(7777).map(<[u8]>::to_vec).collect();
+            let (p, read) = read_form(chunked(pieces), &headers(FORM_CT), &limits(1 << 20))
+                .await
+                .unwrap();
+            assert_eq!(read, body.len() as u64);
+            assert_eq!(p.model(), Some("whisper-1"));
+            assert_eq!(p.response_format(), Some(format));
+            assert_eq!(p.stream(), stream);
+            let Payload::Form(f) = &p else { panic!() };
+            assert_eq!(f.spool.len(), audio.len() as u64);
+        }
+    }
+
+    #[tokio::test]
+    async fn repeated_array_parts_are_kept_and_routing_fields_must_be_single() {
+        let body = form(&[
+            ("file", Some("a.wav"), b"x"),
+            ("model", None, b"whisper-1"),
+            ("model", None, b"gpt-4o-transcribe"),
+        ]);
+        let e = read_form(
+            Full::new(Bytes::from(body)),
+            &headers(FORM_CT),
+            &limits(1 << 20),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("more than one `model`"), "{e}");
+        assert_eq!(e.api_error().status, 400);
+    }
+
+    #[tokio::test]
+    async fn forms_without_file_or_model_are_refused() {
+        let body = form(&[("model", None, b"whisper-1")]);
+        let e = read_form(
+            Full::new(Bytes::from(body)),
+            &headers(FORM_CT),
+            &limits(1 << 20),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.api_error().param.as_deref(), Some("file"));
+        let body = form(&[("file", Some("a.wav"), b"x")]);
+        let e = read_form(
+            Full::new(Bytes::from(body)),
+            &headers(FORM_CT),
+            &limits(1 << 20),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.api_error().param.as_deref(), Some("model"));
+    }
+
+    #[tokio::test]
+    async fn broken_multipart_is_a_400() {
+        let mut body = form(&[("model", None, b"m"), ("file", Some("a.wav"), b"x")]);
+        body.truncate(body.len() - 12); // no final boundary
+        let e = read_form(
+            Full::new(Bytes::from(body)),
+            &headers(FORM_CT),
+            &limits(1 << 20),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.api_error().status, 400, "{e}");
+        let e = read_form(
+            Full::new(Bytes::new()),
+            &headers("multipart/form-data"),
+            &limits(10),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("boundary"));
+        let e = read_form(
+            Full::new(Bytes::new()),
+            &headers("application/json"),
+            &limits(10),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.api_error().status, 415);
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_over_the_limit_stop_at_the_limit() {
+        // 100 pieces of 1000 bytes, limit 10_000: reading must stop after ~11 pieces.
+        let pulled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = pulled.clone();
+        let pieces = stream::iter(0..100).map(move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'a'; 1000])))
+        });
+        let body = StreamBody::new(futures_util::StreamExt::boxed(pieces));
+        let e = read_form(body, &headers(FORM_CT), &limits(10_000))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, IntakeError::TooLarge { limit: 10_000, .. }),
+            "{e}"
+        );
+        assert_eq!(e.api_error().status, 413);
+        assert!(pulled.load(std::sync::atomic::Ordering::SeqCst) <= 12);
+    }
+
+    #[tokio::test]
+    async fn declared_content_length_over_the_limit_is_refused_unread() {
+        let mut h = headers(FORM_CT);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999999"));
+        let e = read_raw(Full::new(Bytes::from_static(b"x")), &h, &limits(1000))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Maximum content size limit (1000) exceeded (0 bytes read)"
+        );
+    }
+
+    #[tokio::test]
+    async fn json_bodies_are_checked() {
+        let h = headers("application/json");
+        let l = limits(1 << 20);
+        let cases: [(&str, u16, Option<&str>); 6] = [
+            ("{", 400, None),
+            ("[1]", 400, None),
+            ("", 400, None),
+            (r#"{"voice":"alloy"}"#, 400, Some("model")),
+            (r#"{"model":1,"voice":"alloy"}"#, 400, Some("model")),
+            (r#"{"model":"tts-1","voice":["x"]}"#, 400, Some("voice")),
+        ];
+        for (body, status, param) in cases {
+            let e = read_json(Full::new(Bytes::from(body)), &h, &l)
+                .await
+                .unwrap_err();
+            let api = e.api_error();
+            assert_eq!(api.status, status, "{body}");
+            assert_eq!(api.param.as_deref(), param, "{body}");
+        }
+        let (p, _) = read_json(
+            Full::new(Bytes::from(
+                r#"{"model":"tts-1","voice":{"id":"v_1"},"input":"x"}"#,
+            )),
+            &h,
+            &l,
+        )
+        .await
+        .unwrap();
+        assert_eq!(p.voice(), Some("v_1"));
+        let e = read_json(Full::new(Bytes::from("{}")), &headers("text/plain"), &l)
+            .await
+            .unwrap_err();
+        assert_eq!(e.api_error().status, 415);
+        let big = format!(
+            r#"{{"model":"tts-1","voice":"a","input":"{}"}}"#,
+            "x".repeat(2000)
+        );
+        let e = read_json(Full::new(Bytes::from(big)), &h, &l)
+            .await
+            .unwrap_err();
+        assert_eq!(e.api_error().status, 413);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_upload_is_cut_off() {
+        let pieces = stream::iter(vec![Ok::<_, Infallible>(Frame::data(Bytes::from_static(
+            b"--B0UND\r\n",
+        )))])
+        .chain(stream::pending());
+        let body = StreamBody::new(futures_util::StreamExt::boxed(pieces));
+        let e = read_form(body, &headers(FORM_CT), &limits(1000))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, IntakeError::Stalled(_)), "{e}");
+        assert_eq!(e.api_error().status, 408);
+    }
+}

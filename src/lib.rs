@@ -1,0 +1,34 @@
+//! voxgate: a routing, streaming, falling-back reverse proxy for the OpenAI audio API.
+//!
+//! Layout, one line per module:
+//! - [`config`]   TOML → validated [`config::Config`], every error with file:line:col.
+//! - [`route`]    request facts and the ordered rule matcher.
+//! - [`intake`]   reading client bodies within limits into a [`payload::Payload`].
+//! - [`payload`]  JSON / multipart / raw bodies: what rules read, how rewrites re-send them.
+//! - [`spool`]    the replay store: memory within budgets, unlinked temp file beyond.
+//! - [`body`]     response and upstream-request body types.
+//! - [`upstream`] one pooled client per upstream; header hygiene and auth.
+//! - [`forward`]  the fallback loop and its single decision function.
+//! - [`access`]   the per-request access log line, written when the response ends.
+//! - [`error`]    OpenAI-shaped error responses.
+//! - [`proxy`]    the request phases: classify → intake → route → forward → respond.
+//! - [`server`]   accept loop, HTTP/1.1 + HTTP/2, graceful shutdown.
+//!
+//! A request flows: [`server::run`] accepts it and calls [`proxy::Gateway::handle`], which
+//! classifies the path, reads the body into a payload (spooling uploads), picks the first
+//! matching route, and tries the route's upstreams in order — falling back on connect
+//! failure, timeout, reset or a listed status, decided on the response headers — then
+//! streams the chosen upstream's response to the client frame by frame.
+
+pub mod access;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod intake;
+pub mod payload;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod spool;
+pub mod upstream;

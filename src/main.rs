@@ -1,0 +1,135 @@
+//! The `voxgate` binary: parse the command line, load the config, serve until a signal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+use voxgate::config::{Config, LogFormat, DEFAULT_TOML};
+use voxgate::proxy::Gateway;
+
+/// A routing, streaming, falling-back proxy for the OpenAI audio API.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML). Without one, the built-in default is used.
+    #[arg(long, short, env = "VOXGATE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Address to listen on, overriding `server.listen`.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration: exit 0, or print every error with file:line:col.
+    Check,
+    /// Print the built-in default configuration.
+    PrintConfig,
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config, voxgate::config::ConfigError> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Config::builtin(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::PrintConfig) => {
+            print!("{DEFAULT_TOML}");
+            ExitCode::SUCCESS
+        }
+        Some(Command::Check) => match load(cli.config.as_ref()) {
+            Ok(config) => {
+                println!(
+                    "ok: {} upstream(s), {} route(s)",
+                    config.upstreams.len(),
+                    config.routes.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        None => match load(cli.config.as_ref()) {
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+            Ok(mut config) => {
+                if let Some(listen) = cli.listen {
+                    config.server.listen = listen;
+                }
+                match serve(config) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("voxgate: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        },
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn serve(config: Config) -> anyhow::Result<()> {
+    init_logging(config.log.format);
+    let listen = config.server.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    for u in &config.upstreams {
+        tracing::info!(
+            upstream = %u.name,
+            url = %u.url,
+            key = if u.api_key.is_some() { "configured" } else if u.pass_client_key { "client's" } else { "none" },
+            "upstream"
+        );
+    }
+    tracing::info!(address = %listener.local_addr()?, routes = config.routes.len(), "voxgate listening");
+    let gateway = Arc::new(Gateway::new(config));
+    voxgate::server::run(listener, gateway, shutdown_signal()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

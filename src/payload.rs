@@ -1,0 +1,445 @@
+//! A request body after intake: what the rules read from it and how it is re-sent.
+//!
+//! Speech requests are JSON objects held in memory; transcriptions and translations are
+//! multipart forms whose text parts are held in memory and whose file parts live in the
+//! request's [`Spool`]; anything else is a raw spool. [`Payload::render`] produces the body
+//! for one upstream with that upstream's rewrites applied: JSON is re-serialised only when a
+//! value actually changes (unknown keys survive), forms are re-framed with the client's own
+//! boundary and only text parts are replaced.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::HeaderMap;
+use serde_json::{Map, Value};
+
+use crate::body::Segment;
+use crate::config::FieldValue;
+use crate::spool::Spool;
+
+/// The rewrites for one attempt: the route's `set`, then the upstream's maps.
+#[derive(Debug, Clone, Copy)]
+pub struct Edits<'a> {
+    pub set: &'a [(String, FieldValue)],
+    pub model_map: &'a HashMap<String, String>,
+    pub voice_map: &'a HashMap<String, String>,
+}
+
+/// A speech request: `raw` is sent as it came unless a rewrite changes a value.
+#[derive(Debug)]
+pub struct JsonBody {
+    pub raw: Bytes,
+    pub object: Map<String, Value>,
+}
+
+/// One part of a multipart form.
+#[derive(Debug)]
+pub struct FormPart {
+    pub name: String,
+    /// The part's header block, ending in the blank line.
+    pub head: Bytes,
+    pub value: PartValue,
+}
+
+#[derive(Debug)]
+pub enum PartValue {
+    Text(Bytes),
+    /// A byte range of the request's spool.
+    File(std::ops::Range<u64>),
+}
+
+/// A transcription or translation upload.
+#[derive(Debug)]
+pub struct FormBody {
+    pub boundary: String,
+    pub parts: Vec<FormPart>,
+    pub spool: Arc<Spool>,
+}
+
+#[derive(Debug)]
+pub enum Payload {
+    Json(JsonBody),
+    Form(FormBody),
+    Raw(Arc<Spool>),
+}
+
+impl FormBody {
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.parts.iter().find_map(|p| match &p.value {
+            PartValue::Text(t) if p.name == name => std::str::from_utf8(t).ok(),
+            _ => None,
+        })
+    }
+}
+
+impl JsonBody {
+    fn voice(&self) -> Option<&str> {
+        match self.object.get("voice")? {
+            Value::String(s) => Some(s),
+            Value::Object(o) => o.get("id")?.as_str(),
+            _ => None,
+        }
+    }
+}
+
+impl Payload {
+    pub fn model(&self) -> Option<&str> {
+        match self {
+            Payload::Json(j) => j.object.get("model")?.as_str(),
+            Payload::Form(f) => f.text("model"),
+            Payload::Raw(_) => None,
+        }
+    }
+
+    /// A voice name, or the `id` of a voice object.
+    pub fn voice(&self) -> Option<&str> {
+        match self {
+            Payload::Json(j) => j.voice(),
+            Payload::Form(_) | Payload::Raw(_) => None,
+        }
+    }
+
+    /// As sent, else the API's default for the endpoint.
+    pub fn response_format(&self) -> Option<&str> {
+        match self {
+            Payload::Json(j) => Some(
+                j.object
+                    .get("response_format")
+                    .and_then(Value::as_str)
+                    .unwrap_or("mp3"),
+            ),
+            Payload::Form(f) => Some(f.text("response_format").unwrap_or("json")),
+            Payload::Raw(_) => None,
+        }
+    }
+
+    /// Whether the client asked for a streamed (SSE) answer.
+    pub fn stream(&self) -> bool {
+        match self {
+            Payload::Json(j) => {
+                j.object.get("stream_format").and_then(Value::as_str) == Some("sse")
+            }
+            Payload::Form(f) => f
+                .text("stream")
+                .is_some_and(|s| s.trim().eq_ignore_ascii_case("true")),
+            Payload::Raw(_) => false,
+        }
+    }
+
+    /// The body for one attempt, with `edits` applied.
+    pub fn render(&self, edits: &Edits<'_>) -> Vec<Segment> {
+        match self {
+            Payload::Json(j) => vec![Segment::Bytes(render_json(j, edits))],
+            Payload::Form(f) => render_form(f, edits),
+            Payload::Raw(s) => vec![Segment::Spool(s.clone(), 0..s.len())],
+        }
+    }
+}
+
+fn render_json(body: &JsonBody, edits: &Edits<'_>) -> Bytes {
+    let mut object: Option<Map<String, Value>> = None;
+    let current = |object: &Option<Map<String, Value>>, key: &str| -> Option<Value> {
+        object.as_ref().unwrap_or(&body.object).get(key).cloned()
+    };
+    let put = |object: &mut Option<Map<String, Value>>, key: &str, value: Value| {
+        object
+            .get_or_insert_with(|| body.object.clone())
+            .insert(key.to_string(), value);
+    };
+    for (key, value) in edits.set {
+        let value = value.to_json();
+        if current(&object, key).as_ref() != Some(&value) {
+            put(&mut object, key, value);
+        }
+    }
+    if let Some(Value::String(model)) = current(&object, "model") {
+        if let Some(mapped) = edits.model_map.get(&model) {
+            put(&mut object, "model", Value::String(mapped.clone()));
+        }
+    }
+    let voice = match current(&object, "voice") {
+        Some(Value::String(v)) => Some(v),
+        Some(Value::Object(o)) => o.get("id").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    };
+    if let Some(mapped) = voice.and_then(|v| edits.voice_map.get(&v)) {
+        put(&mut object, "voice", Value::String(mapped.clone()));
+    }
+    match object {
+        None => body.raw.clone(),
+        Some(object) => Bytes::from(Value::Object(object).to_string()),
+    }
+}
+
+fn render_form(form: &FormBody, edits: &Edits<'_>) -> Vec<Segment> {
+    let mut segments = Vec::with_capacity(form.parts.len() + 2);
+    let mut buf = BytesMut::new();
+    let delimiter = |buf: &mut BytesMut| {
+        buf.put_slice(b"--");
+        buf.put_slice(form.boundary.as_bytes());
+        buf.put_slice(b"\r\n");
+    };
+    for part in &form.parts {
+        delimiter(&mut buf);
+        buf.put_slice(&part.head);
+        match &part.value {
+            PartValue::Text(text) => {
+                let replaced = text_edit(&part.name, text, edits);
+                buf.put_slice(replaced.as_deref().unwrap_or(text));
+            }
+            PartValue::File(range) => {
+                segments.push(Segment::Bytes(buf.split().freeze()));
+                segments.push(Segment::Spool(form.spool.clone(), range.clone()));
+            }
+        }
+        buf.put_slice(b"\r\n");
+    }
+    for (key, value) in edits.set {
+        if !form.parts.iter().any(|p| p.name == *key) {
+            delimiter(&mut buf);
+            buf.put_slice(
+                format!("Content-Disposition: form-data; name=\"{key}\"\r\n\r\n").as_bytes(),
+            );
+            let text = value.as_form_text();
+            let mapped = (key == "model")
+                .then(|| edits.model_map.get(&text))
+                .flatten()
+                .unwrap_or(&text);
+            buf.put_slice(mapped.as_bytes());
+            buf.put_slice(b"\r\n");
+        }
+    }
+    buf.put_slice(b"--");
+    buf.put_slice(form.boundary.as_bytes());
+    buf.put_slice(b"--\r\n");
+    segments.push(Segment::Bytes(buf.freeze()));
+    segments.retain(|s| !s.is_empty());
+    segments
+}
+
+/// The new value of a text part, if an edit changes it.
+fn text_edit(name: &str, text: &[u8], edits: &Edits<'_>) -> Option<Vec<u8>> {
+    let set = edits
+        .set
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, v)| v.as_form_text());
+    let value = set.as_deref().map(str::as_bytes).unwrap_or(text);
+    let mapped = match name {
+        "model" => std::str::from_utf8(value)
+            .ok()
+            .and_then(|m| edits.model_map.get(m)),
+        _ => None,
+    };
+    match (mapped, set) {
+        (Some(m), _) => Some(m.as_bytes().to_vec()),
+        (None, Some(s)) if s.as_bytes() != text => Some(s.into_bytes()),
+        (None, _) => None,
+    }
+}
+
+/// A part's header block as sent upstream, with the usual capitalisation.
+pub fn part_head(headers: &HeaderMap) -> Bytes {
+    let mut buf = BytesMut::new();
+    for (name, value) in headers {
+        let name = match name.as_str() {
+            "content-disposition" => "Content-Disposition",
+            "content-type" => "Content-Type",
+            other => other,
+        };
+        buf.put_slice(name.as_bytes());
+        buf.put_slice(b": ");
+        buf.put_slice(value.as_bytes());
+        buf.put_slice(b"\r\n");
+    }
+    buf.put_slice(b"\r\n");
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::{MemoryBudget, SpoolLimits, SpoolWriter};
+    use futures_util::TryStreamExt;
+
+    fn maps(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    fn json(text: &str) -> Payload {
+        let raw = Bytes::copy_from_slice(text.as_bytes());
+        let Value::Object(object) = serde_json::from_slice(&raw).unwrap() else {
+            panic!("not an object")
+        };
+        Payload::Json(JsonBody { raw, object })
+    }
+
+    async fn rendered(payload: &Payload, edits: &Edits<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for s in payload.render(edits) {
+            match s {
+                Segment::Bytes(b) => out.extend_from_slice(&b),
+                Segment::Spool(spool, r) => {
+                    let chunks: Vec<Bytes> = spool.stream(r).try_collect().await.unwrap();
+                    out.extend_from_slice(&chunks.concat());
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn json_without_changes_is_sent_byte_for_byte() {
+        let text = r#"{"voice":"af_sky", "model":"tts-1","input":"hi"}"#;
+        let p = json(text);
+        let none = HashMap::new();
+        let other = maps(&[("alloy", "nova")]);
+        let set = vec![("model".to_string(), FieldValue::String("tts-1".into()))];
+        let e = Edits {
+            set: &set,
+            model_map: &none,
+            voice_map: &other,
+        };
+        assert_eq!(rendered(&p, &e).await, text.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn json_rewrites_keep_unknown_keys() {
+        let p = json(
+            r#"{"model":"kokoro","voice":"af_sky","input":"hi","lang_code":"a","normalization_options":{"x":1}}"#,
+        );
+        let set = vec![("speed".to_string(), FieldValue::Float(1.25))];
+        let mm = maps(&[("kokoro", "tts-1")]);
+        let vm = maps(&[("af_sky", "nova")]);
+        let out = rendered(
+            &p,
+            &Edits {
+                set: &set,
+                model_map: &mm,
+                voice_map: &vm,
+            },
+        )
+        .await;
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["model"], "tts-1");
+        assert_eq!(v["voice"], "nova");
+        assert_eq!(v["speed"], 1.25);
+        assert_eq!(v["lang_code"], "a");
+        assert_eq!(v["normalization_options"]["x"], 1);
+    }
+
+    #[tokio::test]
+    async fn set_applies_before_the_upstream_maps() {
+        let p = json(r#"{"model":"tts-1","voice":"alloy","input":"hi"}"#);
+        let set = vec![("model".to_string(), FieldValue::String("kokoro".into()))];
+        let mm = maps(&[("kokoro", "tts-1-hd")]);
+        let none = HashMap::new();
+        let out = rendered(
+            &p,
+            &Edits {
+                set: &set,
+                model_map: &mm,
+                voice_map: &none,
+            },
+        )
+        .await;
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["model"], "tts-1-hd");
+    }
+
+    #[test]
+    fn voice_objects_are_read_by_id_and_defaults_apply() {
+        let p = json(r#"{"model":"gpt-4o-mini-tts","voice":{"id":"voice_123"},"input":"hi"}"#);
+        assert_eq!(p.voice(), Some("voice_123"));
+        assert_eq!(p.response_format(), Some("mp3"));
+        assert!(!p.stream());
+        let p = json(r#"{"model":"m","voice":"v","stream_format":"sse","response_format":"pcm"}"#);
+        assert!(p.stream());
+        assert_eq!(p.response_format(), Some("pcm"));
+    }
+
+    async fn form() -> Payload {
+        let mut w = SpoolWriter::new(SpoolLimits {
+            memory_per_request: 1024,
+            budget: Arc::new(MemoryBudget::new(1024)),
+            spill_dir: None,
+        });
+        w.push(Bytes::from_static(b"RIFFdata")).await.unwrap();
+        let spool = Arc::new(w.finish().await.unwrap());
+        let text = |name: &str, value: &'static str| FormPart {
+            name: name.to_string(),
+            head: Bytes::from(format!(
+                "Content-Disposition: form-data; name=\"{name}\"\r\n\r\n"
+            )),
+            value: PartValue::Text(Bytes::from_static(value.as_bytes())),
+        };
+        Payload::Form(FormBody {
+            boundary: "XyZ".into(),
+            parts: vec![
+                FormPart {
+                    name: "file".into(),
+                    head: Bytes::from_static(b"Content-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\n"),
+                    value: PartValue::File(0..8),
+                },
+                text("model", "whisper-1"),
+                text("stream", "True"),
+            ],
+            spool,
+        })
+    }
+
+    #[tokio::test]
+    async fn forms_render_with_the_client_boundary_and_replace_only_text() {
+        let p = form().await;
+        assert_eq!(p.model(), Some("whisper-1"));
+        assert!(p.stream());
+        assert_eq!(p.response_format(), Some("json"));
+        let set = vec![
+            ("language".to_string(), FieldValue::String("en".into())),
+            ("model".to_string(), FieldValue::String("large-v3".into())),
+        ];
+        let mm = maps(&[("large-v3", "Systran/faster-whisper-large-v3")]);
+        let none = HashMap::new();
+        let out = rendered(
+            &p,
+            &Edits {
+                set: &set,
+                model_map: &mm,
+                voice_map: &none,
+            },
+        )
+        .await;
+        let expected = "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFFdata\r\n\
+--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nSystran/faster-whisper-large-v3\r\n\
+--XyZ\r\nContent-Disposition: form-data; name=\"stream\"\r\n\r\nTrue\r\n\
+--XyZ\r\nContent-Disposition: form-data; name=\"language\"\r\n\r\nen\r\n--XyZ--\r\n";
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+    }
+
+    #[tokio::test]
+    async fn an_unedited_form_is_its_own_length() {
+        let p = form().await;
+        let none = HashMap::new();
+        let edits = Edits {
+            set: &[],
+            model_map: &none,
+            voice_map: &none,
+        };
+        let out = rendered(&p, &edits).await;
+        let sized: u64 = p.render(&edits).iter().map(Segment::len).sum();
+        assert_eq!(out.len() as u64, sized);
+        // The file part is a spool range, not a copy.
+        assert!(p
+            .render(&Edits {
+                set: &[],
+                model_map: &none,
+                voice_map: &none
+            })
+            .iter()
+            .any(|s| matches!(s, Segment::Spool(..))));
+    }
+}

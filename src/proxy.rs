@@ -1,0 +1,398 @@
+//! The request path. Every request goes through the same named phases, top to bottom:
+//!
+//! ```text
+//!   classify   path + method → health | an API endpoint | refusal (400/404/405)
+//!   intake     read the body within limits → Payload          (intake.rs, 400/408/413/415)
+//!   route      facts from the payload → first matching route  (route.rs, 404)
+//!   forward    upstreams in order, fallback before any byte   (forward.rs, 502/504)
+//!   respond    stream the chosen response through, log at end (access.rs)
+//! ```
+//!
+//! The outer [`Gateway::handle`] turns any [`ProxyError`] into an OpenAI-shaped response;
+//! the inner [`Gateway::proxy`] uses `?`.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::BodyExt;
+
+use crate::access::{AccessRecord, ObservedBody};
+use crate::body::{full, BoxError, ProxyBody};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::forward::{forward, Exhausted, RequestHead};
+use crate::intake::{read_form, read_json, read_raw, IntakeError, IntakeLimits};
+use crate::route::{Endpoint, RequestFacts, Router};
+use crate::spool::{MemoryBudget, SpoolLimits};
+use crate::upstream::{strip_hop_by_hop, Upstream, REQUEST_ID_HEADER, UPSTREAM_HEADER};
+
+/// Everything a request can be refused for, each with its one status.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("invalid request path `{0}`: dot segments and encoded separators are not allowed")]
+    BadPath(String),
+    #[error("unknown path `{0}`: voxgate serves the OpenAI API under /v1")]
+    NotFound(String),
+    #[error("{method} is not allowed on {path}; use POST")]
+    MethodNotAllowed { method: Method, path: String },
+    #[error(transparent)]
+    Intake(#[from] IntakeError),
+    #[error("no route for {endpoint} requests with model `{model}`")]
+    NoRoute {
+        endpoint: &'static str,
+        model: String,
+    },
+    #[error("{}", .0.summary)]
+    Upstreams(Exhausted),
+}
+
+impl ProxyError {
+    pub fn api_error(&self) -> ApiError {
+        let message = self.to_string();
+        match self {
+            ProxyError::BadPath(_) => ApiError::invalid_request(StatusCode::BAD_REQUEST, message),
+            ProxyError::NotFound(_) => {
+                ApiError::invalid_request(StatusCode::NOT_FOUND, message).with_code("unknown_url")
+            }
+            ProxyError::MethodNotAllowed { .. } => {
+                ApiError::invalid_request(StatusCode::METHOD_NOT_ALLOWED, message)
+            }
+            ProxyError::Intake(e) => e.api_error(),
+            ProxyError::NoRoute { .. } => ApiError::invalid_request(StatusCode::NOT_FOUND, message)
+                .with_param("model")
+                .with_code("no_route"),
+            ProxyError::Upstreams(e) => e.api_error(),
+        }
+    }
+}
+
+/// What a request is, from its method and path alone.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    Health,
+    Root,
+    Api {
+        endpoint: Endpoint,
+        /// The path with `/v1` in front, as every upstream expects it.
+        path: String,
+    },
+}
+
+fn classify(method: &Method, path: &str) -> Result<Target, ProxyError> {
+    let lower = path.to_ascii_lowercase();
+    let dotted = path.split('/').any(|s| s == "." || s == "..");
+    if dotted
+        || ["%2e", "%2f", "%5c", "\\"]
+            .iter()
+            .any(|p| lower.contains(p))
+    {
+        return Err(ProxyError::BadPath(path.to_string()));
+    }
+    let path = match path {
+        "/health" => return Ok(Target::Health),
+        "/" => return Ok(Target::Root),
+        p if p.starts_with("/v1/") => p.to_string(),
+        // A base URL without /v1 yields these.
+        p if p.starts_with("/audio/") || p == "/models" || p.starts_with("/models/") => {
+            format!("/v1{p}")
+        }
+        p => return Err(ProxyError::NotFound(p.to_string())),
+    };
+    let endpoint = match path.as_str() {
+        "/v1/audio/speech" => Endpoint::Speech,
+        "/v1/audio/transcriptions" => Endpoint::Transcriptions,
+        "/v1/audio/translations" => Endpoint::Translations,
+        _ => Endpoint::Other,
+    };
+    if endpoint != Endpoint::Other && method != Method::POST {
+        return Err(ProxyError::MethodNotAllowed {
+            method: method.clone(),
+            path,
+        });
+    }
+    Ok(Target::Api { endpoint, path })
+}
+
+/// A request id: the client's if it sent a sane one, else a new one.
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static SEED: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+    if let Some(v) = headers.get(REQUEST_ID_HEADER) {
+        let ok = (1..=128).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
+        if ok {
+            return v.clone();
+        }
+    }
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let hash = SEED.get_or_init(RandomState::new).hash_one(n);
+    HeaderValue::from_str(&format!("vg-{hash:016x}{n:06x}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("vg-unknown"))
+}
+
+/// One configuration, compiled: routes and upstream clients.
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: Config,
+    router: Router,
+    upstreams: Vec<Upstream>,
+    limits: IntakeLimits,
+}
+
+impl Runtime {
+    fn new(config: Config, budget: Arc<MemoryBudget>) -> Runtime {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .cloned()
+            .map(Upstream::new)
+            .collect();
+        let limits = IntakeLimits {
+            max_body_bytes: config.server.max_body_bytes,
+            max_json_bytes: config.server.max_json_bytes,
+            idle_timeout: config.server.body_read_timeout,
+            spool: SpoolLimits {
+                memory_per_request: config.server.replay_memory_per_request,
+                budget,
+                spill_dir: config.server.spill_dir.clone(),
+            },
+        };
+        Runtime {
+            router: Router::new(config.routes.clone()),
+            upstreams,
+            limits,
+            config,
+        }
+    }
+}
+
+/// The proxy: a compiled configuration behind an atomic swap, so a reload never blocks or
+/// tears a request in flight.
+#[derive(Debug)]
+pub struct Gateway {
+    runtime: ArcSwap<Runtime>,
+    budget: Arc<MemoryBudget>,
+}
+
+impl Gateway {
+    pub fn new(config: Config) -> Gateway {
+        let budget = Arc::new(MemoryBudget::new(config.server.replay_memory_total));
+        Gateway {
+            runtime: ArcSwap::from_pointee(Runtime::new(config, budget.clone())),
+            budget,
+        }
+    }
+
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Request-body memory currently held for replay.
+    pub fn replay_memory_used(&self) -> u64 {
+        self.budget.used()
+    }
+
+    /// Answers one request. Never fails: every error becomes an OpenAI-shaped response.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<ProxyBody>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let runtime = self.runtime.load_full();
+        let id = request_id(request.headers());
+        let mut record = AccessRecord::new(
+            id.to_str().unwrap_or_default().to_string(),
+            request.method().to_string(),
+            request.uri().path().to_string(),
+        );
+        let mut response = match self.proxy(&runtime, request, &id, &mut record).await {
+            Ok(Reply::Proxied(response)) => return response,
+            Ok(Reply::Local(response)) => response,
+            Err(e) => {
+                let api = e.api_error();
+                record.error = Some(api.message.clone());
+                api.into_response()
+            }
+        };
+        response.headers_mut().insert(REQUEST_ID_HEADER, id);
+        record.status = response.status().as_u16();
+        record.finish(response.body().size_hint().exact().unwrap_or(0));
+        response
+    }
+
+    async fn proxy<B>(
+        &self,
+        runtime: &Runtime,
+        request: Request<B>,
+        id: &HeaderValue,
+        record: &mut AccessRecord,
+    ) -> Result<Reply, ProxyError>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        // classify
+        let (parts, body) = request.into_parts();
+        let (endpoint, path) = match classify(&parts.method, parts.uri.path())? {
+            Target::Health | Target::Root => {
+                let mut response = Response::new(full(r#"{"status":"ok"}"#));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                return Ok(Reply::Local(response));
+            }
+            Target::Api { endpoint, path } => (endpoint, path),
+        };
+        record.endpoint = endpoint.name();
+
+        // intake
+        let limits = &runtime.limits;
+        let (payload, bytes_in) = match endpoint {
+            Endpoint::Speech => read_json(body, &parts.headers, limits).await?,
+            Endpoint::Transcriptions | Endpoint::Translations => {
+                read_form(body, &parts.headers, limits).await?
+            }
+            Endpoint::Other => read_raw(body, &parts.headers, limits).await?,
+        };
+        record.bytes_in = bytes_in;
+        record.model = payload.model().map(str::to_string);
+        record.voice = payload.voice().map(str::to_string);
+
+        // route
+        let facts = RequestFacts {
+            endpoint,
+            method: &parts.method,
+            path: &path,
+            model: payload.model(),
+            voice: payload.voice(),
+            response_format: payload.response_format(),
+            stream: payload.stream(),
+        };
+        let Some((_, route)) = runtime.router.find(&facts) else {
+            return Err(ProxyError::NoRoute {
+                endpoint: endpoint.name(),
+                model: payload.model().unwrap_or_default().to_string(),
+            });
+        };
+        record.route = Some(route.line);
+
+        // forward
+        let path_and_query = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let head = RequestHead {
+            method: &parts.method,
+            path_and_query: &path_and_query,
+            headers: &parts.headers,
+            request_id: id,
+        };
+        let mut attempts = Vec::new();
+        let outcome = forward(&runtime.upstreams, route, &payload, &head, &mut attempts).await;
+        record.attempts = attempts;
+        let (index, upstream_response) = outcome.map_err(ProxyError::Upstreams)?;
+        drop(payload);
+
+        // respond
+        let upstream = &runtime.upstreams[index];
+        let (mut parts, body) = upstream_response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(theirs) = parts.headers.remove(REQUEST_ID_HEADER) {
+            if theirs != *id {
+                parts.headers.insert("x-upstream-request-id", theirs);
+            }
+        }
+        parts.headers.insert(REQUEST_ID_HEADER, id.clone());
+        if let Ok(name) = HeaderValue::from_str(upstream.name()) {
+            parts.headers.insert(UPSTREAM_HEADER, name);
+        }
+        let mut finished = AccessRecord::new(String::new(), String::new(), String::new());
+        std::mem::swap(&mut finished, record);
+        finished.status = parts.status.as_u16();
+        finished.upstream = Some(upstream.name().to_string());
+        let body = ObservedBody::new(body, finished).boxed();
+        Ok(Reply::Proxied(Response::from_parts(parts, body)))
+    }
+}
+
+/// A successful answer: either voxgate's own (logged by the caller) or an upstream's
+/// (logged by its body when it ends).
+enum Reply {
+    Local(Response<ProxyBody>),
+    Proxied(Response<ProxyBody>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(method: Method, path: &str) -> Result<Target, u16> {
+        classify(&method, path).map_err(|e| e.api_error().status.as_u16())
+    }
+
+    fn api(endpoint: Endpoint, path: &str) -> Result<Target, u16> {
+        Ok(Target::Api {
+            endpoint,
+            path: path.to_string(),
+        })
+    }
+
+    #[test]
+    fn audio_paths_are_found_with_or_without_v1() {
+        assert_eq!(
+            target(Method::POST, "/v1/audio/speech"),
+            api(Endpoint::Speech, "/v1/audio/speech")
+        );
+        assert_eq!(
+            target(Method::POST, "/audio/speech"),
+            api(Endpoint::Speech, "/v1/audio/speech")
+        );
+        assert_eq!(
+            target(Method::POST, "/audio/transcriptions"),
+            api(Endpoint::Transcriptions, "/v1/audio/transcriptions")
+        );
+        assert_eq!(
+            target(Method::POST, "/v1/audio/translations"),
+            api(Endpoint::Translations, "/v1/audio/translations")
+        );
+        assert_eq!(
+            target(Method::GET, "/models"),
+            api(Endpoint::Other, "/v1/models")
+        );
+        assert_eq!(
+            target(Method::GET, "/v1/audio/voices"),
+            api(Endpoint::Other, "/v1/audio/voices")
+        );
+        assert_eq!(target(Method::GET, "/health"), Ok(Target::Health));
+        assert_eq!(target(Method::GET, "/"), Ok(Target::Root));
+    }
+
+    #[test]
+    fn hostile_and_unknown_paths_are_refused() {
+        assert_eq!(target(Method::GET, "/v1/../admin"), Err(400));
+        assert_eq!(target(Method::GET, "/v1/%2e%2e/admin"), Err(400));
+        assert_eq!(target(Method::GET, "/v1/audio%2Fspeech"), Err(400));
+        assert_eq!(target(Method::GET, "/admin"), Err(404));
+        assert_eq!(target(Method::GET, "/v1/audio/speech"), Err(405));
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_sane_and_made_otherwise() {
+        let mut h = http::HeaderMap::new();
+        h.insert(REQUEST_ID_HEADER, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(REQUEST_ID_HEADER, HeaderValue::from_static("has space"));
+        let made = request_id(&h);
+        assert!(made.to_str().unwrap().starts_with("vg-"));
+        assert_ne!(
+            request_id(&http::HeaderMap::new()),
+            request_id(&http::HeaderMap::new())
+        );
+    }
+}

@@ -1,0 +1,329 @@
+//! The replay store: a request body kept so that it can be sent again to the next upstream.
+//!
+//! Bytes are kept in memory while both the per-request and the process-wide budgets allow,
+//! and go to an unlinked temporary file after that. A [`Spool`] is written once, by the
+//! intake, and then read any number of times, concurrently, as [`Spool::stream`]s: memory
+//! chunks are handed out as `Bytes` clones (no copy), file ranges are read with positional
+//! reads so readers never share a file offset.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{self, Stream};
+
+/// Spilled bytes are written and read in pieces of this size.
+const FILE_CHUNK: usize = 256 * 1024;
+
+/// The memory all in-flight request bodies together may hold.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl MemoryBudget {
+    pub fn new(limit: u64) -> MemoryBudget {
+        MemoryBudget {
+            limit,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes currently held in memory by spools.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn try_reserve(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + n <= self.limit).then_some(used + n)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// Memory taken from the budget, given back when dropped.
+#[derive(Debug)]
+struct Reservation {
+    budget: Arc<MemoryBudget>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
+}
+
+/// Limits for one request's spool.
+#[derive(Debug, Clone)]
+pub struct SpoolLimits {
+    pub memory_per_request: u64,
+    pub budget: Arc<MemoryBudget>,
+    pub spill_dir: Option<PathBuf>,
+}
+
+/// Builds a [`Spool`] from the chunks of a body as they arrive.
+#[derive(Debug)]
+pub struct SpoolWriter {
+    limits: SpoolLimits,
+    memory: Vec<Bytes>,
+    reservation: Reservation,
+    file: Option<Arc<File>>,
+    file_len: u64,
+    pending: BytesMut,
+}
+
+impl SpoolWriter {
+    pub fn new(limits: SpoolLimits) -> SpoolWriter {
+        let reservation = Reservation {
+            budget: limits.budget.clone(),
+            bytes: 0,
+        };
+        SpoolWriter {
+            limits,
+            memory: Vec::new(),
+            reservation,
+            file: None,
+            file_len: 0,
+            pending: BytesMut::new(),
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.reservation.bytes + self.file_len + self.pending.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub async fn push(&mut self, chunk: Bytes) -> io::Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let n = chunk.len() as u64;
+        if self.file.is_none()
+            && self.reservation.bytes + n <= self.limits.memory_per_request
+            && self.limits.budget.try_reserve(n)
+        {
+            self.reservation.bytes += n;
+            self.memory.push(chunk);
+            return Ok(());
+        }
+        if self.file.is_none() {
+            let dir = self
+                .limits
+                .spill_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir);
+            let file = tokio::task::spawn_blocking(move || tempfile::tempfile_in(dir))
+                .await
+                .map_err(io::Error::other)??;
+            self.file = Some(Arc::new(file));
+        }
+        self.pending.extend_from_slice(&chunk);
+        if self.pending.len() >= FILE_CHUNK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        let Some(file) = self.file.clone() else {
+            return Ok(());
+        };
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let data = self.pending.split().freeze();
+        let n = data.len() as u64;
+        tokio::task::spawn_blocking(move || (&*file).write_all(&data))
+            .await
+            .map_err(io::Error::other)??;
+        self.file_len += n;
+        Ok(())
+    }
+
+    pub async fn finish(mut self) -> io::Result<Spool> {
+        self.flush().await?;
+        let memory_len = self.reservation.bytes;
+        Ok(Spool {
+            memory: std::mem::take(&mut self.memory),
+            memory_len,
+            file: self.file.take(),
+            file_len: self.file_len,
+            _reservation: std::mem::replace(
+                &mut self.reservation,
+                Reservation {
+                    budget: self.limits.budget.clone(),
+                    bytes: 0,
+                },
+            ),
+        })
+    }
+}
+
+/// A finished, immutable request body: memory first, then the spilled rest.
+#[derive(Debug)]
+pub struct Spool {
+    memory: Vec<Bytes>,
+    memory_len: u64,
+    file: Option<Arc<File>>,
+    file_len: u64,
+    _reservation: Reservation,
+}
+
+impl Spool {
+    pub fn len(&self) -> u64 {
+        self.memory_len + self.file_len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether part of the body went to disk.
+    pub fn spilled(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// The bytes in `range`, as a stream of chunks.
+    pub fn stream(
+        self: &Arc<Self>,
+        range: Range<u64>,
+    ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        let spool = Arc::clone(self);
+        let end = range.end.min(spool.len());
+        stream::try_unfold(
+            (spool, range.start, 0usize),
+            move |(spool, pos, index)| async move {
+                if pos >= end {
+                    return Ok(None);
+                }
+                if pos < spool.memory_len {
+                    // Find the memory chunk that holds `pos`, starting from the last one used.
+                    let mut index = index;
+                    let mut chunk_start: u64 =
+                        spool.memory[..index].iter().map(|c| c.len() as u64).sum();
+                    while chunk_start + spool.memory[index].len() as u64 <= pos {
+                        chunk_start += spool.memory[index].len() as u64;
+                        index += 1;
+                    }
+                    let chunk = &spool.memory[index];
+                    let from = (pos - chunk_start) as usize;
+                    let to = ((end - chunk_start) as usize).min(chunk.len());
+                    let piece = chunk.slice(from..to);
+                    let next = pos + piece.len() as u64;
+                    return Ok(Some((piece, (spool, next, index))));
+                }
+                let file = spool.file.clone().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "spool range out of bounds")
+                })?;
+                let offset = pos - spool.memory_len;
+                let want = (end - pos).min(FILE_CHUNK as u64) as usize;
+                let piece = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; want];
+                    file.read_exact_at(&mut buf, offset)?;
+                    Ok::<_, io::Error>(Bytes::from(buf))
+                })
+                .await
+                .map_err(io::Error::other)??;
+                let next = pos + piece.len() as u64;
+                Ok(Some((piece, (spool, next, index))))
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::TryStreamExt;
+
+    fn limits(per_request: u64, total: u64) -> SpoolLimits {
+        SpoolLimits {
+            memory_per_request: per_request,
+            budget: Arc::new(MemoryBudget::new(total)),
+            spill_dir: None,
+        }
+    }
+
+    async fn fill(limits: &SpoolLimits, chunks: &[&[u8]]) -> Arc<Spool> {
+        let mut w = SpoolWriter::new(limits.clone());
+        for c in chunks {
+            w.push(Bytes::copy_from_slice(c)).await.unwrap();
+        }
+        Arc::new(w.finish().await.unwrap())
+    }
+
+    async fn read(spool: &Arc<Spool>, range: Range<u64>) -> Vec<u8> {
+        let chunks: Vec<Bytes> = spool.stream(range).try_collect().await.unwrap();
+        chunks.concat()
+    }
+
+    #[tokio::test]
+    async fn small_bodies_stay_in_memory_and_read_back_in_any_range() {
+        let l = limits(1024, 4096);
+        let s = fill(&l, &[b"hello ", b"wide ", b"world"]).await;
+        assert!(!s.spilled());
+        assert_eq!(l.budget.used(), 16);
+        assert_eq!(read(&s, 0..16).await, b"hello wide world");
+        assert_eq!(read(&s, 3..13).await, b"lo wide wo");
+        assert_eq!(read(&s, 6..6).await, b"");
+        drop(s);
+        assert_eq!(l.budget.used(), 0, "memory goes back to the budget");
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_request_budget_spill_to_disk() {
+        let l = limits(8, 4096);
+        let big = vec![7u8; 3 * FILE_CHUNK + 5];
+        let s = fill(&l, &[b"01234567", &big, b"tail"]).await;
+        assert!(s.spilled());
+        assert_eq!(l.budget.used(), 8);
+        let all = read(&s, 0..s.len()).await;
+        assert_eq!(all.len(), 8 + big.len() + 4);
+        assert_eq!(&all[..8], b"01234567");
+        assert_eq!(&all[all.len() - 4..], b"tail");
+        assert_eq!(read(&s, 6..10).await, [b'6', b'7', 7, 7]);
+        // Two readers at once see the same bytes.
+        let (a, b) = tokio::join!(read(&s, 0..s.len()), read(&s, 0..s.len()));
+        assert_eq!(a, b);
+    }
+
+    #[tokio::test]
+    async fn the_global_budget_is_shared_between_requests() {
+        let l = limits(100, 150);
+        let a = fill(&l, &[&[1u8; 100]]).await;
+        let b = fill(&l, &[&[2u8; 100]]).await;
+        assert!(!a.spilled());
+        assert!(b.spilled(), "second body does not fit the global budget");
+        assert_eq!(read(&b, 0..100).await, vec![2u8; 100]);
+        drop(a);
+        let c = fill(&l, &[&[3u8; 100]]).await;
+        assert!(!c.spilled());
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_writer_returns_its_memory() {
+        let l = limits(100, 150);
+        let mut w = SpoolWriter::new(l.clone());
+        w.push(Bytes::from_static(b"abc")).await.unwrap();
+        assert_eq!(l.budget.used(), 3);
+        drop(w);
+        assert_eq!(l.budget.used(), 0);
+    }
+}

@@ -1,0 +1,264 @@
+//! Upstreams: one pooled HTTP client per configured server, and how a request is sent to it.
+//!
+//! Each upstream owns a hyper-util pooled client (keep-alive; rustls with webpki roots for
+//! https, HTTP/2 when ALPN agrees) with its own connect timeout. [`Upstream::send`] builds
+//! the request for this upstream — path appended to its URL, hop-by-hop headers dropped,
+//! Authorization replaced or removed — and reports the result as an [`AttemptError`] that
+//! knows what kind of failure it was, so the fallback policy can decide without strings.
+
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::{OutBody, Segment};
+use crate::config::UpstreamConfig;
+
+/// Response header naming the upstream that answered.
+pub const UPSTREAM_HEADER: &str = "x-voxgate-upstream";
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Why an attempt produced no response.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    /// No connection: nothing was sent.
+    #[error("connect failed: {0}")]
+    Connect(String),
+    /// No response headers in time.
+    #[error("no response headers within {0:?}")]
+    Timeout(Duration),
+    /// The connection broke after sending began, before any response header.
+    #[error("connection failed before a response: {0}")]
+    Reset(String),
+}
+
+/// A client error's message with its causes, which carry the useful part.
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+pub struct Upstream {
+    pub config: UpstreamConfig,
+    client: Client<HttpsConnector<HttpConnector>, OutBody>,
+    authorization: Option<HeaderValue>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.config.name)
+            .field("url", &self.config.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    pub fn new(config: UpstreamConfig) -> Upstream {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(https);
+        let authorization = config.api_key.as_ref().and_then(|key| {
+            let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose())).ok()?;
+            value.set_sensitive(true);
+            Some(value)
+        });
+        Upstream {
+            config,
+            client,
+            authorization,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The upstream URL for a normalised request path (and query).
+    fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        let base = &self.config.url;
+        let prefix = base.path().trim_end_matches('/');
+        let mut parts = base.clone().into_parts();
+        parts.path_and_query = Some(format!("{prefix}{path_and_query}").parse()?);
+        Ok(Uri::from_parts(parts)?)
+    }
+
+    /// The headers this upstream gets: the client's end-to-end headers, with
+    /// Authorization replaced by ours, passed on, or removed, as configured.
+    fn headers(&self, client: &HeaderMap, request_id: &HeaderValue, len: u64) -> HeaderMap {
+        let mut headers = client.clone();
+        strip_hop_by_hop(&mut headers);
+        headers.remove(header::HOST);
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::EXPECT);
+        match (&self.authorization, self.config.pass_client_key) {
+            (Some(ours), _) => {
+                headers.insert(header::AUTHORIZATION, ours.clone());
+            }
+            (None, true) => {}
+            (None, false) => {
+                headers.remove(header::AUTHORIZATION);
+            }
+        }
+        headers.insert(REQUEST_ID_HEADER, request_id.clone());
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        headers
+    }
+
+    /// Sends one attempt; resolves when response headers arrive or the attempt fails.
+    pub async fn send(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        client_headers: &HeaderMap,
+        request_id: &HeaderValue,
+        body: Vec<Segment>,
+    ) -> Result<Response<Incoming>, AttemptError> {
+        let body = OutBody::new(body);
+        let len = http_body::Body::size_hint(&body).exact().unwrap_or(0);
+        let uri = self
+            .uri(path_and_query)
+            .map_err(|e| AttemptError::Connect(format!("cannot build the upstream URL: {e}")))?;
+        let mut request = Request::new(body);
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = self.headers(client_headers, request_id, len);
+        let timeout = self.config.response_timeout;
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Err(_) => Err(AttemptError::Timeout(timeout)),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) if e.is_connect() => Err(AttemptError::Connect(describe(&e))),
+            Ok(Err(e)) => Err(AttemptError::Reset(describe(&e))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Secret};
+
+    fn upstream(url: &str, key: Option<&str>, pass: bool) -> Upstream {
+        let text = format!("[upstreams.u]\nurl = \"{url}\"\n[[routes]]\nto = [\"u\"]\n");
+        let mut config = Config::from_toml_with_env(&text, "t", &|_| None)
+            .unwrap()
+            .upstreams
+            .remove(0);
+        config.api_key = key.map(|k| Secret::new(k));
+        config.pass_client_key = pass;
+        Upstream::new(config)
+    }
+
+    fn client_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer client"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("voxgate"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        h
+    }
+
+    #[test]
+    fn paths_are_appended_to_the_upstream_url() {
+        let u = upstream("http://127.0.0.1:8880", None, false);
+        assert_eq!(
+            u.uri("/v1/audio/speech").unwrap().to_string(),
+            "http://127.0.0.1:8880/v1/audio/speech"
+        );
+        let u = upstream("https://gw.example/openai/", None, false);
+        assert_eq!(
+            u.uri("/v1/models?x=1").unwrap().to_string(),
+            "https://gw.example/openai/v1/models?x=1"
+        );
+    }
+
+    #[test]
+    fn authorization_is_replaced_stripped_or_passed() {
+        let id = HeaderValue::from_static("req-1");
+        let h = upstream("http://a", Some("sk-up"), false).headers(&client_headers(), &id, 5);
+        assert_eq!(h[header::AUTHORIZATION], "Bearer sk-up");
+        assert!(h[header::AUTHORIZATION].is_sensitive());
+        let h = upstream("http://a", None, false).headers(&client_headers(), &id, 5);
+        assert!(h.get(header::AUTHORIZATION).is_none());
+        let h = upstream("http://a", None, true).headers(&client_headers(), &id, 5);
+        assert_eq!(h[header::AUTHORIZATION], "Bearer client");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_do_not_travel() {
+        let id = HeaderValue::from_static("req-1");
+        let h = upstream("http://a", None, false).headers(&client_headers(), &id, 5);
+        for gone in ["connection", "x-private", "transfer-encoding", "host"] {
+            assert!(h.get(gone).is_none(), "{gone}");
+        }
+        assert_eq!(h[header::ACCEPT], "application/octet-stream");
+        assert_eq!(h[header::CONTENT_LENGTH], "5");
+        assert_eq!(h[REQUEST_ID_HEADER], "req-1");
+    }
+}
