@@ -1,0 +1,448 @@
+//! Test support: scripted upstreams and a voxgate instance, all on 127.0.0.1:0.
+//!
+//! A [`Scripted`] upstream records every request it receives (method, path, headers, whole
+//! body) and counts the connections made to it, and answers each request as its script
+//! says: a full response, chunks with delays, a hang, a reset before headers, or a reset in
+//! the middle of the body.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::stream;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{channel::Channel, combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use voxgate::config::Config;
+use voxgate::proxy::Gateway;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type TestBody = BoxBody<Bytes, BoxError>;
+
+/// A request as an upstream received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("upstream received JSON")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// How a scripted upstream answers one request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Full {
+        status: u16,
+        headers: Vec<(&'static str, String)>,
+        body: Bytes,
+    },
+    /// A chunked body, one chunk per `delay`, the first one after `delay` too.
+    Chunks {
+        status: u16,
+        content_type: &'static str,
+        chunks: Vec<Bytes>,
+        delay: Duration,
+    },
+    /// Sends `chunks`, then breaks the connection mid-body.
+    ChunksThenReset { chunks: Vec<Bytes>, delay: Duration },
+    /// Reads the request, then never answers.
+    Hang,
+    /// Reads the request, then closes the connection without a response.
+    Close,
+}
+
+impl Reply {
+    pub fn ok(content_type: &str, body: impl Into<Bytes>) -> Reply {
+        Reply::Full {
+            status: 200,
+            headers: vec![("content-type", content_type.to_string())],
+            body: body.into(),
+        }
+    }
+
+    pub fn json(status: u16, value: serde_json::Value) -> Reply {
+        Reply::Full {
+            status,
+            headers: vec![("content-type", "application/json".to_string())],
+            body: Bytes::from(value.to_string()),
+        }
+    }
+
+    pub fn status(status: u16) -> Reply {
+        Reply::json(
+            status,
+            serde_json::json!({"error": {"message": format!("scripted {status}"), "type": "server_error"}}),
+        )
+    }
+}
+
+type Script = Arc<dyn Fn(&Received) -> Reply + Send + Sync>;
+
+/// An in-process upstream on 127.0.0.1:0.
+pub struct Scripted {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    connections: Arc<AtomicUsize>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Scripted {
+    pub async fn start(script: impl Fn(&Received) -> Reply + Send + Sync + 'static) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let script: Script = Arc::new(script);
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let (rec, conns) = (received.clone(), connections.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+                    _ = &mut stopped => return,
+                };
+                conns.fetch_add(1, Ordering::SeqCst);
+                let (script, rec) = (script.clone(), rec.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (script, rec) = (script.clone(), rec.clone());
+                        async move { answer(req, script, rec).await }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Scripted {
+            addr,
+            received,
+            connections,
+            _stop: stop,
+        }
+    }
+
+    /// Always answers with `reply`.
+    pub async fn always(reply: Reply) -> Scripted {
+        Scripted::start(move |_| reply.clone()).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Received {
+        self.received().pop().expect("upstream received a request")
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    script: Script,
+    received: Arc<Mutex<Vec<Received>>>,
+) -> Result<Response<TestBody>, std::io::Error> {
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Err(std::io::Error::other(e)),
+    };
+    let got = Received {
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        headers: parts.headers,
+        body,
+    };
+    let reply = script(&got);
+    received.lock().unwrap().push(got);
+    match reply {
+        Reply::Full {
+            status,
+            headers,
+            body,
+        } => {
+            let mut r = Response::new(Full::new(body).map_err(|n| match n {}).boxed());
+            *r.status_mut() = StatusCode::from_u16(status).unwrap();
+            for (k, v) in headers {
+                r.headers_mut().insert(k, HeaderValue::from_str(&v).unwrap());
+            }
+            Ok(r)
+        }
+        Reply::Chunks {
+            status,
+            content_type,
+            chunks,
+            delay,
+        } => Ok(streamed(status, content_type, chunks, delay, false)),
+        Reply::ChunksThenReset { chunks, delay } => {
+            Ok(streamed(200, "audio/pcm", chunks, delay, true))
+        }
+        Reply::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Err(std::io::Error::other("hung"))
+        }
+        Reply::Close => Err(std::io::Error::other("scripted close")),
+    }
+}
+
+/// A response whose body a task writes chunk by chunk, optionally breaking off at the end.
+fn streamed(
+    status: u16,
+    content_type: &'static str,
+    chunks: Vec<Bytes>,
+    delay: Duration,
+    reset: bool,
+) -> Response<TestBody> {
+    let (mut sender, body) = Channel::<Bytes, BoxError>::new(1);
+    tokio::spawn(async move {
+        for chunk in chunks {
+            tokio::time::sleep(delay).await;
+            if sender.send_data(chunk).await.is_err() {
+                return;
+            }
+        }
+        if reset {
+            tokio::time::sleep(delay).await;
+            sender.abort(BoxError::from(std::io::Error::other("scripted reset")));
+        }
+    });
+    let mut r = Response::new(BodyExt::boxed(body));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static(content_type));
+    r
+}
+
+/// An address where nothing listens: connections are refused.
+pub async fn refused_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr
+}
+
+/// A voxgate instance on 127.0.0.1:0.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub async fn start(toml: &str) -> Proxy {
+        let config = Config::from_toml(toml, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+        Proxy::start_with(config).await
+    }
+
+    pub async fn start_with(config: Config) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gateway = Arc::new(Gateway::new(config));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let done = tokio::spawn(voxgate::server::run(listener, gateway.clone(), async {
+            let _ = stopped.await;
+        }));
+        Proxy {
+            addr,
+            gateway,
+            stop: Some(stop),
+            done: Some(done),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Starts the graceful shutdown; the returned future ends when the server has stopped.
+    pub fn shutdown(&mut self) -> impl Future<Output = ()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let done = self.done.take();
+        async move {
+            if let Some(done) = done {
+                let _ = done.await;
+            }
+        }
+    }
+}
+
+/// A plain HTTP client for tests.
+pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn full_body(bytes: impl Into<Bytes>) -> TestBody {
+    Full::new(bytes.into()).map_err(|n| match n {}).boxed()
+}
+
+/// A body sent chunked, without Content-Length, in the given pieces.
+pub fn chunked_body(pieces: Vec<Bytes>) -> TestBody {
+    BodyExt::boxed(StreamBody::new(stream::iter(
+        pieces.into_iter().map(|p| Ok(Frame::data(p))),
+    )))
+}
+
+/// A collected response.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The OpenAI error message, asserting the error shape on the way.
+    pub fn error_message(&self) -> String {
+        let v = self.json();
+        let e = &v["error"];
+        assert!(e["message"].is_string(), "no error.message in {v}");
+        assert!(e["type"].is_string(), "no error.type in {v}");
+        assert!(e.get("param").is_some() && e.get("code").is_some(), "{v}");
+        e["message"].as_str().unwrap().to_string()
+    }
+}
+
+pub async fn send(req: Request<TestBody>) -> Answer {
+    let response = tokio::time::timeout(Duration::from_secs(20), client().request(req))
+        .await
+        .expect("voxgate answered in time")
+        .expect("request succeeded");
+    let (parts, body) = response.into_parts();
+    let body = tokio::time::timeout(Duration::from_secs(20), body.collect())
+        .await
+        .expect("body arrived in time")
+        .expect("body complete")
+        .to_bytes();
+    Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub fn post(url: &str, content_type: &str, body: TestBody) -> Request<TestBody> {
+    Request::post(url)
+        .header("content-type", content_type)
+        .body(body)
+        .unwrap()
+}
+
+pub fn speech_request(url: &str, json: serde_json::Value) -> Request<TestBody> {
+    post(url, "application/json", full_body(json.to_string()))
+}
+
+pub const BOUNDARY: &str = "voxgate-test-boundary";
+
+/// A multipart form; parts with a file name are files.
+pub fn form(parts: &[(&str, Option<&str>, &[u8])]) -> Bytes {
+    let mut out = Vec::new();
+    for (name, filename, value) in parts {
+        out.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+        match filename {
+            Some(f) => out.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: audio/wav\r\n\r\n")
+                    .as_bytes(),
+            ),
+            None => out.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+            ),
+        }
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    Bytes::from(out)
+}
+
+pub fn form_content_type() -> String {
+    format!("multipart/form-data; boundary={BOUNDARY}")
+}
+
+/// Parses a multipart body as an upstream would (text parts as strings, files as bytes).
+pub async fn parse_form(received: &Received) -> Vec<(String, Option<String>, Bytes)> {
+    let ct = received.header("content-type").expect("content-type");
+    let boundary = multer::parse_boundary(ct).expect("boundary");
+    let body = received.body.clone();
+    let mut m = multer::Multipart::new(
+        stream::once(async move { Ok::<_, Infallible>(body) }),
+        boundary,
+    );
+    let mut out = Vec::new();
+    while let Some(field) = m.next_field().await.expect("well-formed multipart") {
+        let name = field.name().unwrap_or_default().to_string();
+        let file = field.file_name().map(str::to_string);
+        out.push((name, file, field.bytes().await.unwrap()));
+    }
+    out
+}
+
+/// Deterministic pseudo-random bytes, so a truncated or reordered copy is noticed.
+pub fn noise(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Time since `start` in milliseconds.
+pub fn ms(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
+/// A future that never completes, for scripts that hang.
+pub fn pending() -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(std::future::pending())
+}
