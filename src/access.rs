@@ -105,7 +105,7 @@ impl AccessRecord {
 
 /// A proxied response body: passes frames through untouched and writes the access record
 /// when it ends, fails or is dropped.
-pub struct ObservedBody<B> {
+pub struct ObservedBody<B: Body> {
     inner: B,
     record: Option<AccessRecord>,
     bytes_out: u64,
@@ -113,7 +113,7 @@ pub struct ObservedBody<B> {
     ending: Ending,
 }
 
-impl<B> ObservedBody<B> {
+impl<B: Body> ObservedBody<B> {
     pub fn new(inner: B, record: AccessRecord) -> ObservedBody<B> {
         ObservedBody {
             inner,
@@ -125,6 +125,10 @@ impl<B> ObservedBody<B> {
     }
 
     fn close(&mut self) {
+        // hyper stops polling a body that says it is at its end, and drops it.
+        if self.ending == Ending::ClientGone && self.inner.is_end_stream() {
+            self.ending = Ending::Complete;
+        }
         if let Some(record) = self.record.take() {
             let ttfb = self.first_byte.map(|t| t.duration_since(record.started));
             let ending = match self.ending {
@@ -137,7 +141,7 @@ impl<B> ObservedBody<B> {
     }
 }
 
-impl<B> Drop for ObservedBody<B> {
+impl<B: Body> Drop for ObservedBody<B> {
     fn drop(&mut self) {
         self.close();
     }

@@ -578,8 +578,10 @@ impl Validator<'_> {
                     .into_iter()
                     .filter(|e| pattern.matches(e.name()))
                     .collect();
+                let mut unknown = false;
                 for literal in pattern.literals() {
                     if Endpoint::from_name(literal).is_none() {
+                        unknown = true;
                         self.error(
                             span.clone(),
                             format!(
@@ -589,7 +591,7 @@ impl Validator<'_> {
                         );
                     }
                 }
-                if endpoints.is_empty() {
+                if endpoints.is_empty() && !unknown {
                     self.error(span, "match `endpoint` matches no endpoint");
                 }
                 matcher.endpoints = Some(endpoints);

@@ -196,7 +196,7 @@ mod tests {
             .unwrap()
             .upstreams
             .remove(0);
-        config.api_key = key.map(|k| Secret::new(k));
+        config.api_key = key.map(Secret::new);
         config.pass_client_key = pass;
         Upstream::new(config)
     }

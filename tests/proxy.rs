@@ -26,7 +26,11 @@ fn speech_json() -> serde_json::Value {
 }
 
 async fn speech_via(proxy: &Proxy) -> Answer {
-    send(speech_request(&proxy.url("/v1/audio/speech"), speech_json())).await
+    send(speech_request(
+        &proxy.url("/v1/audio/speech"),
+        speech_json(),
+    ))
+    .await
 }
 
 #[tokio::test]
@@ -50,7 +54,11 @@ async fn speech_is_routed_by_voice_and_model_is_set_for_the_route() {
     let b = send(speech_request(&proxy.url("/audio/speech"), other)).await;
     assert_eq!(&b.body[..], b"openai-audio");
     assert_eq!(openai.last().json()["model"], "tts-1");
-    assert_eq!(openai.last().path, "/v1/audio/speech", "a base URL without /v1 still works");
+    assert_eq!(
+        openai.last().path,
+        "/v1/audio/speech",
+        "a base URL without /v1 still works"
+    );
 }
 
 #[tokio::test]
@@ -81,7 +89,11 @@ async fn falls_back_on_503_while_body_is_replayable() {
     let r = speech_via(&proxy).await;
     assert_eq!((r.status, &r.body[..]), (200, &b"from-b"[..]));
     assert_eq!(r.header("x-voxgate-upstream"), Some("b"));
-    assert_eq!(a.last().body, b.last().body, "the fallback got the same body");
+    assert_eq!(
+        a.last().body,
+        b.last().body,
+        "the fallback got the same body"
+    );
 }
 
 #[tokio::test]
@@ -99,7 +111,14 @@ async fn falls_back_on_502_and_504_too() {
 async fn falls_back_when_the_primary_refuses_connections() {
     let dead = refused_addr().await;
     let b = Scripted::always(Reply::ok("audio/pcm", "ok")).await;
-    let proxy = Proxy::start(&two_upstreams(&format!("http://{dead}"), &b.url(), "", "", A_THEN_B)).await;
+    let proxy = Proxy::start(&two_upstreams(
+        &format!("http://{dead}"),
+        &b.url(),
+        "",
+        "",
+        A_THEN_B,
+    ))
+    .await;
     let r = speech_via(&proxy).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-voxgate-upstream"), Some("b"));
@@ -115,7 +134,10 @@ async fn falls_back_when_the_primary_does_not_answer_in_time() {
     let took = ms(start);
     assert_eq!(r.status, 200);
     assert_eq!(a.count(), 1, "the primary was tried");
-    assert!((450.0..2000.0).contains(&took), "one 500 ms per-try timeout, took {took} ms");
+    assert!(
+        (450.0..2000.0).contains(&took),
+        "one 500 ms per-try timeout, took {took} ms"
+    );
 }
 
 #[tokio::test]
@@ -133,15 +155,23 @@ async fn statuses_not_in_fallback_on_are_passed_through() {
     for status in [500, 429, 400] {
         let a = Scripted::start(move |_| Reply::Full {
             status,
-            headers: vec![("content-type", "application/json".into()), ("retry-after", "7".into())],
-            body: Bytes::from(format!(r#"{{"error":{{"message":"upstream says {status}"}}}}"#)),
+            headers: vec![
+                ("content-type", "application/json".into()),
+                ("retry-after", "7".into()),
+            ],
+            body: Bytes::from(format!(
+                r#"{{"error":{{"message":"upstream says {status}"}}}}"#
+            )),
         })
         .await;
         let b = Scripted::always(Reply::ok("audio/pcm", "ok")).await;
         let proxy = Proxy::start(&two_upstreams(&a.url(), &b.url(), "", "", A_THEN_B)).await;
         let r = speech_via(&proxy).await;
         assert_eq!(r.status, status);
-        assert_eq!(r.json()["error"]["message"], format!("upstream says {status}"));
+        assert_eq!(
+            r.json()["error"]["message"],
+            format!("upstream says {status}")
+        );
         assert_eq!(r.header("retry-after"), Some("7"));
         assert_eq!(b.count(), 0, "no fallback on {status}");
     }
@@ -157,7 +187,14 @@ async fn fallback_on_can_add_statuses_and_drop_triggers() {
 
     let dead = refused_addr().await;
     let b = Scripted::always(Reply::ok("audio/pcm", "ok")).await;
-    let proxy = Proxy::start(&two_upstreams(&format!("http://{dead}"), &b.url(), "", "", routes)).await;
+    let proxy = Proxy::start(&two_upstreams(
+        &format!("http://{dead}"),
+        &b.url(),
+        "",
+        "",
+        routes,
+    ))
+    .await;
     let r = speech_via(&proxy).await;
     assert_eq!(r.status, 502, "connect is no longer a trigger");
     assert!(r.error_message().contains("does not fall back"));
@@ -168,13 +205,23 @@ async fn fallback_on_can_add_statuses_and_drop_triggers() {
 async fn all_upstreams_failing_gives_502_listing_each_attempt() {
     let a = Scripted::always(Reply::status(503)).await;
     let dead = refused_addr().await;
-    let proxy = Proxy::start(&two_upstreams(&a.url(), &format!("http://{dead}"), "", "", A_THEN_B)).await;
+    let proxy = Proxy::start(&two_upstreams(
+        &a.url(),
+        &format!("http://{dead}"),
+        "",
+        "",
+        A_THEN_B,
+    ))
+    .await;
     let r = speech_via(&proxy).await;
     assert_eq!(r.status, 502);
     assert_eq!(r.header("x-should-retry"), Some("false"));
     assert!(r.header("x-request-id").is_some());
     let message = r.error_message();
-    assert!(message.contains("a: answered 503 \"scripted 503\""), "{message}");
+    assert!(
+        message.contains("a: answered 503 \"scripted 503\""),
+        "{message}"
+    );
     assert!(message.contains("b: connect failed"), "{message}");
     assert_eq!(r.json()["error"]["type"], "server_error");
 }
@@ -202,7 +249,10 @@ async fn no_fallback_once_the_first_byte_went_out_and_the_client_sees_a_broken_s
     let b = Scripted::always(Reply::ok("audio/pcm", "from-b")).await;
     let proxy = Proxy::start(&two_upstreams(&a.url(), &b.url(), "", "", A_THEN_B)).await;
     let response = client()
-        .request(speech_request(&proxy.url("/v1/audio/speech"), speech_json()))
+        .request(speech_request(
+            &proxy.url("/v1/audio/speech"),
+            speech_json(),
+        ))
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
@@ -223,10 +273,17 @@ async fn the_first_chunk_reaches_the_client_before_the_upstream_finishes() {
         delay: Duration::from_millis(200),
     })
     .await;
-    let proxy = Proxy::start(&format!("[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n", a.url())).await;
+    let proxy = Proxy::start(&format!(
+        "[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n",
+        a.url()
+    ))
+    .await;
     let start = Instant::now();
     let response = client()
-        .request(speech_request(&proxy.url("/v1/audio/speech"), speech_json()))
+        .request(speech_request(
+            &proxy.url("/v1/audio/speech"),
+            speech_json(),
+        ))
         .await
         .unwrap();
     let mut body = response.into_body();
@@ -239,8 +296,15 @@ async fn the_first_chunk_reaches_the_client_before_the_upstream_finishes() {
         }
     }
     assert_eq!(total, chunks.concat());
-    assert!(arrivals[0] < 600.0, "first chunk at {} ms, upstream needs 1000 ms", arrivals[0]);
-    assert!(arrivals.len() >= 4, "chunks were not merged into one: {arrivals:?}");
+    assert!(
+        arrivals[0] < 600.0,
+        "first chunk at {} ms, upstream needs 1000 ms",
+        arrivals[0]
+    );
+    assert!(
+        arrivals.len() >= 4,
+        "chunks were not merged into one: {arrivals:?}"
+    );
 }
 
 #[tokio::test]
@@ -253,13 +317,29 @@ async fn sse_passes_through_intact() {
     let a = Scripted::always(Reply::Chunks {
         status: 200,
         content_type: "text/event-stream",
-        chunks: events.iter().map(|e| Bytes::from_static(e.as_bytes())).collect(),
+        chunks: events
+            .iter()
+            .map(|e| Bytes::from_static(e.as_bytes()))
+            .collect(),
         delay: Duration::from_millis(10),
     })
     .await;
-    let proxy = Proxy::start(&format!("[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n", a.url())).await;
-    let body = form(&[("file", Some("a.wav"), b"RIFF"), ("model", None, b"gpt-4o-transcribe"), ("stream", None, b"true")]);
-    let r = send(post(&proxy.url("/v1/audio/transcriptions"), &form_content_type(), full_body(body))).await;
+    let proxy = Proxy::start(&format!(
+        "[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n",
+        a.url()
+    ))
+    .await;
+    let body = form(&[
+        ("file", Some("a.wav"), b"RIFF"),
+        ("model", None, b"gpt-4o-transcribe"),
+        ("stream", None, b"true"),
+    ]);
+    let r = send(post(
+        &proxy.url("/v1/audio/transcriptions"),
+        &form_content_type(),
+        full_body(body),
+    ))
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("text/event-stream"));
     assert_eq!(r.body, events.concat());
@@ -271,7 +351,13 @@ async fn transcriptions_with_the_file_first_and_no_content_length_route_by_model
     let openai = Scripted::always(Reply::json(200, json!({"text": "cloud"}))).await;
     let routes = "[[routes]]\nmatch = { endpoint = \"transcriptions\", model = \"gpt-4o-*\" }\nto = [\"b\"]\n\
                   [[routes]]\nmatch = { endpoint = [\"transcriptions\", \"translations\"] }\nto = [\"a\"]\n";
-    let config = two_upstreams(&whisper.url(), &openai.url(), "model_map = { \"whisper-1\" = \"large-v3\" }", "", routes);
+    let config = two_upstreams(
+        &whisper.url(),
+        &openai.url(),
+        "model_map = { \"whisper-1\" = \"large-v3\" }",
+        "",
+        routes,
+    );
     let proxy = Proxy::start(&config).await;
     let audio = noise(3 * 1024 * 1024 + 17);
     for (model, expect) in [("gpt-4o-transcribe", "cloud"), ("whisper-1", "local")] {
@@ -282,7 +368,12 @@ async fn transcriptions_with_the_file_first_and_no_content_length_route_by_model
             ("timestamp_granularities[]", None, b"segment"),
         ]);
         let pieces: Vec<Bytes> = body.chunks(65_536).map(Bytes::copy_from_slice).collect();
-        let r = send(post(&proxy.url("/v1/audio/transcriptions"), &form_content_type(), chunked_body(pieces))).await;
+        let r = send(post(
+            &proxy.url("/v1/audio/transcriptions"),
+            &form_content_type(),
+            chunked_body(pieces),
+        ))
+        .await;
         assert_eq!(r.status, 200);
         assert_eq!(r.json()["text"], expect);
     }
@@ -290,8 +381,15 @@ async fn transcriptions_with_the_file_first_and_no_content_length_route_by_model
     assert_eq!(parts[0].0, "file");
     assert_eq!(parts[0].1.as_deref(), Some("speech.wav"));
     assert_eq!(parts[0].2, audio, "the file arrives byte for byte");
-    assert_eq!((parts[1].0.as_str(), &parts[1].2[..]), ("model", &b"large-v3"[..]));
-    let grans: Vec<&[u8]> = parts.iter().filter(|p| p.0 == "timestamp_granularities[]").map(|p| &p.2[..]).collect();
+    assert_eq!(
+        (parts[1].0.as_str(), &parts[1].2[..]),
+        ("model", &b"large-v3"[..])
+    );
+    let grans: Vec<&[u8]> = parts
+        .iter()
+        .filter(|p| p.0 == "timestamp_granularities[]")
+        .map(|p| &p.2[..])
+        .collect();
     assert_eq!(grans, vec![&b"word"[..], &b"segment"[..]]);
     assert_eq!(
         whisper.last().header("content-length"),
@@ -310,13 +408,25 @@ async fn a_spilled_upload_is_replayed_whole_to_the_fallback() {
         + "[server]\nreplay_memory_per_request = 65536\n";
     let proxy = Proxy::start(&config).await;
     let audio = noise(5 * 1024 * 1024);
-    let body = form(&[("model", None, b"whisper-1"), ("file", Some("a.wav"), &audio)]);
-    let r = send(post(&proxy.url("/v1/audio/translations"), &form_content_type(), full_body(body.clone()))).await;
+    let body = form(&[
+        ("model", None, b"whisper-1"),
+        ("file", Some("a.wav"), &audio),
+    ]);
+    let r = send(post(
+        &proxy.url("/v1/audio/translations"),
+        &form_content_type(),
+        full_body(body.clone()),
+    ))
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(a.last().body, body, "primary got the upload as sent");
     assert_eq!(b.last().body, body, "fallback got the same bytes");
     assert_eq!(b.last().path, "/v1/audio/translations");
-    assert_eq!(proxy.gateway.replay_memory_used(), 0, "replay memory is released");
+    assert_eq!(
+        proxy.gateway.replay_memory_used(),
+        0,
+        "replay memory is released"
+    );
 }
 
 #[tokio::test]
@@ -327,14 +437,32 @@ async fn bodies_over_the_limit_get_413_in_openai_shape() {
         a.url()
     );
     let proxy = Proxy::start(&config).await;
-    let body = form(&[("model", None, b"whisper-1"), ("file", Some("a.wav"), &noise(200_000))]);
-    let r = send(post(&proxy.url("/v1/audio/transcriptions"), &form_content_type(), full_body(body.clone()))).await;
+    let body = form(&[
+        ("model", None, b"whisper-1"),
+        ("file", Some("a.wav"), &noise(200_000)),
+    ]);
+    let r = send(post(
+        &proxy.url("/v1/audio/transcriptions"),
+        &form_content_type(),
+        full_body(body.clone()),
+    ))
+    .await;
     assert_eq!(r.status, 413);
-    assert_eq!(r.error_message(), "Maximum content size limit (100000) exceeded (0 bytes read)");
+    assert_eq!(
+        r.error_message(),
+        "Maximum content size limit (100000) exceeded (0 bytes read)"
+    );
     let pieces: Vec<Bytes> = body.chunks(10_000).map(Bytes::copy_from_slice).collect();
-    let r = send(post(&proxy.url("/v1/audio/transcriptions"), &form_content_type(), chunked_body(pieces))).await;
+    let r = send(post(
+        &proxy.url("/v1/audio/transcriptions"),
+        &form_content_type(),
+        chunked_body(pieces),
+    ))
+    .await;
     assert_eq!(r.status, 413);
-    assert!(r.error_message().starts_with("Maximum content size limit (100000) exceeded"));
+    assert!(r
+        .error_message()
+        .starts_with("Maximum content size limit (100000) exceeded"));
     assert_eq!(a.count(), 0);
 }
 
@@ -350,14 +478,38 @@ async fn malformed_bodies_get_400_and_unknown_routes_404() {
     let r = send(post(&url, "application/json", full_body("{not json"))).await;
     assert_eq!(r.status, 400);
     assert!(r.error_message().contains("not valid JSON"));
-    let r = send(speech_request(&url, json!({"model": "tts-1", "input": "x"}))).await;
-    assert_eq!((r.status, r.json()["error"]["param"].as_str()), (400, Some("voice")));
-    let r = send(speech_request(&url, json!({"model": "gpt-4o-mini-tts", "input": "x", "voice": "alloy"}))).await;
+    let r = send(speech_request(
+        &url,
+        json!({"model": "tts-1", "input": "x"}),
+    ))
+    .await;
+    assert_eq!(
+        (r.status, r.json()["error"]["param"].as_str()),
+        (400, Some("voice"))
+    );
+    let r = send(speech_request(
+        &url,
+        json!({"model": "gpt-4o-mini-tts", "input": "x", "voice": "alloy"}),
+    ))
+    .await;
     assert_eq!(r.status, 404);
-    assert_eq!(r.error_message(), "no route for speech requests with model `gpt-4o-mini-tts`");
-    let r = send(post(&proxy.url("/v1/audio/transcriptions"), "multipart/form-data; boundary=zz", full_body("garbage"))).await;
+    assert_eq!(
+        r.error_message(),
+        "no route for speech requests with model `gpt-4o-mini-tts`"
+    );
+    let r = send(post(
+        &proxy.url("/v1/audio/transcriptions"),
+        "multipart/form-data; boundary=zz",
+        full_body("garbage"),
+    ))
+    .await;
     assert_eq!(r.status, 400);
-    let r = send(Request::get(proxy.url("/nope")).body(full_body("")).unwrap()).await;
+    let r = send(
+        Request::get(proxy.url("/nope"))
+            .body(full_body(""))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(r.status, 404);
     r.error_message();
     assert_eq!(a.count(), 0);
@@ -381,32 +533,54 @@ async fn authorization_goes_only_where_configured() {
     );
     let proxy = Proxy::start(&config).await;
     for voice in ["k", "n", "p"] {
-        let mut req = speech_request(&proxy.url("/v1/audio/speech"), json!({"model": "tts-1", "input": "x", "voice": voice}));
-        req.headers_mut().insert("authorization", "Bearer sk-client".parse().unwrap());
+        let mut req = speech_request(
+            &proxy.url("/v1/audio/speech"),
+            json!({"model": "tts-1", "input": "x", "voice": voice}),
+        );
+        req.headers_mut()
+            .insert("authorization", "Bearer sk-client".parse().unwrap());
         assert_eq!(send(req).await.status, 200);
     }
-    assert_eq!(with_key.last().header("authorization"), Some("Bearer sk-upstream"));
+    assert_eq!(
+        with_key.last().header("authorization"),
+        Some("Bearer sk-upstream")
+    );
     assert_eq!(without.last().header("authorization"), None);
-    assert_eq!(passing.last().header("authorization"), Some("Bearer sk-client"));
+    assert_eq!(
+        passing.last().header("authorization"),
+        Some("Bearer sk-client")
+    );
 }
 
 #[tokio::test]
 async fn request_ids_are_propagated_or_generated() {
     let a = Scripted::start(|_| Reply::Full {
         status: 200,
-        headers: vec![("x-request-id", "req_upstream".into()), ("content-type", "audio/pcm".into())],
+        headers: vec![
+            ("x-request-id", "req_upstream".into()),
+            ("content-type", "audio/pcm".into()),
+        ],
         body: Bytes::from_static(b"x"),
     })
     .await;
-    let proxy = Proxy::start(&format!("[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n", a.url())).await;
+    let proxy = Proxy::start(&format!(
+        "[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n",
+        a.url()
+    ))
+    .await;
     let mut req = speech_request(&proxy.url("/v1/audio/speech"), speech_json());
-    req.headers_mut().insert("x-request-id", "client-id-1".parse().unwrap());
+    req.headers_mut()
+        .insert("x-request-id", "client-id-1".parse().unwrap());
     let r = send(req).await;
     assert_eq!(r.header("x-request-id"), Some("client-id-1"));
     assert_eq!(r.header("x-upstream-request-id"), Some("req_upstream"));
     assert_eq!(a.last().header("x-request-id"), Some("client-id-1"));
 
-    let r = send(speech_request(&proxy.url("/v1/audio/speech"), speech_json())).await;
+    let r = send(speech_request(
+        &proxy.url("/v1/audio/speech"),
+        speech_json(),
+    ))
+    .await;
     let generated = r.header("x-request-id").unwrap().to_string();
     assert!(generated.starts_with("vg-"));
     assert_eq!(a.last().header("x-request-id"), Some(generated.as_str()));
@@ -425,11 +599,18 @@ async fn hop_by_hop_headers_stay_on_their_hop() {
         body: Bytes::from_static(b"aac"),
     })
     .await;
-    let proxy = Proxy::start(&format!("[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n", a.url())).await;
+    let proxy = Proxy::start(&format!(
+        "[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n",
+        a.url()
+    ))
+    .await;
     let mut req = speech_request(&proxy.url("/v1/audio/speech"), speech_json());
-    req.headers_mut().insert("connection", "x-client-hop".parse().unwrap());
-    req.headers_mut().insert("x-client-hop", "1".parse().unwrap());
-    req.headers_mut().insert("x-stainless-lang", "python".parse().unwrap());
+    req.headers_mut()
+        .insert("connection", "x-client-hop".parse().unwrap());
+    req.headers_mut()
+        .insert("x-client-hop", "1".parse().unwrap());
+    req.headers_mut()
+        .insert("x-stainless-lang", "python".parse().unwrap());
     let r = send(req).await;
     assert_eq!(r.header("content-type"), Some("audio/aac"));
     assert_eq!(r.header("x-end-to-end"), Some("kept"));
@@ -448,20 +629,38 @@ async fn other_v1_requests_pass_through_unparsed() {
         a.url()
     );
     let proxy = Proxy::start(&config).await;
-    let r = send(Request::get(proxy.url("/v1/models?limit=5")).body(full_body("")).unwrap()).await;
+    let r = send(
+        Request::get(proxy.url("/v1/models?limit=5"))
+            .body(full_body(""))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["object"], "list");
     assert_eq!(a.last().path, "/v1/models?limit=5");
     assert_eq!(a.last().method, "GET");
-    let r = send(post(&proxy.url("/v1/chat/completions"), "application/json", full_body("{not json is fine here"))).await;
+    let r = send(post(
+        &proxy.url("/v1/chat/completions"),
+        "application/json",
+        full_body("{not json is fine here"),
+    ))
+    .await;
     assert_eq!(r.status, 404, "POST does not match the GET-only route");
 }
 
 #[tokio::test]
 async fn health_answers_without_any_upstream() {
     let dead = refused_addr().await;
-    let proxy = Proxy::start(&format!("[upstreams.a]\nurl = \"http://{dead}\"\n[[routes]]\nto = [\"a\"]\n")).await;
-    let r = send(Request::get(proxy.url("/health")).body(full_body("")).unwrap()).await;
+    let proxy = Proxy::start(&format!(
+        "[upstreams.a]\nurl = \"http://{dead}\"\n[[routes]]\nto = [\"a\"]\n"
+    ))
+    .await;
+    let r = send(
+        Request::get(proxy.url("/health"))
+            .body(full_body(""))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["status"], "ok");
 }
@@ -475,15 +674,29 @@ async fn shutdown_lets_a_stream_in_flight_finish() {
         delay: Duration::from_millis(150),
     })
     .await;
-    let mut proxy = Proxy::start(&format!("[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n", a.url())).await;
+    let mut proxy = Proxy::start(&format!(
+        "[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n",
+        a.url()
+    ))
+    .await;
     let response = client()
-        .request(speech_request(&proxy.url("/v1/audio/speech"), speech_json()))
+        .request(speech_request(
+            &proxy.url("/v1/audio/speech"),
+            speech_json(),
+        ))
         .await
         .unwrap();
     let stopped = proxy.shutdown();
-    let body = response.into_body().collect().await.expect("stream completes").to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("stream completes")
+        .to_bytes();
     assert_eq!(&body[..], b"chunkchunkchunkchunk");
-    tokio::time::timeout(Duration::from_secs(5), stopped).await.expect("server stops once idle");
+    tokio::time::timeout(Duration::from_secs(5), stopped)
+        .await
+        .expect("server stops once idle");
     assert!(
         tokio::net::TcpStream::connect(proxy.addr).await.is_err(),
         "no longer accepting"

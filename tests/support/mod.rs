@@ -200,7 +200,8 @@ async fn answer(
             let mut r = Response::new(Full::new(body).map_err(|n| match n {}).boxed());
             *r.status_mut() = StatusCode::from_u16(status).unwrap();
             for (k, v) in headers {
-                r.headers_mut().insert(k, HeaderValue::from_str(&v).unwrap());
+                r.headers_mut()
+                    .insert(k, HeaderValue::from_str(&v).unwrap());
             }
             Ok(r)
         }

@@ -1,0 +1,138 @@
+//! The access log: one structured line per request with the facts an operator needs, and
+//! never a key — captured at trace level through a run with a fallback and a failure.
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+use tracing_subscriber::fmt::MakeWriter;
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Captured {
+        self.clone()
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    fn access_lines(&self) -> Vec<Value> {
+        self.text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == "voxgate::access")
+            .collect()
+    }
+
+    /// Waits for the access lines: a streamed response is logged when its body ends.
+    async fn wait_for(&self, n: usize) -> Vec<Value> {
+        for _ in 0..100 {
+            let lines = self.access_lines();
+            if lines.len() >= n {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("expected {n} access lines, log was:\n{}", self.text());
+    }
+}
+
+// A current-thread runtime, so that every task logs to this test's subscriber.
+#[tokio::test(flavor = "current_thread")]
+async fn one_line_per_request_with_attempts_and_never_a_key() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(captured.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let a = Scripted::always(Reply::status(503)).await;
+    let b = Scripted::always(Reply::ok("audio/pcm", "0123456789")).await;
+    let config = format!(
+        "[upstreams.a]\nurl = \"{}\"\napi_key = \"sk-upstream-a-secret\"\n\
+         [upstreams.b]\nurl = \"{}\"\napi_key = \"sk-upstream-b-secret\"\n\
+         [[routes]]\nmatch = {{ endpoint = \"speech\" }}\nto = [\"a\", \"b\"]\n",
+        a.url(),
+        b.url()
+    );
+    let proxy = Proxy::start(&config).await;
+
+    let mut ok = speech_request(
+        &proxy.url("/v1/audio/speech"),
+        json!({"model": "tts-1", "input": "hi", "voice": "af_sky"}),
+    );
+    ok.headers_mut()
+        .insert("authorization", "Bearer sk-client-secret".parse().unwrap());
+    ok.headers_mut()
+        .insert("x-request-id", "log-test-1".parse().unwrap());
+    let r = send(ok).await;
+    assert_eq!(r.status, 200);
+
+    let mut refused = post(
+        &proxy.url("/v1/audio/transcriptions"),
+        "text/plain",
+        full_body("x"),
+    );
+    refused
+        .headers_mut()
+        .insert("authorization", "Bearer sk-client-secret".parse().unwrap());
+    assert_eq!(send(refused).await.status, 415);
+
+    let lines = captured.wait_for(2).await;
+    assert_eq!(lines.len(), 2, "exactly one line per request");
+    let line = lines
+        .iter()
+        .find(|l| l["request_id"] == "log-test-1")
+        .expect("line for request 1");
+    assert_eq!(line["endpoint"], "speech");
+    assert_eq!(line["model"], "tts-1");
+    assert_eq!(line["voice"], "af_sky");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["upstream"], "b");
+    assert_eq!(line["bytes_out"], 10);
+    assert_eq!(line["ending"], "complete");
+    assert!(line["bytes_in"].as_u64().unwrap() > 0);
+    assert!(line["ttfb_ms"].as_f64().is_some() && line["total_ms"].as_f64().is_some());
+    let attempts = line["attempts"].as_str().unwrap();
+    assert!(attempts.starts_with("a: answered 503"), "{attempts}");
+    assert!(attempts.contains("; b: 200"), "{attempts}");
+
+    let other = lines
+        .iter()
+        .find(|l| l["request_id"] != "log-test-1")
+        .unwrap();
+    assert_eq!(other["status"], 415);
+    assert!(other["error"].as_str().unwrap().contains("multipart"));
+
+    let all = captured.text();
+    for secret in [
+        "sk-client-secret",
+        "sk-upstream-a-secret",
+        "sk-upstream-b-secret",
+    ] {
+        assert!(!all.contains(secret), "{secret} leaked into the log");
+    }
+}

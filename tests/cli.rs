@@ -1,0 +1,216 @@
+//! The command line as scripts and docs rely on it: `check`, `print-config`, and serving
+//! until SIGTERM. Also loads every shipped config so the examples cannot rot.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use voxgate::config::{Config, DEFAULT_TOML};
+
+fn voxgate() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_voxgate"));
+    c.env_remove("VOXGATE_CONFIG").env_remove("RUST_LOG");
+    c
+}
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("voxgate-{}-{name}", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn shipped_configs() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for dir in ["config", "examples"] {
+        for entry in std::fs::read_dir(repo(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn every_shipped_config_passes_check() {
+    let files = shipped_configs();
+    assert!(files.len() >= 5, "{files:?}");
+    for file in files {
+        Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        let out = voxgate()
+            .arg("check")
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: "));
+    }
+}
+
+#[test]
+fn print_config_prints_the_builtin_default_which_round_trips() {
+    let out = voxgate().arg("print-config").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text, DEFAULT_TOML);
+    assert_eq!(
+        text,
+        std::fs::read_to_string(repo("config/default.toml")).unwrap()
+    );
+    let file = temp_file("printed.toml", &text);
+    let out = voxgate()
+        .arg("check")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = voxgate().arg("check").output().unwrap();
+    assert!(
+        out.status.success(),
+        "check without --config checks the built-in default"
+    );
+}
+
+#[test]
+fn check_prints_every_error_with_its_location_and_no_secret() {
+    let text = "[server]\nlisten = \"localhost\"\n\n[upstreams.kokoro]\nurl = \"http://127.0.0.1:8880\"\napi_key = \"sk-do-not-print\"\nconnect_timeout = \"fast\"\n\n[[routes]]\nto = [\"kokoro\", \"opnai\"]\n";
+    let file = temp_file("bad.toml", text);
+    let out = voxgate()
+        .arg("check")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let shown = file.display().to_string();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(lines[0].starts_with(&format!("{shown}:2:10: ")), "{stderr}");
+    assert!(lines[1].starts_with(&format!("{shown}:7:19: ")), "{stderr}");
+    assert!(
+        lines[2].starts_with(&format!("{shown}:10:17: unknown upstream `opnai`")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sk-do-not-print"));
+
+    let syntax = temp_file(
+        "syntax.toml",
+        "[upstreams.a]\nurl = \"http://x\"\napi_key = \"sk-do-not-print\" junk\n",
+    );
+    let out = voxgate()
+        .arg("check")
+        .arg("--config")
+        .arg(&syntax)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr.starts_with(&format!("{}:3:", syntax.display())),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sk-do-not-print"), "{stderr}");
+}
+
+#[test]
+fn the_config_file_can_come_from_voxgate_config() {
+    let file = temp_file(
+        "env.toml",
+        "[upstreams.a]\nurl = \"http://x\"\n[[routes]]\nto = [\"b\"]\n",
+    );
+    let out = voxgate()
+        .arg("check")
+        .env("VOXGATE_CONFIG", &file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown upstream `b`"));
+}
+
+#[test]
+fn the_daemon_serves_and_stops_cleanly_on_sigterm() {
+    let config = temp_file(
+        "serve.toml",
+        "[upstreams.a]\nurl = \"http://127.0.0.1:9\"\napi_key = \"sk-never-logged\"\n[[routes]]\nto = [\"a\"]\n",
+    );
+    let started = Instant::now();
+    let mut child = voxgate()
+        .args(["--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the log on a thread, so a missing line fails the test instead of hanging it.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let address = loop {
+        let line = match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("voxgate logged no address within 10 s: {seen:?}");
+            }
+        };
+        seen.push(line.clone());
+        if let Some(rest) = line.split("address=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    use std::io::{Read, Write};
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let kill = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "voxgate did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    seen.extend(rx.iter());
+    let log = seen.join("\n");
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(!log.contains("sk-never-logged"), "{log}");
+}
