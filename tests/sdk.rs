@@ -1,0 +1,456 @@
+//! The official SDKs drive voxgate over real sockets: openai-python (tests/sdk/python_client.py)
+//! and openai-node (tests/sdk/node/node_client.mjs) run as child processes against an
+//! in-process voxgate in front of scripted upstreams. Each script prints its result as JSON
+//! on its last stdout line. Install the SDKs first with `scripts/install-test-deps.sh`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use support::*;
+use tokio::process::Command;
+
+const INSTALL_HINT: &str = "run `bash scripts/install-test-deps.sh` to install the SDKs";
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn python() -> PathBuf {
+    let python = repo("target/sdk-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: {INSTALL_HINT}",
+        python.display()
+    );
+    python
+}
+
+/// 0.5 s of a 440 Hz tone as a 16 kHz mono s16le WAV file, with its bytes.
+fn wav() -> (tempfile::TempPath, Vec<u8>) {
+    let samples: Vec<i16> = (0..8000)
+        .map(|i| ((i as f64 * 440.0 * std::f64::consts::TAU / 16000.0).sin() * 8000.0) as i16)
+        .collect();
+    let data_len = samples.len() as u32 * 2;
+    let mut bytes = Vec::with_capacity(44 + data_len as usize);
+    bytes.extend_from_slice(b"RIFF");
+    bytes.extend_from_slice(&(36 + data_len).to_le_bytes());
+    bytes.extend_from_slice(b"WAVEfmt ");
+    bytes.extend_from_slice(&16u32.to_le_bytes()); // fmt chunk size
+    bytes.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    bytes.extend_from_slice(&1u16.to_le_bytes()); // mono
+    bytes.extend_from_slice(&16000u32.to_le_bytes()); // sample rate
+    bytes.extend_from_slice(&32000u32.to_le_bytes()); // byte rate
+    bytes.extend_from_slice(&2u16.to_le_bytes()); // block align
+    bytes.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
+    bytes.extend_from_slice(b"data");
+    bytes.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        bytes.extend_from_slice(&s.to_le_bytes());
+    }
+    let file = tempfile::Builder::new()
+        .prefix("voxgate-sdk-")
+        .suffix(".wav")
+        .tempfile()
+        .unwrap();
+    std::fs::write(file.path(), &bytes).unwrap();
+    (file.into_temp_path(), bytes)
+}
+
+/// How a client script ended: its exit code, its last stdout line as JSON, its stderr.
+struct Outcome {
+    code: Option<i32>,
+    json: Value,
+    stderr: String,
+}
+
+impl Outcome {
+    /// The scenario's result, asserting it succeeded.
+    fn ok(self) -> Value {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "client failed: {}\n{}",
+            self.json,
+            self.stderr
+        );
+        self.json
+    }
+}
+
+/// Runs a client script against `proxy` with the SDK pointed at it, bounded by 60 s.
+async fn run(mut command: Command, proxy: &Proxy, audio: &Path, env: &[(&str, &str)]) -> Outcome {
+    for var in [
+        "OPENAI_ORG_ID",
+        "OPENAI_PROJECT_ID",
+        "OPENAI_LOG",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        command.env_remove(var);
+    }
+    command
+        .env("OPENAI_BASE_URL", proxy.url("/v1"))
+        .env("OPENAI_API_KEY", "sk-client-test")
+        .env("VOXGATE_AUDIO_FILE", audio)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("client finished within 60 s")
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}; {INSTALL_HINT}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let last = stdout.lines().last().unwrap_or_default();
+    let json = serde_json::from_str(last)
+        .unwrap_or_else(|_| panic!("last stdout line is not JSON: {stdout:?}\n{stderr}"));
+    Outcome {
+        code: output.status.code(),
+        json,
+        stderr,
+    }
+}
+
+/// Runs a scenario of tests/sdk/python_client.py.
+async fn run_python(scenario: &str, proxy: &Proxy, audio: &Path, env: &[(&str, &str)]) -> Outcome {
+    let mut command = Command::new(python());
+    command
+        .arg(repo("tests/sdk/python_client.py"))
+        .arg(scenario);
+    run(command, proxy, audio, env).await
+}
+
+/// Runs a scenario of tests/sdk/node/node_client.mjs.
+async fn run_node(scenario: &str, proxy: &Proxy, audio: &Path, env: &[(&str, &str)]) -> Outcome {
+    let modules = repo("tests/sdk/node/node_modules/openai");
+    assert!(
+        modules.exists(),
+        "{} is missing: {INSTALL_HINT}",
+        modules.display()
+    );
+    let mut command = Command::new("node");
+    command
+        .arg(repo("tests/sdk/node/node_client.mjs"))
+        .arg(scenario);
+    run(command, proxy, audio, env).await
+}
+
+/// SHA-256 in hex, as the scripts print it.
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A config with upstreams `a` and `b` (with extra keys for `b`) and the given routes.
+fn two_upstreams(a: &str, b: &str, b_extra: &str, routes: &str) -> String {
+    format!(
+        "[upstreams.a]\nurl = \"{a}\"\nresponse_timeout = \"2s\"\n\
+         [upstreams.b]\nurl = \"{b}\"\nresponse_timeout = \"2s\"\n{b_extra}\n{routes}"
+    )
+}
+
+const A_THEN_B: &str = "[[routes]]\nto = [\"a\", \"b\"]\n";
+
+/// Asserts a python upload: `model` first, the WAV file last and byte for byte.
+async fn assert_python_form(received: &Received, model: &str, wav: &[u8]) {
+    let parts = parse_form(received).await;
+    assert_eq!(parts[0].0, "model");
+    assert_eq!(parts[0].2, model);
+    let file = parts.last().unwrap();
+    assert_eq!(file.0, "file");
+    assert!(
+        file.1.as_deref().is_some_and(|f| f.ends_with(".wav")),
+        "{:?}",
+        file.1
+    );
+    assert_eq!(file.2, wav, "the WAV file arrives intact");
+}
+
+#[tokio::test]
+async fn python_speech_gets_the_upstream_audio_byte_for_byte() {
+    let audio = Bytes::from(noise(48_000));
+    let kokoro = Scripted::always(Reply::ok("audio/pcm", audio.clone())).await;
+    let proxy = Proxy::start(&format!(
+        "[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n",
+        kokoro.url()
+    ))
+    .await;
+    let (file, _) = wav();
+    let out = run_python("speech", &proxy, &file, &[("VOXGATE_VOICE", "af_sky")])
+        .await
+        .ok();
+    assert_eq!(out["bytes"], audio.len());
+    assert_eq!(out["sha256"], sha256(&audio));
+    let got = kokoro.last();
+    assert_eq!(got.path, "/v1/audio/speech");
+    let body = got.json();
+    assert_eq!(body["model"], "tts-1");
+    assert_eq!(body["voice"], "af_sky");
+    assert_eq!(body["input"], "Hello from voxgate");
+    assert_eq!(body["response_format"], "pcm");
+}
+
+#[tokio::test]
+async fn python_streamed_speech_plays_before_the_upstream_finishes() {
+    let chunks: Vec<Bytes> = (0..5u8).map(|i| Bytes::from(vec![i; 4096])).collect();
+    let kokoro = Scripted::always(Reply::Chunks {
+        status: 200,
+        content_type: "audio/pcm",
+        chunks: chunks.clone(),
+        delay: Duration::from_millis(150),
+    })
+    .await;
+    let proxy = Proxy::start(&format!(
+        "[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n",
+        kokoro.url()
+    ))
+    .await;
+    let (file, _) = wav();
+    let out = run_python("speech_stream", &proxy, &file, &[]).await.ok();
+    let all = chunks.concat();
+    assert_eq!(out["bytes"], all.len());
+    assert_eq!(out["sha256"], sha256(&all));
+    assert!(out["chunks"].as_u64().unwrap() > 1, "{out}");
+    let (first, total) = (
+        out["first_chunk_ms"].as_f64().unwrap(),
+        out["total_ms"].as_f64().unwrap(),
+    );
+    assert!(
+        first + 400.0 < total,
+        "first audio at {first} ms of {total} ms: the upstream takes 750 ms"
+    );
+    assert!(out["request_id"].is_string(), "{out}");
+    assert_eq!(out["upstream"], "a");
+    assert_eq!(
+        kokoro.last().header("x-stainless-raw-response"),
+        Some("stream")
+    );
+}
+
+#[tokio::test]
+async fn python_transcriptions_and_translations_arrive_with_model_first_and_the_file_intact() {
+    let json_up = Scripted::always(Reply::json(200, json!({"text": "from json"}))).await;
+    let text_up = Scripted::always(Reply::ok("text/plain", "hello world\n")).await;
+    let routes = "[[routes]]\nmatch = { response_format = \"text\" }\nto = [\"b\"]\n\
+                  [[routes]]\nto = [\"a\"]\n";
+    let proxy = Proxy::start(&two_upstreams(&json_up.url(), &text_up.url(), "", routes)).await;
+    let (file, bytes) = wav();
+
+    let out = run_python("transcribe", &proxy, &file, &[]).await.ok();
+    assert_eq!(out["text"], "from json");
+    let got = json_up.last();
+    assert_eq!(got.path, "/v1/audio/transcriptions");
+    assert_python_form(&got, "whisper-1", &bytes).await;
+
+    let out = run_python("transcribe_text", &proxy, &file, &[]).await.ok();
+    assert_eq!(out["text"], "hello world\n");
+    assert_python_form(&text_up.last(), "whisper-1", &bytes).await;
+
+    let out = run_python("translate", &proxy, &file, &[]).await.ok();
+    assert_eq!(out["text"], "from json");
+    let got = json_up.last();
+    assert_eq!(got.path, "/v1/audio/translations");
+    assert_python_form(&got, "whisper-1", &bytes).await;
+    assert_eq!((json_up.count(), text_up.count()), (2, 1));
+}
+
+#[tokio::test]
+async fn python_streamed_transcription_gets_every_event() {
+    let events = [
+        "data: {\"type\":\"transcript.text.delta\",\"delta\":\"Hel\"}\n\n",
+        "data: {\"type\":\"transcript.text.delta\",\"delta\":\"lo\"}\n\n",
+        "data: {\"type\":\"transcript.text.done\",\"text\":\"Hello\"}\n\n",
+    ];
+    let up = Scripted::always(Reply::Chunks {
+        status: 200,
+        content_type: "text/event-stream",
+        chunks: events
+            .iter()
+            .map(|e| Bytes::from_static(e.as_bytes()))
+            .collect(),
+        delay: Duration::from_millis(50),
+    })
+    .await;
+    let proxy = Proxy::start(&format!(
+        "[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n",
+        up.url()
+    ))
+    .await;
+    let (file, bytes) = wav();
+    let out = run_python("transcribe_stream", &proxy, &file, &[])
+        .await
+        .ok();
+    assert_eq!(
+        out["events"],
+        json!([
+            "transcript.text.delta",
+            "transcript.text.delta",
+            "transcript.text.done"
+        ])
+    );
+    assert_eq!(out["text"], "Hello");
+    let got = up.last();
+    assert_python_form(&got, "gpt-4o-mini-transcribe", &bytes).await;
+    let parts = parse_form(&got).await;
+    assert!(
+        parts.iter().any(|p| p.0 == "stream" && p.2 == "true"),
+        "{parts:?}"
+    );
+}
+
+#[tokio::test]
+async fn node_chunked_uploads_with_the_file_first_are_routed_by_model() {
+    let whisper = Scripted::always(Reply::json(200, json!({"text": "local"}))).await;
+    let openai = Scripted::always(Reply::json(200, json!({"text": "cloud"}))).await;
+    let routes = "[[routes]]\nmatch = { model = \"gpt-4o-transcribe\" }\nto = [\"b\"]\n\
+                  [[routes]]\nto = [\"a\"]\n";
+    let proxy = Proxy::start(&two_upstreams(&whisper.url(), &openai.url(), "", routes)).await;
+    let (file, bytes) = wav();
+    for (model, text, upstream) in [
+        ("gpt-4o-transcribe", "cloud", &openai),
+        ("whisper-1", "local", &whisper),
+    ] {
+        let out = run_node(
+            "transcribe_stream_file",
+            &proxy,
+            &file,
+            &[("VOXGATE_MODEL", model)],
+        )
+        .await
+        .ok();
+        assert_eq!(out["text"], text);
+        assert_eq!(upstream.count(), 1, "{model} went to its upstream once");
+        let got = upstream.last();
+        assert_eq!(got.path, "/v1/audio/transcriptions");
+        let parts = parse_form(&got).await;
+        let names: Vec<&str> = parts.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(
+            names,
+            ["file", "model", "response_format"],
+            "parts in order"
+        );
+        assert_eq!(parts[0].2, bytes, "the WAV file arrives intact");
+        assert_eq!(parts[1].2, model);
+        assert_eq!(
+            got.header("content-length"),
+            Some(got.body.len().to_string().as_str())
+        );
+    }
+}
+
+#[tokio::test]
+async fn both_sdks_fall_back_from_a_503_primary() {
+    let a = Scripted::always(Reply::status(503)).await;
+    let speech = Bytes::from(noise(10_000));
+    let b = Scripted::start({
+        let speech = speech.clone();
+        move |r| match r.path.as_str() {
+            "/v1/audio/speech" => Reply::ok("audio/pcm", speech.clone()),
+            _ => Reply::json(200, json!({"text": "from b"})),
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&two_upstreams(&a.url(), &b.url(), "", A_THEN_B)).await;
+    let (file, bytes) = wav();
+
+    let out = run_python("speech", &proxy, &file, &[]).await.ok();
+    assert_eq!(out["sha256"], sha256(&speech));
+    let out = run_node("transcribe_stream_file", &proxy, &file, &[])
+        .await
+        .ok();
+    assert_eq!(out["text"], "from b");
+
+    let (tried, answered) = (a.received(), b.received());
+    assert_eq!((tried.len(), answered.len()), (2, 2));
+    for (a_got, b_got) in tried.iter().zip(&answered) {
+        assert_eq!(a_got.path, b_got.path);
+        assert_eq!(a_got.body, b_got.body, "the fallback got the same body");
+    }
+    assert_eq!(parse_form(&answered[1]).await[0].2, bytes);
+}
+
+#[tokio::test]
+async fn python_transcription_falls_back_from_a_dead_primary() {
+    let dead = refused_addr().await;
+    let b = Scripted::always(Reply::json(200, json!({"text": "from b"}))).await;
+    let proxy = Proxy::start(&two_upstreams(
+        &format!("http://{dead}"),
+        &b.url(),
+        "",
+        A_THEN_B,
+    ))
+    .await;
+    let (file, bytes) = wav();
+    let out = run_python("transcribe", &proxy, &file, &[]).await.ok();
+    assert_eq!(out["text"], "from b");
+    assert_python_form(&b.last(), "whisper-1", &bytes).await;
+}
+
+#[tokio::test]
+async fn when_every_upstream_fails_the_sdks_get_502_and_do_not_retry() {
+    let a = Scripted::always(Reply::status(503)).await;
+    let b = Scripted::always(Reply::status(503)).await;
+    let proxy = Proxy::start(&two_upstreams(&a.url(), &b.url(), "", A_THEN_B)).await;
+    let (file, _) = wav();
+    let retries = [("VOXGATE_MAX_RETRIES", "2")];
+
+    let out = run_python("speech", &proxy, &file, &retries).await;
+    assert_eq!(out.code, Some(3), "an API status error: {}", out.stderr);
+    assert_eq!(out.json["error"]["status"], 502);
+    let message = out.json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("a: answered 503"), "{message}");
+    assert_eq!(
+        (a.count(), b.count()),
+        (1, 1),
+        "x-should-retry: false stops the SDK's retries"
+    );
+
+    let out = run_node("speech", &proxy, &file, &retries).await;
+    assert_eq!(out.code, Some(3), "an API status error: {}", out.stderr);
+    assert_eq!(out.json["error"]["status"], 502);
+    assert_eq!((a.count(), b.count()), (2, 2), "node does not retry either");
+}
+
+#[tokio::test]
+async fn upstreams_get_their_own_key_or_none_never_the_clients() {
+    let a = Scripted::always(Reply::ok("audio/pcm", "a")).await;
+    let b = Scripted::always(Reply::ok("audio/pcm", "b")).await;
+    let routes = "[[routes]]\nmatch = { voice = \"nova\" }\nto = [\"b\"]\n\
+                  [[routes]]\nto = [\"a\"]\n";
+    let proxy = Proxy::start(&two_upstreams(
+        &a.url(),
+        &b.url(),
+        "api_key = \"sk-upstream\"",
+        routes,
+    ))
+    .await;
+    let (file, _) = wav();
+    for voice in ["alloy", "nova"] {
+        run_python("speech", &proxy, &file, &[("VOXGATE_VOICE", voice)])
+            .await
+            .ok();
+    }
+    assert_eq!(a.last().header("authorization"), None);
+    assert_eq!(b.last().header("authorization"), Some("Bearer sk-upstream"));
+    for got in [a.last(), b.last()] {
+        assert!(
+            got.headers
+                .values()
+                .all(|v| !v.as_bytes().windows(14).any(|w| w == b"sk-client-test")),
+            "the client's key leaked: {:?}",
+            got.headers
+        );
+    }
+}
