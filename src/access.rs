@@ -15,11 +15,16 @@ use http_body::{Body, Frame, SizeHint};
 use crate::body::BoxError;
 use crate::forward::Attempt;
 
+/// The client's address, put in the request's extensions by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
 /// What is known about a request, filled in as it goes through the phases.
 #[derive(Debug)]
 pub struct AccessRecord {
     pub started: Instant,
     pub request_id: String,
+    pub client: Option<std::net::SocketAddr>,
     pub method: String,
     pub path: String,
     pub endpoint: &'static str,
@@ -49,6 +54,7 @@ impl AccessRecord {
         AccessRecord {
             started: Instant::now(),
             request_id,
+            client: None,
             method,
             path,
             endpoint: "none",
@@ -83,6 +89,7 @@ impl AccessRecord {
         tracing::info!(
             target: "voxgate::access",
             request_id = %self.request_id,
+            client = self.client.map(tracing::field::display),
             method = %self.method,
             path = %self.path,
             endpoint = self.endpoint,

@@ -5,11 +5,13 @@
 //! It always knows its exact length, which becomes the upstream request's Content-Length.
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::io;
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
@@ -17,6 +19,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 
 use crate::spool::Spool;
+use tokio::time::{Instant, Sleep};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -110,6 +113,64 @@ impl Body for OutBody {
     }
 }
 
+/// A body that fails if no frame arrives for `limit`: a stalled upstream stream becomes an
+/// error, which aborts the client connection instead of leaving it hanging.
+pub struct IdleTimeout<B> {
+    inner: B,
+    limit: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<B> IdleTimeout<B> {
+    pub fn new(inner: B, limit: Duration) -> IdleTimeout<B> {
+        IdleTimeout {
+            inner,
+            limit,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+}
+
+/// The error an [`IdleTimeout`] body fails with.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream sent nothing for {0:?} in the middle of the response")]
+pub struct Stalled(pub Duration);
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = Instant::now() + this.limit;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(this.limit))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +194,25 @@ mod tests {
         assert_eq!(body.size_hint().exact(), Some(8));
         let bytes = body.collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"<234567>");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_fails_after_the_idle_limit_but_a_slow_one_does_not() {
+        use futures_util::StreamExt as _;
+        use http_body_util::StreamBody;
+        let slow = stream::iter([b"a", b"b", b"c"]).then(|piece| async move {
+            tokio::time::sleep(Duration::from_secs(9)).await;
+            Ok::<_, io::Error>(Frame::data(Bytes::from_static(piece)))
+        });
+        let body = IdleTimeout::new(StreamBody::new(Box::pin(slow)), Duration::from_secs(10));
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"abc");
+
+        let stalled = stream::iter([Ok::<_, io::Error>(Frame::data(Bytes::from_static(b"a")))])
+            .chain(stream::pending());
+        let mut body =
+            IdleTimeout::new(StreamBody::new(Box::pin(stalled)), Duration::from_secs(10));
+        assert!(body.frame().await.unwrap().is_ok());
+        let e = body.frame().await.unwrap().unwrap_err();
+        assert!(e.is::<Stalled>(), "{e}");
     }
 }

@@ -111,6 +111,9 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Per try: from sending the request until the response headers arrive.
     pub response_timeout: Duration,
+    /// Longest pause between two pieces of the response body; then the client's
+    /// connection is aborted, so a stalled stream is seen as broken.
+    pub idle_timeout: Duration,
     /// Replaces the client's Authorization header when set.
     pub api_key: Option<Secret>,
     /// Without an `api_key`, pass the client's Authorization header on (otherwise strip it).
@@ -346,6 +349,7 @@ struct RawUpstream {
     url: Spanned<String>,
     connect_timeout: Option<Spanned<String>>,
     response_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
     api_key: Option<Spanned<String>>,
     #[serde(default)]
     pass_client_key: bool,
@@ -388,6 +392,7 @@ const DEFAULT_REPLAY_PER_REQUEST: u64 = 4 * 1_048_576;
 const DEFAULT_REPLAY_TOTAL: u64 = 64 * 1_048_576;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Validator<'a> {
     locator: &'a Locator<'a>,
@@ -759,6 +764,7 @@ fn validate(
                 "response_timeout",
                 DEFAULT_RESPONSE_TIMEOUT,
             ),
+            idle_timeout: v.duration(u.idle_timeout, "idle_timeout", DEFAULT_IDLE_TIMEOUT),
             name,
             url,
             api_key,

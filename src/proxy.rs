@@ -22,8 +22,8 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 
-use crate::access::{AccessRecord, ObservedBody};
-use crate::body::{full, BoxError, ProxyBody};
+use crate::access::{AccessRecord, ClientAddr, ObservedBody};
+use crate::body::{full, BoxError, IdleTimeout, ProxyBody};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::forward::{forward, Exhausted, RequestHead};
@@ -210,6 +210,7 @@ impl Gateway {
             request.method().to_string(),
             request.uri().path().to_string(),
         );
+        record.client = request.extensions().get::<ClientAddr>().map(|c| c.0);
         let mut response = match self.proxy(&runtime, request, &id, &mut record).await {
             Ok(Reply::Proxied(response)) => return response,
             Ok(Reply::Local(response)) => response,
@@ -312,10 +313,14 @@ impl Gateway {
         if let Ok(name) = HeaderValue::from_str(upstream.name()) {
             parts.headers.insert(UPSTREAM_HEADER, name);
         }
-        let mut finished = AccessRecord::new(String::new(), String::new(), String::new());
-        std::mem::swap(&mut finished, record);
+        // The record now travels with the body, which writes it when the response ends.
+        let mut finished = std::mem::replace(
+            record,
+            AccessRecord::new(String::new(), String::new(), String::new()),
+        );
         finished.status = parts.status.as_u16();
         finished.upstream = Some(upstream.name().to_string());
+        let body = IdleTimeout::new(body, upstream.config.idle_timeout);
         let body = ObservedBody::new(body, finished).boxed();
         Ok(Reply::Proxied(Response::from_parts(parts, body)))
     }

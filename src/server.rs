@@ -17,6 +17,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::access::ClientAddr;
 use crate::proxy::Gateway;
 
 /// Serves `gateway` on `listener` until `shutdown` resolves.
@@ -46,7 +47,8 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
         };
         let _ = stream.set_nodelay(true);
         let gateway = gateway.clone();
-        let service = service_fn(move |request| {
+        let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ClientAddr(peer));
             let gateway = gateway.clone();
             async move { Ok::<_, Infallible>(gateway.handle(request).await) }
         });

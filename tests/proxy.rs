@@ -702,3 +702,37 @@ async fn shutdown_lets_a_stream_in_flight_finish() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn a_stream_that_stalls_is_cut_off_after_the_idle_timeout() {
+    let a = Scripted::always(Reply::Chunks {
+        status: 200,
+        content_type: "audio/pcm",
+        chunks: vec![Bytes::from_static(b"late")],
+        delay: Duration::from_secs(30),
+    })
+    .await;
+    let config = format!(
+        "[upstreams.a]\nurl = \"{}\"\nidle_timeout = \"300ms\"\n[[routes]]\nto = [\"a\"]\n",
+        a.url()
+    );
+    let proxy = Proxy::start(&config).await;
+    let start = Instant::now();
+    let response = client()
+        .request(speech_request(
+            &proxy.url("/v1/audio/speech"),
+            speech_json(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "headers came at once");
+    let collected = tokio::time::timeout(Duration::from_secs(5), response.into_body().collect())
+        .await
+        .expect("the stall is cut off, not waited out");
+    assert!(collected.is_err(), "a stalled stream must not end cleanly");
+    assert!(
+        ms(start) < 2000.0,
+        "cut off after about 300 ms, took {} ms",
+        ms(start)
+    );
+}
