@@ -107,7 +107,10 @@ async fn one_line_per_request_with_attempts_and_never_a_key() {
         .iter()
         .find(|l| l["request_id"] == "log-test-1")
         .expect("line for request 1");
-    assert!(line["client"].as_str().unwrap().starts_with("127.0.0.1:"), "{line}");
+    assert!(
+        line["client"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{line}"
+    );
     assert_eq!(line["endpoint"], "speech");
     assert_eq!(line["model"], "tts-1");
     assert_eq!(line["voice"], "af_sky");

@@ -64,9 +64,9 @@ async fn speech_is_routed_by_voice_and_model_is_set_for_the_route() {
 #[tokio::test]
 async fn unknown_json_keys_and_voice_objects_survive_a_rewrite() {
     let up = Scripted::always(Reply::ok("audio/mpeg", "x")).await;
-    let config = format!(
-        "[upstreams.a]\nurl = \"{}\"\nmodel_map = {{ kokoro = \"tts-1\" }}\nvoice_map = {{ voice_abc = \"nova\" }}\n[[routes]]\nto = [\"a\"]\n",
-        up.url()
+    let config = single_upstream(
+        &up.url(),
+        "model_map = { kokoro = \"tts-1\" }\nvoice_map = { voice_abc = \"nova\" }",
     );
     let proxy = Proxy::start(&config).await;
     let body = json!({"model": "kokoro", "input": "hi", "voice": {"id": "voice_abc"},
@@ -229,10 +229,7 @@ async fn all_upstreams_failing_gives_502_listing_each_attempt() {
 #[tokio::test]
 async fn all_upstreams_timing_out_gives_504() {
     let a = Scripted::always(Reply::Hang).await;
-    let config = format!(
-        "[upstreams.a]\nurl = \"{}\"\nresponse_timeout = \"200ms\"\n[[routes]]\nto = [\"a\"]\n",
-        a.url()
-    );
+    let config = single_upstream(&a.url(), "response_timeout = \"200ms\"");
     let proxy = Proxy::start(&config).await;
     let r = speech_via(&proxy).await;
     assert_eq!(r.status, 504);
@@ -273,11 +270,7 @@ async fn the_first_chunk_reaches_the_client_before_the_upstream_finishes() {
         delay: Duration::from_millis(200),
     })
     .await;
-    let proxy = Proxy::start(&format!(
-        "[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n",
-        a.url()
-    ))
-    .await;
+    let proxy = Proxy::start(&single_upstream(&a.url(), "")).await;
     let start = Instant::now();
     let response = client()
         .request(speech_request(
@@ -324,11 +317,7 @@ async fn sse_passes_through_intact() {
         delay: Duration::from_millis(10),
     })
     .await;
-    let proxy = Proxy::start(&format!(
-        "[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n",
-        a.url()
-    ))
-    .await;
+    let proxy = Proxy::start(&single_upstream(&a.url(), "")).await;
     let body = form(&[
         ("file", Some("a.wav"), b"RIFF"),
         ("model", None, b"gpt-4o-transcribe"),
@@ -563,11 +552,7 @@ async fn request_ids_are_propagated_or_generated() {
         body: Bytes::from_static(b"x"),
     })
     .await;
-    let proxy = Proxy::start(&format!(
-        "[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n",
-        a.url()
-    ))
-    .await;
+    let proxy = Proxy::start(&single_upstream(&a.url(), "")).await;
     let mut req = speech_request(&proxy.url("/v1/audio/speech"), speech_json());
     req.headers_mut()
         .insert("x-request-id", "client-id-1".parse().unwrap());
@@ -599,11 +584,7 @@ async fn hop_by_hop_headers_stay_on_their_hop() {
         body: Bytes::from_static(b"aac"),
     })
     .await;
-    let proxy = Proxy::start(&format!(
-        "[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n",
-        a.url()
-    ))
-    .await;
+    let proxy = Proxy::start(&single_upstream(&a.url(), "")).await;
     let mut req = speech_request(&proxy.url("/v1/audio/speech"), speech_json());
     req.headers_mut()
         .insert("connection", "x-client-hop".parse().unwrap());
@@ -674,11 +655,7 @@ async fn shutdown_lets_a_stream_in_flight_finish() {
         delay: Duration::from_millis(150),
     })
     .await;
-    let mut proxy = Proxy::start(&format!(
-        "[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n",
-        a.url()
-    ))
-    .await;
+    let mut proxy = Proxy::start(&single_upstream(&a.url(), "")).await;
     let response = client()
         .request(speech_request(
             &proxy.url("/v1/audio/speech"),
@@ -712,10 +689,7 @@ async fn a_stream_that_stalls_is_cut_off_after_the_idle_timeout() {
         delay: Duration::from_secs(30),
     })
     .await;
-    let config = format!(
-        "[upstreams.a]\nurl = \"{}\"\nidle_timeout = \"300ms\"\n[[routes]]\nto = [\"a\"]\n",
-        a.url()
-    );
+    let config = single_upstream(&a.url(), "idle_timeout = \"300ms\"");
     let proxy = Proxy::start(&config).await;
     let start = Instant::now();
     let response = client()

@@ -182,11 +182,7 @@ async fn assert_python_form(received: &Received, model: &str, wav: &[u8]) {
 async fn python_speech_gets_the_upstream_audio_byte_for_byte() {
     let audio = Bytes::from(noise(48_000));
     let kokoro = Scripted::always(Reply::ok("audio/pcm", audio.clone())).await;
-    let proxy = Proxy::start(&format!(
-        "[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n",
-        kokoro.url()
-    ))
-    .await;
+    let proxy = Proxy::start(&single_upstream(&kokoro.url(), "")).await;
     let (file, _) = wav();
     let out = run_python("speech", &proxy, &file, &[("VOXGATE_VOICE", "af_sky")])
         .await
@@ -212,11 +208,7 @@ async fn python_streamed_speech_plays_before_the_upstream_finishes() {
         delay: Duration::from_millis(150),
     })
     .await;
-    let proxy = Proxy::start(&format!(
-        "[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n",
-        kokoro.url()
-    ))
-    .await;
+    let proxy = Proxy::start(&single_upstream(&kokoro.url(), "")).await;
     let (file, _) = wav();
     let out = run_python("speech_stream", &proxy, &file, &[]).await.ok();
     let all = chunks.concat();
@@ -283,11 +275,7 @@ async fn python_streamed_transcription_gets_every_event() {
         delay: Duration::from_millis(50),
     })
     .await;
-    let proxy = Proxy::start(&format!(
-        "[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n",
-        up.url()
-    ))
-    .await;
+    let proxy = Proxy::start(&single_upstream(&up.url(), "")).await;
     let (file, bytes) = wav();
     let out = run_python("transcribe_stream", &proxy, &file, &[])
         .await

@@ -306,6 +306,11 @@ impl Proxy {
     }
 }
 
+/// A config with one upstream `a` (plus `extra` keys for it) that takes every request.
+pub fn single_upstream(url: &str, extra: &str) -> String {
+    format!("[upstreams.a]\nurl = \"{url}\"\n{extra}\n[[routes]]\nto = [\"a\"]\n")
+}
+
 /// A plain HTTP client for tests.
 pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, TestBody> {
     Client::builder(TokioExecutor::new()).build_http()
