@@ -37,6 +37,7 @@ pub struct AccessRecord {
     pub status: u16,
     pub bytes_in: u64,
     pub error: Option<String>,
+    written: bool,
 }
 
 /// How the response body ended.
@@ -66,6 +67,7 @@ impl AccessRecord {
             status: 0,
             bytes_in: 0,
             error: None,
+            written: false,
         }
     }
 
@@ -78,12 +80,16 @@ impl AccessRecord {
     }
 
     /// Writes the line for a response voxgate answered itself (no streamed body).
-    pub fn finish(self, bytes_out: u64) {
+    pub fn finish(mut self, bytes_out: u64) {
         let ttfb = self.started.elapsed();
         self.write(bytes_out, Some(ttfb), "complete");
     }
 
-    fn write(self, bytes_out: u64, ttfb: Option<std::time::Duration>, ending: &str) {
+    /// Writes the line, once.
+    fn write(&mut self, bytes_out: u64, ttfb: Option<std::time::Duration>, ending: &str) {
+        if std::mem::replace(&mut self.written, true) {
+            return;
+        }
         let total_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let ttfb_ms = ttfb.map(|t| t.as_secs_f64() * 1000.0);
         tracing::info!(
@@ -110,11 +116,22 @@ impl AccessRecord {
     }
 }
 
+/// A request dropped before it was answered (the client left during intake or forwarding)
+/// is still logged.
+impl Drop for AccessRecord {
+    fn drop(&mut self) {
+        if self.status == 0 {
+            self.status = 499; // nginx's "client closed request"
+        }
+        self.write(0, None, "client_gone");
+    }
+}
+
 /// A proxied response body: passes frames through untouched and writes the access record
 /// when it ends, fails or is dropped.
 pub struct ObservedBody<B: Body> {
     inner: B,
-    record: Option<AccessRecord>,
+    record: AccessRecord,
     bytes_out: u64,
     first_byte: Option<Instant>,
     ending: Ending,
@@ -124,7 +141,7 @@ impl<B: Body> ObservedBody<B> {
     pub fn new(inner: B, record: AccessRecord) -> ObservedBody<B> {
         ObservedBody {
             inner,
-            record: Some(record),
+            record,
             bytes_out: 0,
             first_byte: None,
             ending: Ending::ClientGone,
@@ -136,15 +153,15 @@ impl<B: Body> ObservedBody<B> {
         if self.ending == Ending::ClientGone && self.inner.is_end_stream() {
             self.ending = Ending::Complete;
         }
-        if let Some(record) = self.record.take() {
-            let ttfb = self.first_byte.map(|t| t.duration_since(record.started));
-            let ending = match self.ending {
-                Ending::Complete => "complete",
-                Ending::UpstreamFailed => "upstream_failed_mid_body",
-                Ending::ClientGone => "client_gone",
-            };
-            record.write(self.bytes_out, ttfb, ending);
-        }
+        let ttfb = self
+            .first_byte
+            .map(|t| t.duration_since(self.record.started));
+        let ending = match self.ending {
+            Ending::Complete => "complete",
+            Ending::UpstreamFailed => "upstream_failed_mid_body",
+            Ending::ClientGone => "client_gone",
+        };
+        self.record.write(self.bytes_out, ttfb, ending);
     }
 }
 
@@ -182,9 +199,7 @@ where
                 // upstream stream is seen as a broken response, never a short clean one.
                 this.ending = Ending::UpstreamFailed;
                 let e: BoxError = e.into();
-                if let Some(r) = this.record.as_mut() {
-                    r.error = Some(e.to_string());
-                }
+                this.record.error = Some(e.to_string());
                 this.close();
                 Poll::Ready(Some(Err(e)))
             }

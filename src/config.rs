@@ -331,7 +331,7 @@ struct RawServer {
     max_json_bytes: Option<Spanned<i64>>,
     replay_memory_per_request: Option<Spanned<i64>>,
     replay_memory_total: Option<Spanned<i64>>,
-    spill_dir: Option<String>,
+    spill_dir: Option<Spanned<String>>,
     header_read_timeout: Option<Spanned<String>>,
     body_read_timeout: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
@@ -389,7 +389,7 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
 const DEFAULT_MAX_BODY: u64 = 26_214_400;
 const DEFAULT_MAX_JSON: u64 = 1_048_576;
 const DEFAULT_REPLAY_PER_REQUEST: u64 = 4 * 1_048_576;
-const DEFAULT_REPLAY_TOTAL: u64 = 64 * 1_048_576;
+const DEFAULT_REPLAY_TOTAL: u64 = 32 * 1_048_576;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -501,6 +501,9 @@ impl Validator<'_> {
         let problem = match (uri.scheme_str(), uri.authority()) {
             (Some("http" | "https"), Some(_)) if uri.query().is_some() => {
                 Some("must not have a query string".to_string())
+            }
+            (Some("http" | "https"), Some(authority)) if authority.as_str().contains('@') => {
+                Some("must not carry a user or password; use `api_key`".to_string())
             }
             (Some("http" | "https"), Some(_)) => {
                 let path = uri.path().trim_end_matches('/');
@@ -721,7 +724,20 @@ fn validate(
             "replay_memory_total",
             DEFAULT_REPLAY_TOTAL,
         ),
-        spill_dir: raw.server.spill_dir.map(PathBuf::from),
+        spill_dir: raw.server.spill_dir.and_then(|dir| {
+            let path = PathBuf::from(dir.get_ref());
+            // Checked now: a bad directory would otherwise fail every large upload.
+            match tempfile::tempfile_in(&path) {
+                Ok(_) => Some(path),
+                Err(e) => {
+                    v.error(
+                        dir.span(),
+                        format!("`spill_dir` cannot hold temporary files: {e}"),
+                    );
+                    None
+                }
+            }
+        }),
         header_read_timeout: v.duration(
             raw.server.header_read_timeout,
             "header_read_timeout",
@@ -941,6 +957,7 @@ to = ["a"]
             ("http://host/v1", "/v1"),
             ("http://host/?a=b", "query"),
             ("http://ho st", "valid URL"),
+            ("http://user:pw@host", "user or password"),
         ] {
             let e = errors(&format!(
                 "[upstreams.a]\nurl = \"{url}\"\n[[routes]]\nto = [\"a\"]\n"
@@ -1027,6 +1044,18 @@ to = ["a"]
         assert!(e[0].2.contains("may use only"), "{e:?}");
         let e = errors(&format!("{MINIMAL}set = {{ model = [1] }}\n"));
         assert!(e[0].2.contains("string, number or boolean"), "{e:?}");
+    }
+
+    #[test]
+    fn a_spill_dir_that_cannot_hold_files_is_refused() {
+        let e = errors(&format!(
+            "{MINIMAL}\n[server]\nspill_dir = \"/nonexistent/voxgate\"\n"
+        ));
+        assert_eq!(e[0].0, 9);
+        assert!(e[0].2.contains("spill_dir"), "{e:?}");
+        let ok = std::env::temp_dir().display().to_string();
+        let c = load(&format!("{MINIMAL}\n[server]\nspill_dir = \"{ok}\"\n")).unwrap();
+        assert_eq!(c.server.spill_dir, Some(PathBuf::from(ok)));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! route's `fallback_on` sends the request on to the next upstream — and nothing else does.
 //! The decision is taken on the response *headers*, before a single response byte has gone
 //! to the client; once a response is handed back it is the client's, whatever happens to
-//! its body. Every attempt is recorded for the access log and for the error message when
+//! its body. The last upstream's response is always handed back: with no one left to ask,
+//! its own 503 and `retry-after` tell the client more than a made-up 502 would. Every attempt is recorded for the access log and for the error message when
 //! all of them fail.
 
 use std::fmt;
@@ -117,7 +118,8 @@ pub async fn forward(
     attempts: &mut Vec<Attempt>,
 ) -> Result<(usize, Response<Incoming>), Exhausted> {
     let mut stopped_by_policy = false;
-    for &index in &route.to {
+    for (position, &index) in route.to.iter().enumerate() {
+        let last = position + 1 == route.to.len();
         let upstream = &upstreams[index];
         let edits = Edits {
             set: &route.set,
@@ -140,7 +142,9 @@ pub async fn forward(
             elapsed: started.elapsed(),
         };
         match result {
-            Ok(response) if !falls_back(&route.fallback, Ok(response.status())) => {
+            // The last upstream's answer is the answer, whatever its status: the client
+            // gets its body and its retry-after, and the SDK's own retry rules apply.
+            Ok(response) if last || !falls_back(&route.fallback, Ok(response.status())) => {
                 attempts.push(record(AttemptResult::Answered(response.status())));
                 return Ok((index, response));
             }
@@ -179,6 +183,12 @@ pub async fn forward(
 /// tell "model not found" from "overloaded" in the final error, never worth a wait.
 async fn error_detail(response: Response<Incoming>) -> Option<String> {
     const MAX: usize = 2048;
+    if response
+        .headers()
+        .contains_key(http::header::CONTENT_ENCODING)
+    {
+        return None; // compressed: not worth decoding for a message
+    }
     let mut body = response.into_body();
     let mut buf = Vec::new();
     let read = async {

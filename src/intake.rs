@@ -7,7 +7,10 @@
 //! parsed by `multer` with file parts going straight to the replay [`Spool`], and only the
 //! small text parts and JSON bodies are held in memory.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -24,8 +27,15 @@ use crate::spool::{SpoolLimits, SpoolWriter};
 
 /// Text parts (model, prompt, …) are held in memory: each gets this much at most.
 pub const MAX_TEXT_PART_BYTES: usize = 64 * 1024;
+/// …and all of them together this much.
+pub const MAX_TEXT_TOTAL_BYTES: usize = 1024 * 1024;
 /// More parts than this is not an upload, it is an attack.
 pub const MAX_PARTS: usize = 1000;
+/// Bytes the multipart parser may take in without producing anything: a part's header
+/// block, or a preamble, is held whole until its end is found, so it gets a limit.
+pub const MAX_UNPARSED_BYTES: u64 = 1024 * 1024;
+/// Bytes handed to the multipart parser before it is made to hand out what it holds.
+const PAUSE_AFTER_BYTES: u64 = 128 * 1024;
 
 /// Fields that are read for routing: sent twice, the upstream might read the other copy.
 const SINGLE_VALUED: [&str; 4] = ["model", "stream", "response_format", "file"];
@@ -257,6 +267,46 @@ fn from_multer(e: multer::Error) -> IntakeError {
     }
 }
 
+/// The body as multer reads it, metered. multer drains its input for as long as it is
+/// ready, copying into one buffer, so a fast client could fill that buffer with a whole
+/// upload; this stream pauses (a self-woken `Pending`) once [`PAUSE_AFTER_BYTES`] went in
+/// without multer producing anything, which makes it hand out what it holds first. Bytes
+/// that still produce nothing past [`MAX_UNPARSED_BYTES`] are a header block or preamble
+/// that never ends: refused.
+struct Metered<S> {
+    inner: Pin<Box<S>>,
+    read: Arc<AtomicU64>,
+    /// Bytes handed to multer since it last produced a part or a chunk; reset by the reader.
+    unparsed: Arc<AtomicU64>,
+    paused: bool,
+}
+
+impl<S: Stream<Item = Result<Bytes, IntakeError>>> Stream for Metered<S> {
+    type Item = Result<Bytes, IntakeError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let held = self.unparsed.load(Ordering::Relaxed);
+        if held < PAUSE_AFTER_BYTES {
+            self.paused = false;
+        } else if !self.paused {
+            self.paused = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        } else if held > MAX_UNPARSED_BYTES {
+            return Poll::Ready(Some(Err(IntakeError::malformed(format!(
+                "multipart part headers or preamble longer than {MAX_UNPARSED_BYTES} bytes"
+            )))));
+        }
+        let polled = self.inner.as_mut().poll_next(cx);
+        if let Poll::Ready(Some(Ok(chunk))) = &polled {
+            let n = chunk.len() as u64;
+            self.read.fetch_add(n, Ordering::Relaxed);
+            self.unparsed.fetch_add(n, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
 /// Reads a transcription or translation upload.
 pub async fn read_form<B>(
     body: B,
@@ -282,17 +332,21 @@ where
         }
     };
     let body = Limited::new(body, headers, limits.max_body_bytes, limits.idle_timeout)?;
-    let read_counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counter = read_counter.clone();
-    let stream = futures_util::StreamExt::inspect(body.into_stream(), move |item| {
-        if let Ok(chunk) = item {
-            counter.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        }
-    });
+    let metered = Metered {
+        inner: Box::pin(body.into_stream()),
+        read: Arc::new(AtomicU64::new(0)),
+        unparsed: Arc::new(AtomicU64::new(0)),
+        paused: false,
+    };
+    let (read, unparsed) = (metered.read.clone(), metered.unparsed.clone());
+    let stream = metered;
+    let progress = || unparsed.store(0, Ordering::Relaxed);
     let mut multipart = multer::Multipart::new(stream, boundary.clone());
     let mut spool = SpoolWriter::new(limits.spool.clone());
     let mut parts: Vec<FormPart> = Vec::new();
+    let mut text_total = 0usize;
     while let Some(mut field) = multipart.next_field().await.map_err(from_multer)? {
+        progress();
         if parts.len() == MAX_PARTS {
             return Err(IntakeError::malformed(format!(
                 "multipart body has more than {MAX_PARTS} parts"
@@ -309,18 +363,26 @@ where
         let value = if field.file_name().is_some() || name == "file" {
             let start = spool.len();
             while let Some(chunk) = field.chunk().await.map_err(from_multer)? {
+                progress();
                 spool.push(chunk).await.map_err(IntakeError::Spool)?;
             }
             PartValue::File(start..spool.len())
         } else {
             let mut text = BytesMut::new();
             while let Some(chunk) = field.chunk().await.map_err(from_multer)? {
+                progress();
                 if text.len() + chunk.len() > MAX_TEXT_PART_BYTES {
                     return Err(IntakeError::malformed(format!(
                         "multipart text part `{name}` is longer than {MAX_TEXT_PART_BYTES} bytes"
                     )));
                 }
                 text.extend_from_slice(&chunk);
+            }
+            text_total += text.len() + head.len();
+            if text_total > MAX_TEXT_TOTAL_BYTES {
+                return Err(IntakeError::malformed(format!(
+                    "multipart text parts are longer than {MAX_TEXT_TOTAL_BYTES} bytes together"
+                )));
             }
             PartValue::Text(text.freeze())
         };
@@ -334,7 +396,7 @@ where
         return Err(IntakeError::Missing { param: "model" });
     }
     let spool = Arc::new(spool.finish().await.map_err(IntakeError::Spool)?);
-    let read = read_counter.load(std::sync::atomic::Ordering::Relaxed);
+    let read = read.load(Ordering::Relaxed);
     Ok((
         Payload::Form(FormBody {
             boundary,
@@ -522,6 +584,36 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(e.api_error().status, 415);
+    }
+
+    #[tokio::test]
+    async fn endless_part_headers_and_too_much_text_are_refused() {
+        let mut body =
+            b"--B0UND\r\nContent-Disposition: form-data; name=\"model\"\r\nX-Pad: ".to_vec();
+        body.extend(std::iter::repeat_n(b'a', 3 << 20));
+        let pieces: Vec<Vec<u8>> = body.chunks(65_536).map(<[u8]>::to_vec).collect();
+        let e = read_form(chunked(pieces), &headers(FORM_CT), &limits(8 << 20))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("part headers or preamble"), "{e}");
+
+        let prompt = vec![b'p'; 60_000];
+        let names: Vec<String> = (0..20).map(|i| format!("prompt{i}")).collect();
+        let mut parts: Vec<(&str, Option<&str>, &[u8])> = names
+            .iter()
+            .map(|n| (n.as_str(), None, &prompt[..]))
+            .collect();
+        parts.push(("model", None, b"m"));
+        parts.push(("file", Some("a.wav"), b"x"));
+        let e = read_form(
+            Full::new(Bytes::from(form(&parts))),
+            &headers(FORM_CT),
+            &limits(8 << 20),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("together"), "{e}");
+        assert_eq!(e.api_error().status, 400);
     }
 
     #[tokio::test]

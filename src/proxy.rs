@@ -21,6 +21,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 
 use crate::access::{AccessRecord, ClientAddr, ObservedBody};
 use crate::body::{full, BoxError, IdleTimeout, ProxyBody};
@@ -84,6 +85,32 @@ enum Target {
     },
 }
 
+/// Decodes percent-encoded unreserved characters (RFC 3986 §6.2.2.2): `/v1/audio/spe%65ch`
+/// is `/v1/audio/speech`, and must be inspected and routed as such.
+fn decode_unreserved(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let decoded = (bytes[i] == b'%')
+            .then(|| path.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~'));
+        match decoded {
+            Some(b) => {
+                out.push(char::from(b));
+                i += 3;
+            }
+            None => {
+                out.push(char::from(bytes[i]));
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 fn classify(method: &Method, path: &str) -> Result<Target, ProxyError> {
     let lower = path.to_ascii_lowercase();
     let dotted = path.split('/').any(|s| s == "." || s == "..");
@@ -94,7 +121,8 @@ fn classify(method: &Method, path: &str) -> Result<Target, ProxyError> {
     {
         return Err(ProxyError::BadPath(path.to_string()));
     }
-    let path = match path {
+    let decoded = decode_unreserved(path);
+    let path = match decoded.as_str() {
         "/health" => return Ok(Target::Health),
         "/" => return Ok(Target::Root),
         p if p.starts_with("/v1/") => p.to_string(),
@@ -104,11 +132,16 @@ fn classify(method: &Method, path: &str) -> Result<Target, ProxyError> {
         }
         p => return Err(ProxyError::NotFound(p.to_string())),
     };
-    let endpoint = match path.as_str() {
+    // A trailing slash does not make an audio request something else.
+    let endpoint = match path.strip_suffix('/').unwrap_or(&path) {
         "/v1/audio/speech" => Endpoint::Speech,
         "/v1/audio/transcriptions" => Endpoint::Transcriptions,
         "/v1/audio/translations" => Endpoint::Translations,
         _ => Endpoint::Other,
+    };
+    let path = match endpoint {
+        Endpoint::Other => path,
+        _ => path.trim_end_matches('/').to_string(),
     };
     if endpoint != Endpoint::Other && method != Method::POST {
         return Err(ProxyError::MethodNotAllowed {
@@ -212,7 +245,12 @@ impl Gateway {
         );
         record.client = request.extensions().get::<ClientAddr>().map(|c| c.0);
         let mut response = match self.proxy(&runtime, request, &id, &mut record).await {
-            Ok(Reply::Proxied(response)) => return response,
+            Ok(Reply::Upstream(response)) => {
+                // The record travels with the body, which writes it when the response ends.
+                let (parts, body) = response.into_parts();
+                record.status = parts.status.as_u16();
+                return Response::from_parts(parts, ObservedBody::new(body, record).boxed());
+            }
             Ok(Reply::Local(response)) => response,
             Err(e) => {
                 let api = e.api_error();
@@ -294,9 +332,14 @@ impl Gateway {
             headers: &parts.headers,
             request_id: id,
         };
-        let mut attempts = Vec::new();
-        let outcome = forward(&runtime.upstreams, route, &payload, &head, &mut attempts).await;
-        record.attempts = attempts;
+        let outcome = forward(
+            &runtime.upstreams,
+            route,
+            &payload,
+            &head,
+            &mut record.attempts,
+        )
+        .await;
         let (index, upstream_response) = outcome.map_err(ProxyError::Upstreams)?;
         drop(payload);
 
@@ -313,24 +356,16 @@ impl Gateway {
         if let Ok(name) = HeaderValue::from_str(upstream.name()) {
             parts.headers.insert(UPSTREAM_HEADER, name);
         }
-        // The record now travels with the body, which writes it when the response ends.
-        let mut finished = std::mem::replace(
-            record,
-            AccessRecord::new(String::new(), String::new(), String::new()),
-        );
-        finished.status = parts.status.as_u16();
-        finished.upstream = Some(upstream.name().to_string());
+        record.upstream = Some(upstream.name().to_string());
         let body = IdleTimeout::new(body, upstream.config.idle_timeout);
-        let body = ObservedBody::new(body, finished).boxed();
-        Ok(Reply::Proxied(Response::from_parts(parts, body)))
+        Ok(Reply::Upstream(Response::from_parts(parts, body)))
     }
 }
 
-/// A successful answer: either voxgate's own (logged by the caller) or an upstream's
-/// (logged by its body when it ends).
+/// A successful answer: voxgate's own, or an upstream's to be streamed through.
 enum Reply {
     Local(Response<ProxyBody>),
-    Proxied(Response<ProxyBody>),
+    Upstream(Response<IdleTimeout<Incoming>>),
 }
 
 #[cfg(test)]
@@ -376,6 +411,24 @@ mod tests {
         );
         assert_eq!(target(Method::GET, "/health"), Ok(Target::Health));
         assert_eq!(target(Method::GET, "/"), Ok(Target::Root));
+    }
+
+    #[test]
+    fn encoded_and_slashed_spellings_of_audio_paths_are_the_same_endpoint() {
+        assert_eq!(
+            target(Method::POST, "/v1/audio/spe%65ch"),
+            api(Endpoint::Speech, "/v1/audio/speech")
+        );
+        assert_eq!(
+            target(Method::POST, "/v1/audio/transcriptions/"),
+            api(Endpoint::Transcriptions, "/v1/audio/transcriptions")
+        );
+        assert_eq!(
+            target(Method::GET, "/v1/files/a%20b"),
+            api(Endpoint::Other, "/v1/files/a%20b"),
+            "reserved and other encodings are kept"
+        );
+        assert_eq!(target(Method::GET, "/v1/audio%2Fspeech"), Err(400));
     }
 
     #[test]

@@ -19,6 +19,8 @@ use futures_util::stream::{self, Stream};
 
 /// Spilled bytes are written and read in pieces of this size.
 const FILE_CHUNK: usize = 256 * 1024;
+/// Bytes kept in memory are kept in blocks of this size.
+const BLOCK: usize = 64 * 1024;
 
 /// The memory all in-flight request bodies together may hold.
 #[derive(Debug)]
@@ -75,6 +77,10 @@ pub struct SpoolLimits {
 }
 
 /// Builds a [`Spool`] from the chunks of a body as they arrive.
+///
+/// Chunks are copied into blocks of [`BLOCK`] bytes (spilled data: [`FILE_CHUNK`]) before
+/// they are kept: a body that arrives in many tiny chunks costs the same memory, and reads
+/// back as fast, as one that arrives in large ones, and no block pins a socket buffer.
 #[derive(Debug)]
 pub struct SpoolWriter {
     limits: SpoolLimits,
@@ -82,7 +88,7 @@ pub struct SpoolWriter {
     reservation: Reservation,
     file: Option<Arc<File>>,
     file_len: u64,
-    pending: BytesMut,
+    staging: BytesMut,
 }
 
 impl SpoolWriter {
@@ -97,13 +103,13 @@ impl SpoolWriter {
             reservation,
             file: None,
             file_len: 0,
-            pending: BytesMut::new(),
+            staging: BytesMut::new(),
         }
     }
 
     /// Bytes written so far.
     pub fn len(&self) -> u64 {
-        self.reservation.bytes + self.file_len + self.pending.len() as u64
+        self.reservation.bytes + self.file_len + self.staging.len() as u64
     }
 
     pub fn is_empty(&self) -> bool {
@@ -111,46 +117,58 @@ impl SpoolWriter {
     }
 
     pub async fn push(&mut self, chunk: Bytes) -> io::Result<()> {
-        if chunk.is_empty() {
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            let block = if self.file.is_some() {
+                FILE_CHUNK
+            } else {
+                BLOCK
+            };
+            if self.staging.capacity() == 0 {
+                self.staging.reserve(block);
+            }
+            let take = (block - self.staging.len().min(block)).min(rest.len());
+            self.staging.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.staging.len() >= block {
+                self.seal().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the staged block: in memory if the budgets allow, else in the spill file.
+    async fn seal(&mut self) -> io::Result<()> {
+        if self.staging.is_empty() {
             return Ok(());
         }
-        let n = chunk.len() as u64;
+        let block = self.staging.split().freeze();
+        let n = block.len() as u64;
         if self.file.is_none()
             && self.reservation.bytes + n <= self.limits.memory_per_request
             && self.limits.budget.try_reserve(n)
         {
             self.reservation.bytes += n;
-            self.memory.push(chunk);
+            self.memory.push(block);
             return Ok(());
         }
-        if self.file.is_none() {
-            let dir = self
-                .limits
-                .spill_dir
-                .clone()
-                .unwrap_or_else(std::env::temp_dir);
-            let file = tokio::task::spawn_blocking(move || tempfile::tempfile_in(dir))
-                .await
-                .map_err(io::Error::other)??;
-            self.file = Some(Arc::new(file));
-        }
-        self.pending.extend_from_slice(&chunk);
-        if self.pending.len() >= FILE_CHUNK {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> io::Result<()> {
-        let Some(file) = self.file.clone() else {
-            return Ok(());
+        let file = match &self.file {
+            Some(file) => file.clone(),
+            None => {
+                let dir = self
+                    .limits
+                    .spill_dir
+                    .clone()
+                    .unwrap_or_else(std::env::temp_dir);
+                let file = tokio::task::spawn_blocking(move || tempfile::tempfile_in(dir))
+                    .await
+                    .map_err(io::Error::other)??;
+                let file = Arc::new(file);
+                self.file = Some(file.clone());
+                file
+            }
         };
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let data = self.pending.split().freeze();
-        let n = data.len() as u64;
-        tokio::task::spawn_blocking(move || (&*file).write_all(&data))
+        tokio::task::spawn_blocking(move || (&*file).write_all(&block))
             .await
             .map_err(io::Error::other)??;
         self.file_len += n;
@@ -158,20 +176,21 @@ impl SpoolWriter {
     }
 
     pub async fn finish(mut self) -> io::Result<Spool> {
-        self.flush().await?;
-        let memory_len = self.reservation.bytes;
+        self.seal().await?;
+        let SpoolWriter {
+            memory,
+            reservation,
+            file,
+            file_len,
+            ..
+        } = self;
+        let memory_len = reservation.bytes;
         Ok(Spool {
-            memory: std::mem::take(&mut self.memory),
+            memory,
             memory_len,
-            file: self.file.take(),
-            file_len: self.file_len,
-            _reservation: std::mem::replace(
-                &mut self.reservation,
-                Reservation {
-                    budget: self.limits.budget.clone(),
-                    bytes: 0,
-                },
-            ),
+            file,
+            file_len,
+            _reservation: reservation,
         })
     }
 }
@@ -207,27 +226,25 @@ impl Spool {
     ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
         let spool = Arc::clone(self);
         let end = range.end.min(spool.len());
+        // State: the spool, the position, and the memory block that holds it with the
+        // block's offset, so that each step is O(1).
         stream::try_unfold(
-            (spool, range.start, 0usize),
-            move |(spool, pos, index)| async move {
+            (spool, range.start, 0usize, 0u64),
+            move |(spool, pos, mut index, mut block_start)| async move {
                 if pos >= end {
                     return Ok(None);
                 }
                 if pos < spool.memory_len {
-                    // Find the memory chunk that holds `pos`, starting from the last one used.
-                    let mut index = index;
-                    let mut chunk_start: u64 =
-                        spool.memory[..index].iter().map(|c| c.len() as u64).sum();
-                    while chunk_start + spool.memory[index].len() as u64 <= pos {
-                        chunk_start += spool.memory[index].len() as u64;
+                    while block_start + spool.memory[index].len() as u64 <= pos {
+                        block_start += spool.memory[index].len() as u64;
                         index += 1;
                     }
-                    let chunk = &spool.memory[index];
-                    let from = (pos - chunk_start) as usize;
-                    let to = ((end - chunk_start) as usize).min(chunk.len());
-                    let piece = chunk.slice(from..to);
+                    let block = &spool.memory[index];
+                    let from = (pos - block_start) as usize;
+                    let to = ((end - block_start) as usize).min(block.len());
+                    let piece = block.slice(from..to);
                     let next = pos + piece.len() as u64;
-                    return Ok(Some((piece, (spool, next, index))));
+                    return Ok(Some((piece, (spool, next, index, block_start))));
                 }
                 let file = spool.file.clone().ok_or_else(|| {
                     io::Error::new(io::ErrorKind::UnexpectedEof, "spool range out of bounds")
@@ -242,7 +259,7 @@ impl Spool {
                 .await
                 .map_err(io::Error::other)??;
                 let next = pos + piece.len() as u64;
-                Ok(Some((piece, (spool, next, index))))
+                Ok(Some((piece, (spool, next, index, block_start))))
             },
         )
     }
@@ -252,6 +269,10 @@ impl Spool {
 mod tests {
     use super::*;
     use futures_util::TryStreamExt;
+
+    fn noise(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
 
     fn limits(per_request: u64, total: u64) -> SpoolLimits {
         SpoolLimits {
@@ -289,19 +310,39 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_over_the_request_budget_spill_to_disk() {
-        let l = limits(8, 4096);
+        let l = limits(BLOCK as u64, 1 << 20);
+        let head = noise(BLOCK);
         let big = vec![7u8; 3 * FILE_CHUNK + 5];
-        let s = fill(&l, &[b"01234567", &big, b"tail"]).await;
+        let s = fill(&l, &[&head, &big, b"tail"]).await;
         assert!(s.spilled());
-        assert_eq!(l.budget.used(), 8);
+        assert_eq!(l.budget.used(), BLOCK as u64, "one block in memory");
         let all = read(&s, 0..s.len()).await;
-        assert_eq!(all.len(), 8 + big.len() + 4);
-        assert_eq!(&all[..8], b"01234567");
+        assert_eq!(all.len(), BLOCK + big.len() + 4);
+        assert_eq!(&all[..BLOCK], &head[..]);
         assert_eq!(&all[all.len() - 4..], b"tail");
-        assert_eq!(read(&s, 6..10).await, [b'6', b'7', 7, 7]);
+        let edge = BLOCK as u64;
+        assert_eq!(
+            read(&s, edge - 2..edge + 2).await,
+            [head[BLOCK - 2], head[BLOCK - 1], 7, 7]
+        );
         // Two readers at once see the same bytes.
         let (a, b) = tokio::join!(read(&s, 0..s.len()), read(&s, 0..s.len()));
         assert_eq!(a, b);
+    }
+
+    #[tokio::test]
+    async fn tiny_chunks_are_kept_in_blocks() {
+        let l = limits(1 << 20, 1 << 20);
+        let mut w = SpoolWriter::new(l.clone());
+        let data = noise(200_000);
+        for byte in &data {
+            w.push(Bytes::copy_from_slice(&[*byte])).await.unwrap();
+        }
+        let s = Arc::new(w.finish().await.unwrap());
+        assert_eq!(s.memory.len(), 200_000usize.div_ceil(BLOCK));
+        let pieces: Vec<Bytes> = s.stream(0..s.len()).try_collect().await.unwrap();
+        assert_eq!(pieces.len(), s.memory.len());
+        assert_eq!(pieces.concat(), data);
     }
 
     #[tokio::test]
@@ -319,10 +360,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_abandoned_writer_returns_its_memory() {
-        let l = limits(100, 150);
+        let l = limits(1 << 20, 1 << 20);
         let mut w = SpoolWriter::new(l.clone());
-        w.push(Bytes::from_static(b"abc")).await.unwrap();
-        assert_eq!(l.budget.used(), 3);
+        w.push(Bytes::from(vec![1u8; BLOCK + 3])).await.unwrap();
+        assert_eq!(l.budget.used(), BLOCK as u64);
         drop(w);
         assert_eq!(l.budget.used(), 0);
     }

@@ -146,6 +146,9 @@ impl Upstream {
         match (&self.authorization, self.config.pass_client_key) {
             (Some(ours), _) => {
                 headers.insert(header::AUTHORIZATION, ours.clone());
+                // The client's organization and project belong to the client's key, not ours.
+                headers.remove("openai-organization");
+                headers.remove("openai-project");
             }
             (None, true) => {}
             (None, false) => {
@@ -214,6 +217,10 @@ mod tests {
         );
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert(
+            "openai-organization",
+            HeaderValue::from_static("org-client"),
+        );
+        h.insert(
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         );
@@ -244,10 +251,15 @@ mod tests {
         let h = upstream("http://a", Some("sk-up"), false).headers(&client_headers(), &id, 5);
         assert_eq!(h[header::AUTHORIZATION], "Bearer sk-up");
         assert!(h[header::AUTHORIZATION].is_sensitive());
+        assert!(
+            h.get("openai-organization").is_none(),
+            "goes with the client's key"
+        );
         let h = upstream("http://a", None, false).headers(&client_headers(), &id, 5);
         assert!(h.get(header::AUTHORIZATION).is_none());
         let h = upstream("http://a", None, true).headers(&client_headers(), &id, 5);
         assert_eq!(h[header::AUTHORIZATION], "Bearer client");
+        assert_eq!(h["openai-organization"], "org-client");
     }
 
     #[test]

@@ -140,3 +140,34 @@ async fn one_line_per_request_with_attempts_and_never_a_key() {
         assert!(!all.contains(secret), "{secret} leaked into the log");
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_client_that_leaves_before_the_answer_is_still_logged() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_writer(captured.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let hanging = Scripted::always(Reply::Hang).await;
+    let proxy = Proxy::start(&single_upstream(&hanging.url(), "")).await;
+    let mut req = speech_request(
+        &proxy.url("/v1/audio/speech"),
+        json!({"model": "tts-1", "input": "hi", "voice": "af_sky"}),
+    );
+    req.headers_mut()
+        .insert("x-request-id", "gone-1".parse().unwrap());
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), client().request(req)).await;
+    assert!(
+        gave_up.is_err(),
+        "the upstream hangs, so the client gives up"
+    );
+
+    let lines = captured.wait_for(1).await;
+    assert_eq!(lines[0]["request_id"], "gone-1");
+    assert_eq!(lines[0]["ending"], "client_gone");
+    assert_eq!(lines[0]["status"], 499);
+    assert_eq!(lines[0]["model"], "tts-1");
+}

@@ -227,6 +227,28 @@ async fn all_upstreams_failing_gives_502_listing_each_attempt() {
 }
 
 #[tokio::test]
+async fn the_last_upstreams_fallback_status_is_passed_through_as_it_is() {
+    let a = Scripted::always(Reply::status(503)).await;
+    let b = Scripted::start(|_| Reply::Full {
+        status: 503,
+        headers: vec![
+            ("content-type", "application/json".into()),
+            ("retry-after", "2".into()),
+        ],
+        body: Bytes::from_static(br#"{"error":{"message":"b is overloaded"}}"#),
+    })
+    .await;
+    let proxy = Proxy::start(&two_upstreams(&a.url(), &b.url(), "", "", A_THEN_B)).await;
+    let r = speech_via(&proxy).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("2"));
+    assert_eq!(r.header("x-voxgate-upstream"), Some("b"));
+    assert_eq!(r.header("x-should-retry"), None, "the SDK may retry");
+    assert_eq!(r.json()["error"]["message"], "b is overloaded");
+    assert_eq!(a.count(), 1);
+}
+
+#[tokio::test]
 async fn all_upstreams_timing_out_gives_504() {
     let a = Scripted::always(Reply::Hang).await;
     let config = single_upstream(&a.url(), "response_timeout = \"200ms\"");
