@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::body::BoxError;
 use crate::forward::Attempt;
+use crate::pool::Picked;
 
 /// The client's address, put in the request's extensions by the server.
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +35,8 @@ pub struct AccessRecord {
     pub route: Option<usize>,
     pub attempts: Vec<Attempt>,
     pub upstream: Option<String>,
+    /// The endpoint that answered; counted as in flight until the record is written.
+    pub served_by: Option<Picked>,
     pub status: u16,
     pub bytes_in: u64,
     pub error: Option<String>,
@@ -64,6 +67,7 @@ impl AccessRecord {
             route: None,
             attempts: Vec::new(),
             upstream: None,
+            served_by: None,
             status: 0,
             bytes_in: 0,
             error: None,
@@ -90,6 +94,8 @@ impl AccessRecord {
         if std::mem::replace(&mut self.written, true) {
             return;
         }
+        // The response is over: the endpoint no longer has this request in flight.
+        let served_by = self.served_by.take();
         let total_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let ttfb_ms = ttfb.map(|t| t.as_secs_f64() * 1000.0);
         tracing::info!(
@@ -104,6 +110,7 @@ impl AccessRecord {
             route_line = self.route,
             attempts = %self.attempts_text(),
             upstream = self.upstream.as_deref(),
+            upstream_url = served_by.as_ref().map(|p| tracing::field::display(&p.endpoint().url)),
             status = self.status,
             bytes_in = self.bytes_in,
             bytes_out,

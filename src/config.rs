@@ -103,11 +103,63 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// One server of an upstream's pool.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// Scheme and authority, plus an optional path prefix; never a query.
+    pub url: Uri,
+    /// Share of the traffic relative to the pool's other endpoints.
+    pub weight: u32,
+    /// Takes traffic only while every primary endpoint of the pool is down.
+    pub backup: bool,
+}
+
+/// How an upstream spreads requests over its endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// In turn, in proportion to the weights.
+    #[serde(alias = "weighted")]
+    RoundRobin,
+    /// The less busy of two endpoints picked at random (power of two choices).
+    LeastOutstanding,
+}
+
+/// An active health check: a cheap request, never a paid synthesis or transcription.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub method: http::Method,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down endpoint up.
+    pub rise: u32,
+    /// Consecutive failures that take an up endpoint down.
+    pub fall: u32,
+    /// Statuses that count as healthy, inclusive.
+    pub expect: (u16, u16),
+}
+
+/// Passive ejection: endpoints that fail real requests are taken out for a while.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ejection {
+    /// Consecutive failed attempts that eject an endpoint; 0 turns ejection off.
+    pub after: u32,
+    /// First ejection's length; the n-th lasts n times as long, up to `max_time`.
+    pub base_time: Duration,
+    pub max_time: Duration,
+    /// Share of a pool that may be ejected at once (one endpoint always may).
+    pub max_percent: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
-    /// Scheme and authority, plus an optional path prefix; never a query.
-    pub url: Uri,
+    /// At least one; `url = …` is a pool of one.
+    pub endpoints: Vec<EndpointConfig>,
+    pub balance: Balance,
+    pub health: Option<HealthCheck>,
+    pub ejection: Ejection,
     pub connect_timeout: Duration,
     /// Per try: from sending the request until the response headers arrive.
     pub response_timeout: Duration,
@@ -318,7 +370,7 @@ struct RawConfig {
     #[serde(default)]
     log: RawLog,
     #[serde(default)]
-    upstreams: BTreeMap<String, RawUpstream>,
+    upstreams: BTreeMap<String, Spanned<RawUpstream>>,
     #[serde(default)]
     routes: Vec<Spanned<RawRoute>>,
 }
@@ -346,7 +398,14 @@ struct RawLog {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
-    url: Spanned<String>,
+    url: Option<Spanned<String>>,
+    endpoints: Option<Spanned<Vec<Spanned<toml::Value>>>>,
+    balance: Option<Balance>,
+    health: Option<Spanned<RawHealth>>,
+    eject_after: Option<Spanned<i64>>,
+    eject_time: Option<Spanned<String>>,
+    eject_time_max: Option<Spanned<String>>,
+    max_ejected_percent: Option<Spanned<i64>>,
     connect_timeout: Option<Spanned<String>>,
     response_timeout: Option<Spanned<String>>,
     idle_timeout: Option<Spanned<String>>,
@@ -357,6 +416,18 @@ struct RawUpstream {
     voice_map: HashMap<String, String>,
     #[serde(default)]
     model_map: HashMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    method: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    rise: Option<Spanned<i64>>,
+    fall: Option<Spanned<i64>>,
+    expect: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -529,6 +600,188 @@ impl Validator<'_> {
             }
             None => uri,
         }
+    }
+
+    fn count(
+        &mut self,
+        value: Option<Spanned<i64>>,
+        key: &str,
+        range: (u32, u32),
+        default: u32,
+    ) -> u32 {
+        let Some(value) = value else { return default };
+        match u32::try_from(*value.get_ref()) {
+            Ok(n) if (range.0..=range.1).contains(&n) => n,
+            _ => {
+                self.error(
+                    value.span(),
+                    format!(
+                        "`{key}` must be a whole number from {} to {}",
+                        range.0, range.1
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    /// `url = …`, or `endpoints = ["url", { url, weight, backup }, …]`.
+    fn endpoints(
+        &mut self,
+        name: &str,
+        span: Range<usize>,
+        url: Option<Spanned<String>>,
+        endpoints: Option<Spanned<Vec<Spanned<toml::Value>>>>,
+    ) -> Vec<EndpointConfig> {
+        let plain = |uri| EndpointConfig {
+            url: uri,
+            weight: 1,
+            backup: false,
+        };
+        match (url, endpoints) {
+            (Some(url), None) => vec![plain(self.url(name, &url))],
+            (None, Some(list)) => {
+                let list_span = list.span();
+                let mut out = Vec::new();
+                for item in list.into_inner() {
+                    let item_span = item.span();
+                    match item.into_inner() {
+                        toml::Value::String(s) => {
+                            let spanned = Spanned::new(item_span, s);
+                            out.push(plain(self.url(name, &spanned)));
+                        }
+                        toml::Value::Table(mut t) => {
+                            let url = match t.remove("url") {
+                                Some(toml::Value::String(s)) => Spanned::new(item_span.clone(), s),
+                                _ => {
+                                    self.error(
+                                        item_span,
+                                        "an endpoint table needs `url = \"http://…\"`",
+                                    );
+                                    continue;
+                                }
+                            };
+                            let weight = match t.remove("weight") {
+                                None => 1,
+                                Some(toml::Value::Integer(w)) if (1..=1000).contains(&w) => {
+                                    w as u32
+                                }
+                                Some(_) => {
+                                    self.error(
+                                        item_span.clone(),
+                                        "`weight` must be a whole number from 1 to 1000",
+                                    );
+                                    1
+                                }
+                            };
+                            let backup = match t.remove("backup") {
+                                None => false,
+                                Some(toml::Value::Boolean(b)) => b,
+                                Some(_) => {
+                                    self.error(item_span.clone(), "`backup` must be true or false");
+                                    false
+                                }
+                            };
+                            if let Some(key) = t.keys().next() {
+                                self.error(
+                                    item_span.clone(),
+                                    format!("unknown endpoint key `{key}`, expected `url`, `weight` or `backup`"),
+                                );
+                            }
+                            out.push(EndpointConfig {
+                                url: self.url(name, &url),
+                                weight,
+                                backup,
+                            });
+                        }
+                        _ => self.error(
+                            item_span,
+                            "an endpoint is a URL string or a table { url, weight, backup }",
+                        ),
+                    }
+                }
+                if out.is_empty() {
+                    self.error(
+                        list_span,
+                        format!("upstream `{name}`: `endpoints` is empty"),
+                    );
+                } else if out.iter().all(|e| e.backup) {
+                    self.error(
+                        list_span,
+                        format!("upstream `{name}`: every endpoint is a backup; make one primary"),
+                    );
+                }
+                out
+            }
+            (Some(url), Some(_)) => {
+                self.error(
+                    url.span(),
+                    format!("upstream `{name}`: give `url` or `endpoints`, not both"),
+                );
+                Vec::new()
+            }
+            (None, None) => {
+                self.error(
+                    span,
+                    format!("upstream `{name}` needs `url` or `endpoints`"),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn health(&mut self, raw: Option<Spanned<RawHealth>>) -> Option<HealthCheck> {
+        let raw = raw?.into_inner();
+        let method = match raw.method {
+            None => http::Method::GET,
+            Some(m) => match http::Method::from_bytes(m.get_ref().as_bytes()) {
+                Ok(method) => method,
+                Err(_) => {
+                    self.error(m.span(), format!("`{}` is not an HTTP method", m.get_ref()));
+                    http::Method::GET
+                }
+            },
+        };
+        let path = match raw.path {
+            None => "/health".to_string(),
+            Some(p) if p.get_ref().starts_with('/') => p.into_inner(),
+            Some(p) => {
+                self.error(p.span(), "health `path` must start with /");
+                "/health".to_string()
+            }
+        };
+        let expect = match raw.expect {
+            None => (200, 299),
+            Some(e) => {
+                let span = e.span();
+                let parsed = match e.into_inner() {
+                    toml::Value::Integer(n) => u16::try_from(n).ok().map(|n| (n, n)),
+                    toml::Value::String(s) => s.split_once('-').and_then(|(a, b)| {
+                        Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+                    }),
+                    _ => None,
+                };
+                match parsed {
+                    Some((a, b)) if (100..=599).contains(&a) && a <= b && b <= 599 => (a, b),
+                    _ => {
+                        self.error(
+                            span,
+                            "health `expect` is a status (200) or a range (\"200-399\")",
+                        );
+                        (200, 299)
+                    }
+                }
+            }
+        };
+        Some(HealthCheck {
+            method,
+            path,
+            interval: self.duration(raw.interval, "interval", Duration::from_secs(2)),
+            timeout: self.duration(raw.timeout, "timeout", Duration::from_secs(1)),
+            rise: self.count(raw.rise, "rise", (1, 100), 2),
+            fall: self.count(raw.fall, "fall", (1, 100), 3),
+            expect,
+        })
     }
 
     /// A match value: a string or a list of strings, each a glob.
@@ -757,7 +1010,16 @@ fn validate(
 
     let mut upstreams = Vec::with_capacity(raw.upstreams.len());
     for (name, u) in raw.upstreams {
-        let url = v.url(&name, &u.url);
+        let span = u.span();
+        let u = u.into_inner();
+        let endpoints = v.endpoints(&name, span, u.url, u.endpoints);
+        let health = v.health(u.health);
+        let ejection = Ejection {
+            after: v.count(u.eject_after, "eject_after", (0, 1000), 1),
+            base_time: v.duration(u.eject_time, "eject_time", Duration::from_secs(10)),
+            max_time: v.duration(u.eject_time_max, "eject_time_max", Duration::from_secs(300)),
+            max_percent: v.count(u.max_ejected_percent, "max_ejected_percent", (0, 100), 50),
+        };
         let api_key = u.api_key.as_ref().and_then(|k| {
             let key = v.expand(k, "api_key");
             if key.bytes().any(|b| b.is_ascii_control() || b == b' ') && !key.is_empty() {
@@ -782,7 +1044,10 @@ fn validate(
             ),
             idle_timeout: v.duration(u.idle_timeout, "idle_timeout", DEFAULT_IDLE_TIMEOUT),
             name,
-            url,
+            endpoints,
+            balance: u.balance.unwrap_or(Balance::RoundRobin),
+            health,
+            ejection,
             api_key,
             pass_client_key: u.pass_client_key,
             voice_map: u.voice_map,
@@ -1056,6 +1321,52 @@ to = ["a"]
         let ok = std::env::temp_dir().display().to_string();
         let c = load(&format!("{MINIMAL}\n[server]\nspill_dir = \"{ok}\"\n")).unwrap();
         assert_eq!(c.server.spill_dir, Some(PathBuf::from(ok)));
+    }
+
+    #[test]
+    fn pools_and_health_checks_are_parsed() {
+        let c = load(
+            "[upstreams.k]\nendpoints = [\"http://127.0.0.1:1\", { url = \"http://127.0.0.1:2\", weight = 3 }, { url = \"http://127.0.0.1:3\", backup = true }]\n\
+             balance = \"least_outstanding\"\nhealth = { path = \"/v1/models\", interval = \"5s\", rise = 1, expect = \"200-399\" }\n\
+             eject_after = 5\neject_time = \"30s\"\n[[routes]]\nto = [\"k\"]\n",
+        )
+        .unwrap();
+        let k = &c.upstreams[0];
+        assert_eq!(k.endpoints.len(), 3);
+        assert_eq!((k.endpoints[1].weight, k.endpoints[2].backup), (3, true));
+        assert_eq!(k.balance, Balance::LeastOutstanding);
+        let h = k.health.as_ref().unwrap();
+        assert_eq!(
+            (h.path.as_str(), h.interval, h.rise, h.fall, h.expect),
+            ("/v1/models", Duration::from_secs(5), 1, 3, (200, 399))
+        );
+        assert_eq!(
+            (k.ejection.after, k.ejection.base_time),
+            (5, Duration::from_secs(30))
+        );
+        let plain = &load(MINIMAL).unwrap().upstreams[0];
+        assert_eq!(plain.endpoints.len(), 1);
+        assert!(plain.health.is_none());
+        assert_eq!(plain.ejection.after, 1);
+    }
+
+    #[test]
+    fn pool_mistakes_are_located() {
+        let e = errors("[upstreams.k]\nconnect_timeout = \"1s\"\n[[routes]]\nto = [\"k\"]\n");
+        assert!(e[0].2.contains("needs `url` or `endpoints`"), "{e:?}");
+        let e = errors("[upstreams.k]\nurl = \"http://a\"\nendpoints = [\"http://b\"]\n[[routes]]\nto = [\"k\"]\n");
+        assert!(e[0].2.contains("not both"), "{e:?}");
+        let e = errors("[upstreams.k]\nendpoints = [{ url = \"http://a\", backup = true }]\n[[routes]]\nto = [\"k\"]\n");
+        assert!(e[0].2.contains("every endpoint is a backup"), "{e:?}");
+        let e = errors("[upstreams.k]\nendpoints = [\"http://a\", { url = \"http://b\", wieght = 2 }]\n[[routes]]\nto = [\"k\"]\n");
+        assert_eq!((e[0].0, e[0].1), (2, 26));
+        assert!(e[0].2.contains("unknown endpoint key `wieght`"), "{e:?}");
+        let e = errors("[upstreams.k]\nendpoints = [\"ftp://a\"]\n[[routes]]\nto = [\"k\"]\n");
+        assert!(e[0].2.contains("scheme"), "{e:?}");
+        let e = errors("[upstreams.k]\nurl = \"http://a\"\nhealth = { path = \"health\", expect = \"600-700\", rise = 0 }\n[[routes]]\nto = [\"k\"]\n");
+        assert_eq!(e.len(), 3, "{e:?}");
+        let e = errors("[upstreams.k]\nurl = \"http://a\"\nhealth = { inteval = \"1s\" }\n[[routes]]\nto = [\"k\"]\n");
+        assert!(e[0].2.contains("inteval"), "{e:?}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use crate::config::{FallbackPolicy, RouteConfig};
 use crate::error::ApiError;
 use crate::payload::{Edits, Payload};
+use crate::pool::Picked;
 use crate::upstream::{AttemptError, Upstream};
 
 /// What became of one attempt.
@@ -34,6 +35,8 @@ pub enum AttemptResult {
     },
     /// No response at all.
     Failed(AttemptError),
+    /// Not tried: no endpoint of the upstream was available.
+    Skipped,
 }
 
 #[derive(Debug)]
@@ -58,6 +61,9 @@ impl fmt::Display for Attempt {
                 write!(f, " ({ms:.1} ms)")
             }
             AttemptResult::Failed(e) => write!(f, "{}: {e} ({ms:.1} ms)", self.upstream),
+            AttemptResult::Skipped => {
+                write!(f, "{}: skipped, no endpoint available", self.upstream)
+            }
         }
     }
 }
@@ -108,27 +114,56 @@ pub struct RequestHead<'a> {
     pub request_id: &'a HeaderValue,
 }
 
-/// Tries the route's upstreams in order. On success returns the index (into `upstreams`) of
-/// the one that answered, with its response.
+/// Tries the route's upstreams in order, skipping those with no available endpoint —
+/// unless none has one, in which case every upstream is tried anyway. On success returns
+/// the index (into `upstreams`) of the one that answered, the endpoint it used, and its
+/// response.
 pub async fn forward(
     upstreams: &[Upstream],
     route: &RouteConfig,
     payload: &Payload,
     head: &RequestHead<'_>,
     attempts: &mut Vec<Attempt>,
-) -> Result<(usize, Response<Incoming>), Exhausted> {
+) -> Result<(usize, Picked, Response<Incoming>), Exhausted> {
+    let all_down = route.to.iter().all(|&i| !upstreams[i].pool.is_up());
+    let to_try: Vec<usize> = route
+        .to
+        .iter()
+        .copied()
+        .filter(|&i| {
+            let up = all_down || upstreams[i].pool.is_up();
+            if !up {
+                attempts.push(Attempt {
+                    upstream: upstreams[i].name().to_string(),
+                    result: AttemptResult::Skipped,
+                    elapsed: Duration::ZERO,
+                });
+            }
+            up
+        })
+        .collect();
     let mut stopped_by_policy = false;
-    for (position, &index) in route.to.iter().enumerate() {
-        let last = position + 1 == route.to.len();
+    for (position, &index) in to_try.iter().enumerate() {
+        let last = position + 1 == to_try.len();
         let upstream = &upstreams[index];
+        let started = Instant::now();
+        let Some(picked) = upstream.pool.pick(all_down) else {
+            // Went down since the list was made.
+            attempts.push(Attempt {
+                upstream: upstream.name().to_string(),
+                result: AttemptResult::Skipped,
+                elapsed: Duration::ZERO,
+            });
+            continue;
+        };
         let edits = Edits {
             set: &route.set,
             model_map: &upstream.config.model_map,
             voice_map: &upstream.config.voice_map,
         };
-        let started = Instant::now();
         let result = upstream
             .send(
+                picked.endpoint(),
                 head.method,
                 head.path_and_query,
                 head.headers,
@@ -136,24 +171,40 @@ pub async fn forward(
                 payload.render(&edits),
             )
             .await;
+        let name = if upstream.pool.endpoints.len() > 1 {
+            format!(
+                "{}@{}",
+                upstream.name(),
+                picked.endpoint().url.authority().map_or("", |a| a.as_str())
+            )
+        } else {
+            upstream.name().to_string()
+        };
         let record = |result| Attempt {
-            upstream: upstream.name().to_string(),
+            upstream: name.clone(),
             result,
             elapsed: started.elapsed(),
         };
         match result {
-            // The last upstream's answer is the answer, whatever its status: the client
-            // gets its body and its retry-after, and the SDK's own retry rules apply.
-            Ok(response) if last || !falls_back(&route.fallback, Ok(response.status())) => {
-                attempts.push(record(AttemptResult::Answered(response.status())));
-                return Ok((index, response));
-            }
             Ok(response) => {
                 let status = response.status();
+                let failed = falls_back(&route.fallback, Ok(status));
+                upstream.pool.report(
+                    picked.index,
+                    !failed,
+                    &format!("answered {}", status.as_u16()),
+                );
+                // The last upstream's answer is the answer, whatever its status: the client
+                // gets its body and its retry-after, and the SDK's own retry rules apply.
+                if last || !failed {
+                    attempts.push(record(AttemptResult::Answered(status)));
+                    return Ok((index, picked, response));
+                }
                 let detail = error_detail(response).await;
                 attempts.push(record(AttemptResult::Refused { status, detail }));
             }
             Err(e) => {
+                upstream.pool.report(picked.index, false, &e.to_string());
                 let go_on = falls_back(&route.fallback, Err(&e));
                 attempts.push(record(AttemptResult::Failed(e)));
                 if !go_on {

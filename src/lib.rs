@@ -27,6 +27,7 @@ pub mod error;
 pub mod forward;
 pub mod intake;
 pub mod payload;
+pub mod pool;
 pub mod proxy;
 pub mod route;
 pub mod server;

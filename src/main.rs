@@ -106,7 +106,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     for u in &config.upstreams {
         tracing::info!(
             upstream = %u.name,
-            url = %u.url,
+            endpoints = %u.endpoints.iter().map(|e| e.url.to_string()).collect::<Vec<_>>().join(", "),
+            health_check = u.health.as_ref().map(|h| format!("{} {} every {:?}", h.method, h.path, h.interval)),
             key = if u.api_key.is_some() { "configured" } else if u.pass_client_key { "client's" } else { "none" },
             "upstream"
         );

@@ -78,6 +78,10 @@ impl ProxyError {
 enum Target {
     Health,
     Root,
+    /// 200 when every route has an upstream with an available endpoint, else 503.
+    Ready,
+    /// Upstreams, endpoints, health, ejections, in-flight counts, last checks.
+    Status,
     Api {
         endpoint: Endpoint,
         /// The path with `/v1` in front, as every upstream expects it.
@@ -124,6 +128,8 @@ fn classify(method: &Method, path: &str) -> Result<Target, ProxyError> {
     let decoded = decode_unreserved(path);
     let path = match decoded.as_str() {
         "/health" => return Ok(Target::Health),
+        "/ready" => return Ok(Target::Ready),
+        "/status" => return Ok(Target::Status),
         "/" => return Ok(Target::Root),
         p if p.starts_with("/v1/") => p.to_string(),
         // A base URL without /v1 yields these.
@@ -204,6 +210,52 @@ impl Runtime {
     }
 }
 
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
+    let mut response = Response::new(full(value.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+impl Runtime {
+    /// `/ready`: every route must have an upstream that can take a request.
+    fn readiness(&self) -> Response<ProxyBody> {
+        let reasons: Vec<String> = self
+            .router
+            .routes()
+            .iter()
+            .filter(|route| !route.to.iter().any(|&i| self.upstreams[i].pool.is_up()))
+            .map(|route| {
+                let names: Vec<&str> = route.to.iter().map(|&i| self.upstreams[i].name()).collect();
+                format!(
+                    "route at line {}: no available endpoint in {}",
+                    route.line,
+                    names.join(", ")
+                )
+            })
+            .collect();
+        let status = if reasons.is_empty() {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json_response(
+            status,
+            &serde_json::json!({ "ready": reasons.is_empty(), "reasons": reasons }),
+        )
+    }
+
+    /// `/status`: the pools as they are now. Shows upstream URLs, never keys.
+    fn status(&self) -> serde_json::Value {
+        let upstreams: Vec<serde_json::Value> =
+            self.upstreams.iter().map(|u| u.pool.status()).collect();
+        serde_json::json!({ "upstreams": upstreams })
+    }
+}
+
 /// The proxy: a compiled configuration behind an atomic swap, so a reload never blocks or
 /// tears a request in flight.
 #[derive(Debug)]
@@ -279,12 +331,15 @@ impl Gateway {
         let (parts, body) = request.into_parts();
         let (endpoint, path) = match classify(&parts.method, parts.uri.path())? {
             Target::Health | Target::Root => {
-                let mut response = Response::new(full(r#"{"status":"ok"}"#));
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                return Ok(Reply::Local(response));
+                let ok = serde_json::json!({ "status": "ok" });
+                return Ok(Reply::Local(json_response(StatusCode::OK, &ok)));
+            }
+            Target::Ready => return Ok(Reply::Local(runtime.readiness())),
+            Target::Status => {
+                return Ok(Reply::Local(json_response(
+                    StatusCode::OK,
+                    &runtime.status(),
+                )))
             }
             Target::Api { endpoint, path } => (endpoint, path),
         };
@@ -340,7 +395,8 @@ impl Gateway {
             &mut record.attempts,
         )
         .await;
-        let (index, upstream_response) = outcome.map_err(ProxyError::Upstreams)?;
+        let (index, picked, upstream_response) = outcome.map_err(ProxyError::Upstreams)?;
+        record.served_by = Some(picked);
         drop(payload);
 
         // respond
@@ -429,6 +485,12 @@ mod tests {
             "reserved and other encodings are kept"
         );
         assert_eq!(target(Method::GET, "/v1/audio%2Fspeech"), Err(400));
+    }
+
+    #[test]
+    fn operational_paths_are_voxgates_own() {
+        assert_eq!(target(Method::GET, "/ready"), Ok(Target::Ready));
+        assert_eq!(target(Method::GET, "/status"), Ok(Target::Status));
     }
 
     #[test]

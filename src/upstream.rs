@@ -17,7 +17,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{OutBody, Segment};
-use crate::config::UpstreamConfig;
+use crate::config::{HealthCheck, UpstreamConfig};
+use crate::pool::{Endpoint, Pool};
+use http_body_util::BodyExt;
+use std::sync::{Arc, Weak};
 
 /// Response header naming the upstream that answered.
 pub const UPSTREAM_HEADER: &str = "x-voxgate-upstream";
@@ -64,6 +67,77 @@ pub enum AttemptError {
     Reset(String),
 }
 
+/// The URL of a request path (and query) at an endpoint: the path is appended to the
+/// endpoint's own path prefix.
+fn endpoint_uri(base: &Uri, path_and_query: &str) -> Result<Uri, http::Error> {
+    let prefix = base.path().trim_end_matches('/');
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(format!("{prefix}{path_and_query}").parse()?);
+    Ok(Uri::from_parts(parts)?)
+}
+
+/// Checks one endpoint every `interval` for as long as its pool exists.
+async fn run_checks(
+    pool: Weak<Pool>,
+    index: usize,
+    client: HttpClient,
+    check: HealthCheck,
+    authorization: Option<HeaderValue>,
+) {
+    loop {
+        let Some(strong) = pool.upgrade() else { return };
+        let request = endpoint_uri(&strong.endpoints[index].url, &check.path).map(|uri| {
+            let mut request = Request::new(OutBody::empty());
+            *request.method_mut() = check.method.clone();
+            *request.uri_mut() = uri;
+            if let Some(auth) = &authorization {
+                request
+                    .headers_mut()
+                    .insert(header::AUTHORIZATION, auth.clone());
+            }
+            request
+        });
+        drop(strong);
+        let outcome = match request {
+            Err(e) => Err(format!("bad health check URL: {e}")),
+            Ok(request) => {
+                let probe = async {
+                    let response = client.request(request).await.map_err(|e| describe(&e))?;
+                    let status = response.status().as_u16();
+                    // Read a little of the body, so a server that sends headers and then
+                    // hangs is not counted as healthy.
+                    let mut body = response.into_body();
+                    let mut read = 0;
+                    while read < 64 * 1024 {
+                        match body.frame().await {
+                            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+                            Some(Err(e)) => return Err(describe(&e)),
+                            None => break,
+                        }
+                    }
+                    Ok(status)
+                };
+                match tokio::time::timeout(check.timeout, probe).await {
+                    Err(_) => Err(format!("no answer within {:?}", check.timeout)),
+                    Ok(result) => result,
+                }
+            }
+        };
+        let (ok, detail) = match outcome {
+            Ok(status) => (
+                (check.expect.0..=check.expect.1).contains(&status),
+                format!("status {status}"),
+            ),
+            Err(e) => (false, e),
+        };
+        match pool.upgrade() {
+            Some(pool) => pool.checked(index, ok, detail),
+            None => return,
+        }
+        tokio::time::sleep(check.interval).await;
+    }
+}
+
 /// A client error's message with its causes, which carry the useful part.
 fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![e.to_string()];
@@ -78,17 +152,30 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+type HttpClient = Client<HttpsConnector<HttpConnector>, OutBody>;
+
 pub struct Upstream {
     pub config: UpstreamConfig,
-    client: Client<HttpsConnector<HttpConnector>, OutBody>,
+    pub pool: Arc<Pool>,
+    client: HttpClient,
     authorization: Option<HeaderValue>,
+    /// The active health-check tasks, stopped with the upstream.
+    checks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        for check in &self.checks {
+            check.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
             .field("name", &self.config.name)
-            .field("url", &self.config.url)
+            .field("endpoints", &self.config.endpoints.len())
             .finish_non_exhaustive()
     }
 }
@@ -115,24 +202,38 @@ impl Upstream {
             value.set_sensitive(true);
             Some(value)
         });
+        let pool = Arc::new(Pool::new(
+            &config.name,
+            &config.endpoints,
+            config.balance,
+            config.health.as_ref(),
+            &config.ejection,
+        ));
+        let mut checks = Vec::new();
+        if let (Some(check), Ok(runtime)) = (&config.health, tokio::runtime::Handle::try_current())
+        {
+            for index in 0..pool.endpoints.len() {
+                let task = run_checks(
+                    Arc::downgrade(&pool),
+                    index,
+                    client.clone(),
+                    check.clone(),
+                    authorization.clone(),
+                );
+                checks.push(runtime.spawn(task).abort_handle());
+            }
+        }
         Upstream {
             config,
+            pool,
             client,
             authorization,
+            checks,
         }
     }
 
     pub fn name(&self) -> &str {
         &self.config.name
-    }
-
-    /// The upstream URL for a normalised request path (and query).
-    fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        let base = &self.config.url;
-        let prefix = base.path().trim_end_matches('/');
-        let mut parts = base.clone().into_parts();
-        parts.path_and_query = Some(format!("{prefix}{path_and_query}").parse()?);
-        Ok(Uri::from_parts(parts)?)
     }
 
     /// The headers this upstream gets: the client's end-to-end headers, with
@@ -160,9 +261,11 @@ impl Upstream {
         headers
     }
 
-    /// Sends one attempt; resolves when response headers arrive or the attempt fails.
+    /// Sends one attempt to `endpoint`; resolves when response headers arrive or the
+    /// attempt fails.
     pub async fn send(
         &self,
+        endpoint: &Endpoint,
         method: &Method,
         path_and_query: &str,
         client_headers: &HeaderMap,
@@ -171,8 +274,7 @@ impl Upstream {
     ) -> Result<Response<Incoming>, AttemptError> {
         let body = OutBody::new(body);
         let len = http_body::Body::size_hint(&body).exact().unwrap_or(0);
-        let uri = self
-            .uri(path_and_query)
+        let uri = endpoint_uri(&endpoint.url, path_and_query)
             .map_err(|e| AttemptError::Connect(format!("cannot build the upstream URL: {e}")))?;
         let mut request = Request::new(body);
         *request.method_mut() = method.clone();
@@ -232,15 +334,15 @@ mod tests {
     }
 
     #[test]
-    fn paths_are_appended_to_the_upstream_url() {
-        let u = upstream("http://127.0.0.1:8880", None, false);
+    fn paths_are_appended_to_the_endpoint_url() {
+        let base: Uri = "http://127.0.0.1:8880".parse().unwrap();
         assert_eq!(
-            u.uri("/v1/audio/speech").unwrap().to_string(),
+            endpoint_uri(&base, "/v1/audio/speech").unwrap().to_string(),
             "http://127.0.0.1:8880/v1/audio/speech"
         );
-        let u = upstream("https://gw.example/openai/", None, false);
+        let base: Uri = "https://gw.example/openai/".parse().unwrap();
         assert_eq!(
-            u.uri("/v1/models?x=1").unwrap().to_string(),
+            endpoint_uri(&base, "/v1/models?x=1").unwrap().to_string(),
             "https://gw.example/openai/v1/models?x=1"
         );
     }

@@ -154,10 +154,11 @@ fn sha256(bytes: &[u8]) -> String {
 }
 
 /// A config with upstreams `a` and `b` (with extra keys for `b`) and the given routes.
+/// Passive ejection is off: these tests look at each request's own fallback.
 fn two_upstreams(a: &str, b: &str, b_extra: &str, routes: &str) -> String {
     format!(
-        "[upstreams.a]\nurl = \"{a}\"\nresponse_timeout = \"2s\"\n\
-         [upstreams.b]\nurl = \"{b}\"\nresponse_timeout = \"2s\"\n{b_extra}\n{routes}"
+        "[upstreams.a]\nurl = \"{a}\"\nresponse_timeout = \"2s\"\neject_after = 0\n\
+         [upstreams.b]\nurl = \"{b}\"\nresponse_timeout = \"2s\"\neject_after = 0\n{b_extra}\n{routes}"
     )
 }
 

@@ -23,7 +23,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use voxgate::config::Config;
 use voxgate::proxy::Gateway;
 
@@ -104,34 +104,48 @@ pub struct Scripted {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
     connections: Arc<AtomicUsize>,
-    _stop: oneshot::Sender<()>,
+    /// Dropping it stops the server: no more accepts, open connections closed.
+    _stop: watch::Sender<()>,
 }
 
 impl Scripted {
     pub async fn start(script: impl Fn(&Received) -> Reply + Send + Sync + 'static) -> Scripted {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Scripted::start_on("127.0.0.1:0".parse().unwrap(), script).await
+    }
+
+    /// Starts on a given address: a restart of a server that was dropped.
+    pub async fn start_on(
+        addr: SocketAddr,
+        script: impl Fn(&Received) -> Reply + Send + Sync + 'static,
+    ) -> Scripted {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
         let script: Script = Arc::new(script);
-        let (stop, mut stopped) = oneshot::channel::<()>();
+        let (stop, stopped) = watch::channel(());
         let (rec, conns) = (received.clone(), connections.clone());
         tokio::spawn(async move {
             loop {
+                let mut stop_accepting = stopped.clone();
                 let (stream, _) = tokio::select! {
                     r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
-                    _ = &mut stopped => return,
+                    _ = stop_accepting.changed() => return,
                 };
                 conns.fetch_add(1, Ordering::SeqCst);
                 let (script, rec) = (script.clone(), rec.clone());
+                let mut stop_serving = stopped.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (script, rec) = (script.clone(), rec.clone());
                         async move { answer(req, script, rec).await }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = stop_serving.changed() => {}
+                    }
                 });
             }
         });
