@@ -69,6 +69,10 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     /// How long in-flight requests may run on after SIGINT/SIGTERM.
     pub shutdown_grace: Duration,
+    /// Fallback attempts in flight may be this percentage of requests in flight…
+    pub retry_budget_percent: u32,
+    /// …or this many, whichever is more.
+    pub retry_budget_min: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -238,6 +242,8 @@ pub struct RouteConfig {
     /// Body fields written before forwarding, in key order.
     pub set: Vec<(String, FieldValue)>,
     pub fallback: FallbackPolicy,
+    /// Time for the whole request, every attempt included, until response headers.
+    pub deadline: Option<Duration>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -387,6 +393,8 @@ struct RawServer {
     header_read_timeout: Option<Spanned<String>>,
     body_read_timeout: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
+    retry_budget_percent: Option<Spanned<i64>>,
+    retry_budget_min: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -439,6 +447,7 @@ struct RawRoute {
     #[serde(default)]
     set: BTreeMap<String, Spanned<toml::Value>>,
     fallback_on: Option<Spanned<Vec<Spanned<toml::Value>>>>,
+    deadline: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1006,6 +1015,18 @@ fn validate(
             "shutdown_grace",
             Duration::from_secs(30),
         ),
+        retry_budget_percent: v.count(
+            raw.server.retry_budget_percent,
+            "retry_budget_percent",
+            (0, 100),
+            20,
+        ),
+        retry_budget_min: v.count(
+            raw.server.retry_budget_min,
+            "retry_budget_min",
+            (0, 100_000),
+            3,
+        ),
     };
 
     let mut upstreams = Vec::with_capacity(raw.upstreams.len());
@@ -1098,12 +1119,16 @@ fn validate(
             }
         }
         let fallback = v.fallback(route.fallback_on);
+        let deadline = route
+            .deadline
+            .map(|d| v.duration(Some(d), "deadline", Duration::ZERO));
         routes.push(RouteConfig {
             line,
             matcher,
             to,
             set,
             fallback,
+            deadline,
         });
     }
 

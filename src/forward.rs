@@ -10,6 +10,7 @@
 //! all of them fail.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -37,6 +38,10 @@ pub enum AttemptResult {
     Failed(AttemptError),
     /// Not tried: no endpoint of the upstream was available.
     Skipped,
+    /// Not tried: too many fallback attempts are in flight already.
+    NoBudget,
+    /// Not tried: the route's deadline had passed.
+    DeadlinePassed,
 }
 
 #[derive(Debug)]
@@ -63,6 +68,16 @@ impl fmt::Display for Attempt {
             AttemptResult::Failed(e) => write!(f, "{}: {e} ({ms:.1} ms)", self.upstream),
             AttemptResult::Skipped => {
                 write!(f, "{}: skipped, no endpoint available", self.upstream)
+            }
+            AttemptResult::NoBudget => {
+                write!(f, "{}: not tried, retry budget exhausted", self.upstream)
+            }
+            AttemptResult::DeadlinePassed => {
+                write!(
+                    f,
+                    "{}: not tried, the route's deadline passed",
+                    self.upstream
+                )
             }
         }
     }
@@ -106,6 +121,54 @@ impl Exhausted {
     }
 }
 
+/// Envoy's retry budget: fallback attempts in flight may be `percent` % of the requests in
+/// flight, or `min`, whichever is more. When every upstream is slow, this keeps fallbacks
+/// from doubling the load on the one that still answers.
+#[derive(Debug)]
+pub struct RetryBudget {
+    percent: usize,
+    min: usize,
+    requests: AtomicUsize,
+    retries: AtomicUsize,
+}
+
+/// One request or one fallback attempt in flight; counted until dropped.
+#[derive(Debug)]
+pub struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl RetryBudget {
+    pub fn new(percent: u32, min: u32) -> RetryBudget {
+        RetryBudget {
+            percent: percent as usize,
+            min: min as usize,
+            requests: AtomicUsize::new(0),
+            retries: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn request(&self) -> InFlight<'_> {
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        InFlight(&self.requests)
+    }
+
+    /// A fallback attempt, if the budget allows one more now.
+    pub fn retry(&self) -> Option<InFlight<'_>> {
+        let allowed = (self.requests.load(Ordering::Acquire) * self.percent / 100).max(self.min);
+        self.retries
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < allowed).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InFlight(&self.retries))
+    }
+}
+
 /// The request line and headers as the client sent them, normalised.
 pub struct RequestHead<'a> {
     pub method: &'a Method,
@@ -120,6 +183,7 @@ pub struct RequestHead<'a> {
 /// response.
 pub async fn forward(
     upstreams: &[Upstream],
+    budget: &RetryBudget,
     route: &RouteConfig,
     payload: &Payload,
     head: &RequestHead<'_>,
@@ -142,11 +206,36 @@ pub async fn forward(
             up
         })
         .collect();
+    let _request = budget.request();
+    let deadline = route.deadline.map(|d| Instant::now() + d);
+    // The fallback attempt in flight, held until the next one or the end.
+    let mut _retry: Option<InFlight<'_>> = None;
     let mut stopped_by_policy = false;
     for (position, &index) in to_try.iter().enumerate() {
         let last = position + 1 == to_try.len();
         let upstream = &upstreams[index];
         let started = Instant::now();
+        let not_tried = |result| Attempt {
+            upstream: upstream.name().to_string(),
+            result,
+            elapsed: Duration::ZERO,
+        };
+        if position > 0 {
+            _retry = budget.retry();
+            if _retry.is_none() {
+                attempts.push(not_tried(AttemptResult::NoBudget));
+                break;
+            }
+        }
+        let mut timeout = upstream.config.response_timeout;
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(started);
+            if left.is_zero() {
+                attempts.push(not_tried(AttemptResult::DeadlinePassed));
+                break;
+            }
+            timeout = timeout.min(left);
+        }
         let Some(picked) = upstream.pool.pick(all_down) else {
             // Went down since the list was made.
             attempts.push(Attempt {
@@ -164,6 +253,7 @@ pub async fn forward(
         let result = upstream
             .send(
                 picked.endpoint(),
+                timeout,
                 head.method,
                 head.path_and_query,
                 head.headers,
@@ -196,7 +286,9 @@ pub async fn forward(
                 );
                 // The last upstream's answer is the answer, whatever its status: the client
                 // gets its body and its retry-after, and the SDK's own retry rules apply.
-                if last || !failed {
+                // So is an answer that no fallback may follow, for lack of budget or time.
+                let no_further = last || !may_fall_back(budget, deadline);
+                if no_further || !failed {
                     attempts.push(record(AttemptResult::Answered(status)));
                     return Ok((index, picked, response));
                 }
@@ -219,15 +311,27 @@ pub async fn forward(
         .map(Attempt::to_string)
         .collect::<Vec<_>>()
         .join("; ");
-    let all_timeouts = !attempts.is_empty()
-        && attempts
-            .iter()
-            .all(|a| matches!(a.result, AttemptResult::Failed(AttemptError::Timeout(_))));
+    let timed_out = |a: &Attempt| {
+        matches!(
+            a.result,
+            AttemptResult::Failed(AttemptError::Timeout(_)) | AttemptResult::DeadlinePassed
+        )
+    };
+    let all_timeouts = attempts.iter().any(timed_out)
+        && attempts.iter().all(|a| {
+            timed_out(a) || matches!(a.result, AttemptResult::Skipped | AttemptResult::NoBudget)
+        });
     Err(Exhausted {
         stopped_by_policy,
         summary,
         all_timeouts,
     })
+}
+
+/// Whether a fallback attempt could be made now: budget and time are left.
+fn may_fall_back(budget: &RetryBudget, deadline: Option<Instant>) -> bool {
+    let in_time = deadline.is_none_or(|d| d > Instant::now());
+    in_time && budget.retry().is_some()
 }
 
 /// The message of a refused response, if its body is short and arrives at once: enough to
@@ -330,6 +434,23 @@ mod tests {
             assert!(falls_back(&p, Ok(StatusCode::TOO_MANY_REQUESTS)));
             assert!(!falls_back(&p, Ok(StatusCode::SERVICE_UNAVAILABLE)));
         }
+    }
+
+    #[test]
+    fn the_retry_budget_is_a_share_of_requests_with_a_floor() {
+        let budget = RetryBudget::new(20, 2);
+        let requests: Vec<_> = (0..20).map(|_| budget.request()).collect();
+        let retries: Vec<_> = (0..10).map_while(|_| budget.retry()).collect();
+        assert_eq!(retries.len(), 4, "20 % of 20 requests");
+        drop(retries);
+        drop(requests);
+        let _one = budget.request();
+        let floor: Vec<_> = (0..10).map_while(|_| budget.retry()).collect();
+        assert_eq!(
+            floor.len(),
+            2,
+            "the floor applies when the share is smaller"
+        );
     }
 
     #[test]

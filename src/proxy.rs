@@ -27,7 +27,7 @@ use crate::access::{AccessRecord, ClientAddr, ObservedBody};
 use crate::body::{full, BoxError, IdleTimeout, ProxyBody};
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::forward::{forward, Exhausted, RequestHead};
+use crate::forward::{forward, Exhausted, RequestHead, RetryBudget};
 use crate::intake::{read_form, read_json, read_raw, IntakeError, IntakeLimits};
 use crate::route::{Endpoint, RequestFacts, Router};
 use crate::spool::{MemoryBudget, SpoolLimits};
@@ -181,6 +181,7 @@ pub struct Runtime {
     router: Router,
     upstreams: Vec<Upstream>,
     limits: IntakeLimits,
+    retry_budget: RetryBudget,
 }
 
 impl Runtime {
@@ -202,6 +203,10 @@ impl Runtime {
             },
         };
         Runtime {
+            retry_budget: RetryBudget::new(
+                config.server.retry_budget_percent,
+                config.server.retry_budget_min,
+            ),
             router: Router::new(config.routes.clone()),
             upstreams,
             limits,
@@ -389,6 +394,7 @@ impl Gateway {
         };
         let outcome = forward(
             &runtime.upstreams,
+            &runtime.retry_budget,
             route,
             &payload,
             &head,

@@ -261,11 +261,13 @@ impl Upstream {
         headers
     }
 
-    /// Sends one attempt to `endpoint`; resolves when response headers arrive or the
-    /// attempt fails.
+    /// Sends one attempt to `endpoint`; resolves when response headers arrive, or the
+    /// attempt fails, or `timeout` passes.
+    #[allow(clippy::too_many_arguments)]
     pub async fn send(
         &self,
         endpoint: &Endpoint,
+        timeout: Duration,
         method: &Method,
         path_and_query: &str,
         client_headers: &HeaderMap,
@@ -280,7 +282,6 @@ impl Upstream {
         *request.method_mut() = method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = self.headers(client_headers, request_id, len);
-        let timeout = self.config.response_timeout;
         match tokio::time::timeout(timeout, self.client.request(request)).await {
             Err(_) => Err(AttemptError::Timeout(timeout)),
             Ok(Ok(response)) => Ok(response),

@@ -37,11 +37,35 @@ impl Captured {
     }
 
     fn access_lines(&self) -> Vec<Value> {
+        self.lines()
+            .into_iter()
+            .filter(|v| v["target"] == "voxgate::access")
+            .collect()
+    }
+
+    fn lines(&self) -> Vec<Value> {
         self.text()
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["target"] == "voxgate::access")
             .collect()
+    }
+
+    /// Lines whose message is `message`.
+    fn count(&self, message: &str) -> usize {
+        self.lines()
+            .iter()
+            .filter(|v| v["message"] == message)
+            .count()
+    }
+
+    async fn wait_for_message(&self, message: &str) {
+        for _ in 0..250 {
+            if self.count(message) > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no `{message}` line:\n{}", self.text());
     }
 
     /// Waits for the access lines: a streamed response is logged when its body ends.
@@ -170,4 +194,46 @@ async fn a_client_that_leaves_before_the_answer_is_still_logged() {
     assert_eq!(lines[0]["ending"], "client_gone");
     assert_eq!(lines[0]["status"], 499);
     assert_eq!(lines[0]["model"], "tts-1");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn health_transitions_are_logged_once_when_they_happen() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_writer(captured.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = healthy.clone();
+    let kokoro = Scripted::start(move |_| {
+        if flag.load(std::sync::atomic::Ordering::SeqCst) {
+            Reply::json(200, json!({"status": "healthy"}))
+        } else {
+            Reply::status(503)
+        }
+    })
+    .await;
+    let _proxy = Proxy::start(&single_upstream(
+        &kokoro.url(),
+        "health = { interval = \"20ms\", rise = 2, fall = 2 }",
+    ))
+    .await;
+    captured.wait_for_message("endpoint down").await;
+    // Many more failing checks: still one line.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(captured.count("endpoint down"), 1);
+    healthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    captured.wait_for_message("endpoint up").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(captured.count("endpoint up"), 1);
+    assert_eq!(captured.count("endpoint down"), 1);
+    let down = captured
+        .lines()
+        .into_iter()
+        .find(|v| v["message"] == "endpoint down")
+        .unwrap();
+    assert_eq!(down["check"], "status 503", "the reason is in the line");
 }

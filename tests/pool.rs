@@ -252,3 +252,57 @@ async fn ready_says_which_route_has_no_available_upstream() {
     assert_eq!(endpoint["last_check"]["ok"], false);
     assert_eq!(endpoint["last_check"]["detail"], "status 503");
 }
+
+#[tokio::test]
+async fn the_retry_budget_caps_fallback_attempts_when_every_upstream_fails() {
+    let a = Scripted::always(Reply::Hang).await;
+    let b = Scripted::always(Reply::Hang).await;
+    let config = format!(
+        "[server]\nretry_budget_percent = 0\nretry_budget_min = 1\n\
+         [upstreams.a]\nurl = \"{}\"\nresponse_timeout = \"300ms\"\neject_after = 0\n\
+         [upstreams.b]\nurl = \"{}\"\nresponse_timeout = \"300ms\"\neject_after = 0\n\
+         [[routes]]\nto = [\"a\", \"b\"]\n",
+        a.url(),
+        b.url()
+    );
+    let proxy = Proxy::start(&config).await;
+    let answers = futures_util::future::join_all((0..8).map(|_| speech(&proxy))).await;
+    assert!(
+        answers.iter().all(|r| r.status == 504),
+        "every attempt timed out"
+    );
+    assert_eq!(a.count(), 8, "every request tried the primary");
+    assert_eq!(
+        b.count(),
+        1,
+        "one fallback at a time, and the first held it"
+    );
+    let refused = answers
+        .iter()
+        .filter(|r| r.error_message().contains("retry budget exhausted"))
+        .count();
+    assert_eq!(refused, 7);
+}
+
+#[tokio::test]
+async fn a_route_deadline_bounds_every_attempt_together() {
+    let a = Scripted::always(Reply::Hang).await;
+    let b = Scripted::always(Reply::Hang).await;
+    let config = format!(
+        "[upstreams.a]\nurl = \"{}\"\nresponse_timeout = \"400ms\"\n\
+         [upstreams.b]\nurl = \"{}\"\nresponse_timeout = \"400ms\"\n\
+         [[routes]]\nto = [\"a\", \"b\"]\ndeadline = \"600ms\"\n",
+        a.url(),
+        b.url()
+    );
+    let proxy = Proxy::start(&config).await;
+    let start = Instant::now();
+    let r = speech(&proxy).await;
+    let took = start.elapsed();
+    assert_eq!(r.status, 504);
+    assert!(
+        took >= Duration::from_millis(590) && took < Duration::from_millis(750),
+        "400 ms for a, then what is left of 600 ms for b; took {took:?}"
+    );
+    assert_eq!((a.count(), b.count()), (1, 1));
+}
