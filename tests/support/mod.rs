@@ -66,6 +66,10 @@ pub enum Reply {
     },
     /// Sends `chunks`, then breaks the connection mid-body.
     ChunksThenReset { chunks: Vec<Bytes>, delay: Duration },
+    /// Sends `chunks` at once, then nothing more, holding the connection open.
+    ChunksThenStall { chunks: Vec<Bytes> },
+    /// Answers `reply`, but only after `after`.
+    Late { after: Duration, reply: Box<Reply> },
     /// Reads the request, then never answers.
     Hang,
     /// Reads the request, then closes the connection without a response.
@@ -203,8 +207,16 @@ async fn answer(
         headers: parts.headers,
         body,
     };
-    let reply = script(&got);
+    let mut reply = script(&got);
     received.lock().unwrap().push(got);
+    while let Reply::Late {
+        after,
+        reply: inner,
+    } = reply
+    {
+        tokio::time::sleep(after).await;
+        reply = *inner;
+    }
     match reply {
         Reply::Full {
             status,
@@ -228,6 +240,22 @@ async fn answer(
         Reply::ChunksThenReset { chunks, delay } => {
             Ok(streamed(200, "audio/pcm", chunks, delay, true))
         }
+        Reply::ChunksThenStall { chunks } => {
+            let (mut sender, body) = Channel::<Bytes, BoxError>::new(chunks.len().max(1));
+            for chunk in chunks {
+                let _ = sender.try_send(Frame::data(chunk));
+            }
+            tokio::spawn(async move {
+                // Hold the sender, so the body neither ends nor fails.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                drop(sender);
+            });
+            let mut r = Response::new(BodyExt::boxed(body));
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("audio/pcm"));
+            Ok(r)
+        }
+        Reply::Late { .. } => unreachable!("unwrapped above"),
         Reply::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Err(std::io::Error::other("hung"))
@@ -262,6 +290,33 @@ fn streamed(
     r.headers_mut()
         .insert("content-type", HeaderValue::from_static(content_type));
     r
+}
+
+/// An https server with a self-signed certificate that no client trusts. Returns its
+/// address and a count of the TCP connections it accepted.
+pub async fn untrusted_tls_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // The handshake fails: the client refuses the certificate.
+                let _ = acceptor.accept(stream).await;
+            });
+        }
+    });
+    (addr, accepted)
 }
 
 /// An address where nothing listens: connections are refused.
