@@ -73,6 +73,10 @@ pub struct ServerConfig {
     pub retry_budget_percent: u32,
     /// …or this many, whichever is more.
     pub retry_budget_min: u32,
+    /// Connections beyond this get 503 and are closed.
+    pub max_connections: u32,
+    /// Requests being read or forwarded beyond this get 503 at once.
+    pub max_in_flight: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -395,6 +399,8 @@ struct RawServer {
     shutdown_grace: Option<Spanned<String>>,
     retry_budget_percent: Option<Spanned<i64>>,
     retry_budget_min: Option<Spanned<i64>>,
+    max_connections: Option<Spanned<i64>>,
+    max_in_flight: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1026,6 +1032,18 @@ fn validate(
             "retry_budget_min",
             (0, 100_000),
             3,
+        ),
+        max_connections: v.count(
+            raw.server.max_connections,
+            "max_connections",
+            (1, 1_000_000),
+            4096,
+        ),
+        max_in_flight: v.count(
+            raw.server.max_in_flight,
+            "max_in_flight",
+            (1, 1_000_000),
+            1024,
         ),
     };
 

@@ -22,6 +22,8 @@ pub struct ApiError {
     pub code: Option<&'static str>,
     /// Sent as `x-should-retry` so the SDKs do not re-upload when it cannot help.
     pub should_retry: Option<bool>,
+    /// Seconds, sent as `retry-after`.
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -33,6 +35,7 @@ impl ApiError {
             param: None,
             code: None,
             should_retry: None,
+            retry_after: None,
         }
     }
 
@@ -52,6 +55,11 @@ impl ApiError {
 
     pub fn with_should_retry(mut self, retry: bool) -> ApiError {
         self.should_retry = Some(retry);
+        self
+    }
+
+    pub fn with_retry_after(mut self, seconds: u32) -> ApiError {
+        self.retry_after = Some(seconds);
         self
     }
 
@@ -80,6 +88,9 @@ impl ApiError {
                 "x-should-retry",
                 HeaderValue::from_static(if retry { "true" } else { "false" }),
             );
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -13,7 +13,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -215,6 +215,37 @@ impl Runtime {
     }
 }
 
+/// voxgate's answer when it sheds load: 503 with `retry-after`, which the SDKs honour.
+pub fn overloaded(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        format!("voxgate is overloaded: {what}; retry shortly"),
+    )
+    .with_code("overloaded")
+    .with_retry_after(1)
+}
+
+/// A request counted in flight; the count goes down when it is dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicUsize, limit: usize) -> Option<InFlight<'a>> {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InFlight(counter))
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
     let mut response = Response::new(full(value.to_string()));
     *response.status_mut() = status;
@@ -267,6 +298,8 @@ impl Runtime {
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     budget: Arc<MemoryBudget>,
+    /// Requests between arrival and their response headers.
+    in_flight: AtomicUsize,
 }
 
 impl Gateway {
@@ -275,6 +308,7 @@ impl Gateway {
         Gateway {
             runtime: ArcSwap::from_pointee(Runtime::new(config, budget.clone())),
             budget,
+            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -301,6 +335,15 @@ impl Gateway {
             request.uri().path().to_string(),
         );
         record.client = request.extensions().get::<ClientAddr>().map(|c| c.0);
+        let limit = runtime.config.server.max_in_flight as usize;
+        let Some(_admitted) = InFlight::enter(&self.in_flight, limit) else {
+            let mut response = overloaded("too many requests in flight").into_response();
+            response.headers_mut().insert(REQUEST_ID_HEADER, id);
+            record.status = response.status().as_u16();
+            record.error = Some("shed: too many requests in flight".into());
+            record.finish(0);
+            return response;
+        };
         let mut response = match self.proxy(&runtime, request, &id, &mut record).await {
             Ok(Reply::Upstream(response)) => {
                 // The record travels with the body, which writes it when the response ends.

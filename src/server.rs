@@ -18,7 +18,24 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::access::ClientAddr;
-use crate::proxy::Gateway;
+use crate::proxy::{overloaded, Gateway};
+use tokio::sync::Semaphore;
+
+/// Serves a connection over the limit: every request gets 503 with `retry-after`, and the
+/// connection closes after the first answer.
+async fn shed(stream: tokio::net::TcpStream, builder: auto::Builder<TokioExecutor>) {
+    let service = service_fn(|_request: hyper::Request<hyper::body::Incoming>| async {
+        let mut response = overloaded("too many connections").into_response();
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        Ok::<_, Infallible>(response)
+    });
+    let _ = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
 
 /// Serves `gateway` on `listener` until `shutdown` resolves.
 pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
@@ -31,6 +48,7 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
         .max_buf_size(256 * 1024);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(server.max_connections as usize));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -46,6 +64,11 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // Over the limit: answer 503 at once and close, rather than queue.
+            tokio::spawn(shed(stream, builder.clone()));
+            continue;
+        };
         let gateway = gateway.clone();
         let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(ClientAddr(peer));
@@ -60,6 +83,7 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);

@@ -1,0 +1,235 @@
+//! Hostile and broken clients, byte by byte over raw sockets: header floods, smuggling
+//! shapes, slow headers, HTTP/1.0, `Expect: 100-continue`, part floods, overload. Every
+//! case gets its answer, and a normal request still succeeds afterwards.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const SPEECH: &str = r#"{"model":"tts-1","input":"hi","voice":"alloy"}"#;
+
+async fn proxy_with(upstream: &Scripted, server: &str) -> Proxy {
+    Proxy::start(&format!(
+        "[server]\n{server}\n{}",
+        single_upstream(&upstream.url(), "")
+    ))
+    .await
+}
+
+/// Sends raw bytes and reads until the server closes or `wait` passes; returns the text.
+async fn raw(proxy: &Proxy, bytes: &[u8], wait: Duration) -> String {
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let _ = stream.write_all(bytes).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn speech_bytes(extra_headers: &str) -> Vec<u8> {
+    format!(
+        "POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{SPEECH}",
+        SPEECH.len()
+    )
+    .into_bytes()
+}
+
+async fn still_serves(proxy: &Proxy) {
+    let r = send(speech_request(
+        &proxy.url("/v1/audio/speech"),
+        serde_json::from_str(SPEECH).unwrap(),
+    ))
+    .await;
+    assert_eq!(r.status, 200, "a normal request after the hostile one");
+}
+
+#[tokio::test]
+async fn header_floods_and_oversized_headers_are_refused() {
+    let up = Scripted::always(Reply::ok("audio/pcm", "ok")).await;
+    let proxy = proxy_with(&up, "").await;
+    let flood: String = (0..200).map(|i| format!("X-Flood-{i}: {i}\r\n")).collect();
+    let answer = raw(&proxy, &speech_bytes(&flood), Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let huge = format!("X-Huge: {}\r\n", "a".repeat(300 * 1024));
+    let answer = raw(&proxy, &speech_bytes(&huge), Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(up.count(), 0);
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn smuggling_shapes_never_reach_the_upstream_as_two_requests() {
+    let up = Scripted::always(Reply::ok("audio/pcm", "ok")).await;
+    let proxy = proxy_with(&up, "").await;
+    // Two different Content-Lengths.
+    let two = format!(
+        "POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nContent-Length: 3\r\n\r\n{SPEECH}",
+        SPEECH.len()
+    );
+    let answer = raw(&proxy, two.as_bytes(), Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // Content-Length with Transfer-Encoding, a second request hidden in the body.
+    let hidden = "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n";
+    let chunked = format!(
+        "POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{SPEECH}\r\n0\r\n\r\n{hidden}",
+        SPEECH.len()
+    );
+    let answer = raw(&proxy, chunked.as_bytes(), Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+    assert!(
+        up.received().iter().all(|r| r.path != "/v1/models"),
+        "the hidden request was not forwarded"
+    );
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn a_client_sending_headers_slowly_is_cut_off() {
+    let up = Scripted::always(Reply::ok("audio/pcm", "ok")).await;
+    let proxy = proxy_with(&up, "header_read_timeout = \"500ms\"").await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let start = Instant::now();
+    let request = speech_bytes("");
+    let mut closed = false;
+    for byte in request.iter().take(100) {
+        if stream.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut buf = [0u8; 512];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await
+        {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the connection was cut off");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(up.count(), 0);
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn http_1_0_and_expect_continue_clients_are_served() {
+    let up = Scripted::always(Reply::ok("audio/pcm", "ok")).await;
+    let proxy = proxy_with(&up, "").await;
+    let old = format!(
+        "POST /v1/audio/speech HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{SPEECH}",
+        SPEECH.len()
+    );
+    let answer = raw(&proxy, old.as_bytes(), Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(answer.ends_with("ok"), "{answer}");
+
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        SPEECH.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf))
+        .await
+        .expect("100 Continue comes before the body is sent")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"));
+    stream.write_all(SPEECH.as_bytes()).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&rest).starts_with("HTTP/1.1 200"));
+    assert!(
+        up.last().header("expect").is_none(),
+        "Expect is not forwarded"
+    );
+}
+
+#[tokio::test]
+async fn thousands_of_parts_and_huge_text_parts_are_refused() {
+    let up = Scripted::always(Reply::json(200, json!({"text": "ok"}))).await;
+    let proxy = proxy_with(&up, "").await;
+    let names: Vec<String> = (0..1500).map(|i| format!("f{i}")).collect();
+    let mut parts: Vec<(&str, Option<&str>, &[u8])> = names
+        .iter()
+        .map(|n| (n.as_str(), None, &b"x"[..]))
+        .collect();
+    parts.push(("model", None, b"whisper-1"));
+    parts.push(("file", Some("a.wav"), b"RIFF"));
+    let url = proxy.url("/v1/audio/transcriptions");
+    let r = send(post(&url, &form_content_type(), full_body(form(&parts)))).await;
+    assert_eq!(r.status, 400);
+    assert!(r.error_message().contains("more than 1000 parts"));
+    let prompt = vec![b'p'; 100_000];
+    let big = form(&[
+        ("model", None, b"whisper-1"),
+        ("prompt", None, &prompt),
+        ("file", Some("a.wav"), b"RIFF"),
+    ]);
+    let r = send(post(&url, &form_content_type(), full_body(big))).await;
+    assert_eq!(r.status, 400);
+    assert!(r.error_message().contains("`prompt` is longer than"));
+    assert_eq!(up.count(), 0);
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn beyond_the_in_flight_limit_requests_are_shed_at_once_with_retry_after() {
+    let up = Scripted::always(Reply::Late {
+        after: Duration::from_millis(500),
+        reply: Box::new(Reply::ok("audio/pcm", "ok")),
+    })
+    .await;
+    let proxy = proxy_with(&up, "max_in_flight = 2").await;
+    let slow = || {
+        speech_request(
+            &proxy.url("/v1/audio/speech"),
+            serde_json::from_str(SPEECH).unwrap(),
+        )
+    };
+    let first = tokio::spawn(client().request(slow()));
+    let second = tokio::spawn(client().request(slow()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = Instant::now();
+    let shed = send(slow()).await;
+    assert!(
+        start.elapsed() < Duration::from_millis(200),
+        "shed at once, not queued"
+    );
+    assert_eq!(shed.status, 503);
+    assert_eq!(shed.header("retry-after"), Some("1"));
+    assert!(shed.error_message().contains("overloaded"));
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    assert_eq!(second.await.unwrap().unwrap().status(), 200);
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn beyond_the_connection_limit_connections_get_503_and_are_closed() {
+    let up = Scripted::always(Reply::ok("audio/pcm", "ok")).await;
+    let proxy = proxy_with(&up, "max_connections = 1").await;
+    let _held = TcpStream::connect(proxy.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let answer = raw(&proxy, &speech_bytes(""), Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    drop(_held);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    still_serves(&proxy).await;
+}
