@@ -180,6 +180,10 @@ pub struct UpstreamConfig {
     pub pass_client_key: bool,
     pub voice_map: HashMap<String, String>,
     pub model_map: HashMap<String, String>,
+    /// Verify https upstreams' certificates (on unless turned off explicitly).
+    pub tls_verify: bool,
+    /// Extra trusted CA certificates (DER), from `ca_file`, beside the webpki roots.
+    pub ca_certs: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// A value a route's `set` writes into the request body.
@@ -430,6 +434,8 @@ struct RawUpstream {
     voice_map: HashMap<String, String>,
     #[serde(default)]
     model_map: HashMap<String, String>,
+    tls_verify: Option<bool>,
+    ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -739,6 +745,32 @@ impl Validator<'_> {
                 self.error(
                     span,
                     format!("upstream `{name}` needs `url` or `endpoints`"),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// The certificates of a PEM file, checked now so that a bad path fails at load.
+    fn ca_file(
+        &mut self,
+        raw: Option<Spanned<String>>,
+    ) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        use rustls::pki_types::pem::PemObject;
+        let Some(raw) = raw else { return Vec::new() };
+        let certs: Result<Vec<_>, _> =
+            rustls::pki_types::CertificateDer::pem_file_iter(raw.get_ref())
+                .and_then(Iterator::collect);
+        match certs {
+            Ok(certs) if !certs.is_empty() => certs,
+            Ok(_) => {
+                self.error(raw.span(), "`ca_file` holds no PEM certificate");
+                Vec::new()
+            }
+            Err(e) => {
+                self.error(
+                    raw.span(),
+                    format!("`ca_file` cannot be read as PEM certificates: {e}"),
                 );
                 Vec::new()
             }
@@ -1091,6 +1123,8 @@ fn validate(
             pass_client_key: u.pass_client_key,
             voice_map: u.voice_map,
             model_map: u.model_map,
+            tls_verify: u.tls_verify.unwrap_or(true),
+            ca_certs: v.ca_file(u.ca_file),
         });
     }
 
@@ -1410,6 +1444,22 @@ to = ["a"]
         assert_eq!(e.len(), 3, "{e:?}");
         let e = errors("[upstreams.k]\nurl = \"http://a\"\nhealth = { inteval = \"1s\" }\n[[routes]]\nto = [\"k\"]\n");
         assert!(e[0].2.contains("inteval"), "{e:?}");
+    }
+
+    #[test]
+    fn tls_settings_are_checked_at_load() {
+        let e = errors("[upstreams.k]\nurl = \"https://a\"\nca_file = \"/nonexistent/ca.pem\"\n[[routes]]\nto = [\"k\"]\n");
+        assert_eq!((e[0].0, e[0].1), (3, 11));
+        assert!(e[0].2.contains("ca_file"), "{e:?}");
+        let c = load(
+            "[upstreams.k]\nurl = \"https://a\"\ntls_verify = false\n[[routes]]\nto = [\"k\"]\n",
+        )
+        .unwrap();
+        assert!(!c.upstreams[0].tls_verify);
+        assert!(
+            load(MINIMAL).unwrap().upstreams[0].tls_verify,
+            "on by default"
+        );
     }
 
     #[test]

@@ -112,6 +112,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             "upstream"
         );
     }
+    for u in config.upstreams.iter().filter(|u| !u.tls_verify) {
+        tracing::warn!(upstream = %u.name, "TLS certificate verification is OFF for this upstream (tls_verify = false)");
+    }
     tracing::info!(address = %listener.local_addr()?, routes = config.routes.len(), "voxgate listening");
     let gateway = Arc::new(Gateway::new(config));
     voxgate::server::run(listener, gateway, shutdown_signal()).await;

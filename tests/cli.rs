@@ -150,7 +150,9 @@ fn the_config_file_can_come_from_voxgate_config() {
 fn the_daemon_serves_and_stops_cleanly_on_sigterm() {
     let config = temp_file(
         "serve.toml",
-        "[upstreams.a]\nurl = \"http://127.0.0.1:9\"\napi_key = \"sk-never-logged\"\n[[routes]]\nto = [\"a\"]\n",
+        "[upstreams.a]\nurl = \"http://127.0.0.1:9\"\napi_key = \"sk-never-logged\"\n\
+         [upstreams.insecure]\nurl = \"https://127.0.0.1:9\"\ntls_verify = false\n\
+         [[routes]]\nto = [\"a\", \"insecure\"]\n",
     );
     let started = Instant::now();
     let mut child = voxgate()
@@ -212,5 +214,9 @@ fn the_daemon_serves_and_stops_cleanly_on_sigterm() {
     seen.extend(rx.iter());
     let log = seen.join("\n");
     assert!(log.contains("shutting down"), "{log}");
+    assert!(
+        log.contains("verification is OFF") && log.contains("insecure"),
+        "turning TLS verification off is logged at start: {log}"
+    );
     assert!(!log.contains("sk-never-logged"), "{log}");
 }

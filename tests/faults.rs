@@ -142,7 +142,7 @@ async fn cell(fault: Fault, fallback: bool, kind: Kind) -> (Seen, Duration) {
     let mut keep = Vec::new();
     let primary_url = match fault {
         Fault::Refused => format!("http://{}", refused_addr().await),
-        Fault::UntrustedTls => format!("https://{}", untrusted_tls_upstream().await.0),
+        Fault::UntrustedTls => format!("https://{}", tls_upstream().await.addr),
         _ => {
             let s = Scripted::always(primary_reply(fault)).await;
             let url = s.url();

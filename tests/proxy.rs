@@ -732,3 +732,36 @@ async fn a_stream_that_stalls_is_cut_off_after_the_idle_timeout() {
         ms(start)
     );
 }
+
+#[tokio::test]
+async fn https_upstreams_are_verified_and_can_trust_a_ca_file_or_be_told_not_to_verify() {
+    let tls = tls_upstream().await;
+    let ca = std::env::temp_dir().join(format!("voxgate-ca-{}.pem", tls.addr.port()));
+    std::fs::write(&ca, &tls.cert_pem).unwrap();
+    let url = format!("https://{}", tls.addr);
+
+    let verified = Proxy::start(&single_upstream(&url, "")).await;
+    let r = speech_via(&verified).await;
+    assert_eq!(
+        r.status, 502,
+        "an untrusted certificate fails the handshake"
+    );
+    assert!(
+        r.error_message().to_lowercase().contains("certificate"),
+        "{}",
+        r.error_message()
+    );
+
+    let with_ca = Proxy::start(&single_upstream(
+        &url,
+        &format!("ca_file = \"{}\"", ca.display()),
+    ))
+    .await;
+    let r = speech_via(&with_ca).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"tls-ok"[..]));
+    assert_eq!(r.header("x-version"), Some("HTTP/2.0"), "HTTP/2 by ALPN");
+
+    let unverified = Proxy::start(&single_upstream(&url, "tls_verify = false")).await;
+    assert_eq!(speech_via(&unverified).await.status, 200);
+    let _ = std::fs::remove_file(ca);
+}

@@ -292,15 +292,25 @@ fn streamed(
     r
 }
 
-/// An https server with a self-signed certificate that no client trusts. Returns its
-/// address and a count of the TCP connections it accepted.
-pub async fn untrusted_tls_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+/// An https server with a self-signed certificate for 127.0.0.1, which no client trusts
+/// unless told to. After a handshake it answers every request with 200 `tls-ok`, naming
+/// the HTTP version it was asked in (`x-version`).
+pub struct TlsUpstream {
+    pub addr: SocketAddr,
+    /// The certificate, PEM: what a `ca_file` would hold.
+    pub cert_pem: String,
+    /// TCP connections accepted.
+    pub accepted: Arc<AtomicUsize>,
+}
+
+pub async fn tls_upstream() -> TlsUpstream {
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
-    let config = rustls::ServerConfig::builder()
+    let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(vec![cert.cert.der().clone()], key)
         .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -311,12 +321,28 @@ pub async fn untrusted_tls_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
             count.fetch_add(1, Ordering::SeqCst);
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                // The handshake fails: the client refuses the certificate.
-                let _ = acceptor.accept(stream).await;
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return; // the client refused the certificate
+                };
+                let service = service_fn(|req: Request<Incoming>| async move {
+                    let version = format!("{:?}", req.version());
+                    let _ = req.into_body().collect().await;
+                    let mut r = Response::new(Full::new(Bytes::from_static(b"tls-ok")));
+                    r.headers_mut()
+                        .insert("x-version", HeaderValue::from_str(&version).unwrap());
+                    Ok::<_, Infallible>(r)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
             });
         }
     });
-    (addr, accepted)
+    TlsUpstream {
+        addr,
+        cert_pem: cert.cert.pem(),
+        accepted,
+    }
 }
 
 /// An address where nothing listens: connections are refused.
