@@ -20,6 +20,15 @@ use crate::pool::Picked;
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub std::net::SocketAddr);
 
+/// Which listener a request came in on, put in the request's extensions by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The API listener.
+    Public,
+    /// `server.admin_listen`: operational endpoints only.
+    Admin,
+}
+
 /// What is known about a request, filled in as it goes through the phases.
 #[derive(Debug)]
 pub struct AccessRecord {

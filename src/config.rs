@@ -73,6 +73,9 @@ pub struct ServerConfig {
     pub retry_budget_percent: u32,
     /// …or this many, whichever is more.
     pub retry_budget_min: u32,
+    /// A second listener for /health, /ready and /status; when set, the main listener
+    /// no longer serves /ready and /status.
+    pub admin_listen: Option<SocketAddr>,
     /// Connections beyond this get 503 and are closed.
     pub max_connections: u32,
     /// Requests being read or forwarded beyond this get 503 at once.
@@ -405,6 +408,7 @@ struct RawServer {
     retry_budget_min: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
     max_in_flight: Option<Spanned<i64>>,
+    admin_listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1077,6 +1081,19 @@ fn validate(
             (1, 1_000_000),
             1024,
         ),
+        admin_listen: raw
+            .server
+            .admin_listen
+            .and_then(|a| match a.get_ref().parse() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    v.error(
+                        a.span(),
+                        "`admin_listen` must be an IP address and port such as \"127.0.0.1:9001\"",
+                    );
+                    None
+                }
+            }),
     };
 
     let mut upstreams = Vec::with_capacity(raw.upstreams.len());

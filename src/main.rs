@@ -116,8 +116,41 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!(upstream = %u.name, "TLS certificate verification is OFF for this upstream (tls_verify = false)");
     }
     tracing::info!(address = %listener.local_addr()?, routes = config.routes.len(), "voxgate listening");
+    let admin = match config.server.admin_listen {
+        Some(addr) => {
+            let admin = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (admin)"))?;
+            tracing::info!(address = %admin.local_addr()?, "admin endpoints listening");
+            Some(admin)
+        }
+        None => None,
+    };
     let gateway = Arc::new(Gateway::new(config));
-    voxgate::server::run(listener, gateway, shutdown_signal()).await;
+    // One signal stops both listeners.
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    let stopped_when = |mut rx: tokio::sync::watch::Receiver<()>| async move {
+        let _ = rx.changed().await;
+    };
+    let admin_task = admin.map(|admin| {
+        tokio::spawn(voxgate::server::run_admin(
+            admin,
+            gateway.clone(),
+            stopped_when(stopped.clone()),
+        ))
+    });
+    let public = voxgate::server::run(listener, gateway, stopped_when(stopped));
+    tokio::pin!(public);
+    tokio::select! {
+        () = &mut public => {}
+        () = shutdown_signal() => {
+            let _ = stop.send(());
+            public.await;
+        }
+    }
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
     Ok(())
 }
 

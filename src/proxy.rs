@@ -23,7 +23,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::access::{AccessRecord, ClientAddr, ObservedBody};
+use crate::access::{AccessRecord, ClientAddr, Listener, ObservedBody};
 use crate::body::{full, BoxError, IdleTimeout, ProxyBody};
 use crate::config::Config;
 use crate::error::ApiError;
@@ -377,7 +377,20 @@ impl Gateway {
     {
         // classify
         let (parts, body) = request.into_parts();
-        let (endpoint, path) = match classify(&parts.method, parts.uri.path())? {
+        let listener = parts.extensions.get::<Listener>().copied();
+        let target = classify(&parts.method, parts.uri.path())?;
+        let operational = matches!(target, Target::Health | Target::Ready | Target::Status);
+        let admin_elsewhere = runtime.config.server.admin_listen.is_some();
+        let allowed = match listener {
+            Some(Listener::Admin) => operational,
+            Some(Listener::Public) | None => {
+                !(admin_elsewhere && matches!(target, Target::Ready | Target::Status))
+            }
+        };
+        if !allowed {
+            return Err(ProxyError::NotFound(parts.uri.path().to_string()));
+        }
+        let (endpoint, path) = match target {
             Target::Health | Target::Root => {
                 let ok = serde_json::json!({ "status": "ok" });
                 return Ok(Reply::Local(json_response(StatusCode::OK, &ok)));

@@ -17,7 +17,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::access::ClientAddr;
+use crate::access::{ClientAddr, Listener};
 use crate::proxy::{overloaded, Gateway};
 use tokio::sync::Semaphore;
 
@@ -39,6 +39,25 @@ async fn shed(stream: tokio::net::TcpStream, builder: auto::Builder<TokioExecuto
 
 /// Serves `gateway` on `listener` until `shutdown` resolves.
 pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
+    serve(listener, gateway, shutdown, Listener::Public).await
+}
+
+/// Serves the operational endpoints (`/health`, `/ready`, `/status`) only, on the
+/// `server.admin_listen` listener.
+pub async fn run_admin(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve(listener, gateway, shutdown, Listener::Admin).await
+}
+
+async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+    role: Listener,
+) {
     let server = gateway.runtime().config.server.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -72,6 +91,7 @@ pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Fu
         let gateway = gateway.clone();
         let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(ClientAddr(peer));
+            request.extensions_mut().insert(role);
             let gateway = gateway.clone();
             async move { Ok::<_, Infallible>(gateway.handle(request).await) }
         });

@@ -306,3 +306,42 @@ async fn a_route_deadline_bounds_every_attempt_together() {
     );
     assert_eq!((a.count(), b.count()), (1, 1));
 }
+
+#[tokio::test]
+async fn with_an_admin_listener_ready_and_status_leave_the_public_one() {
+    let up = Scripted::always(Reply::ok("audio/pcm", "ok")).await;
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let config = format!(
+        "[server]\nadmin_listen = \"{admin_addr}\"\n{}",
+        support::single_upstream(&up.url(), "")
+    );
+    let proxy = Proxy::start(&config).await;
+    tokio::spawn(voxgate::server::run_admin(
+        admin,
+        proxy.gateway.clone(),
+        std::future::pending::<()>(),
+    ));
+    assert_eq!(get(&proxy, "/status").await.status, 404);
+    assert_eq!(get(&proxy, "/ready").await.status, 404);
+    assert_eq!(get(&proxy, "/health").await.status, 200);
+    assert_eq!(speech(&proxy).await.status, 200);
+
+    let on_admin = |path: &str| {
+        send(
+            Request::get(format!("http://{admin_addr}{path}"))
+                .body(full_body(""))
+                .unwrap(),
+        )
+    };
+    let status = on_admin("/status").await;
+    assert_eq!(status.status, 200);
+    assert_eq!(status.json()["upstreams"][0]["name"], "a");
+    assert_eq!(on_admin("/ready").await.status, 200);
+    assert_eq!(on_admin("/health").await.status, 200);
+    assert_eq!(
+        on_admin("/v1/models").await.status,
+        404,
+        "no API on the admin listener"
+    );
+}
