@@ -237,3 +237,61 @@ async fn health_transitions_are_logged_once_when_they_happen() {
         .unwrap();
     assert_eq!(down["check"], "status 503", "the reason is in the line");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn no_key_reaches_the_log_at_trace_level_through_every_kind_of_failure() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(captured.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let refused = refused_addr().await;
+    let closing = Scripted::always(Reply::Close).await;
+    let tls = tls_upstream().await;
+    let busy = Scripted::always(Reply::status(503)).await;
+    let cut = Scripted::always(Reply::ChunksThenReset {
+        chunks: vec![bytes::Bytes::from_static(b"partial")],
+        delay: Duration::from_millis(5),
+    })
+    .await;
+    let mut config = String::new();
+    let upstreams = [
+        ("refused", format!("http://{refused}")),
+        ("closing", closing.url()),
+        ("tls", format!("https://{}", tls.addr)),
+        ("busy", busy.url()),
+        ("cut", cut.url()),
+    ];
+    for (name, url) in &upstreams {
+        config += &format!(
+            "[upstreams.{name}]\nurl = \"{url}\"\napi_key = \"sk-secret-of-{name}\"\nhealth = {{ interval = \"20ms\" }}\n"
+        );
+    }
+    config += "[[routes]]\nto = [\"refused\", \"closing\", \"tls\", \"busy\", \"cut\"]\n";
+    let proxy = Proxy::start(&config).await;
+    for _ in 0..3 {
+        let mut req = speech_request(
+            &proxy.url("/v1/audio/speech"),
+            json!({"model": "tts-1", "input": "hi", "voice": "alloy"}),
+        );
+        req.headers_mut()
+            .insert("authorization", "Bearer sk-client-secret".parse().unwrap());
+        if let Ok(response) = client().request(req).await {
+            let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = captured.text();
+    assert!(
+        log.contains("endpoint ejected") || log.contains("endpoint down"),
+        "faults happened"
+    );
+    assert!(log.contains("voxgate::access"));
+    for secret in ["sk-client-secret", "sk-secret-of"] {
+        assert!(!log.contains(secret), "{secret} leaked into the log");
+    }
+}

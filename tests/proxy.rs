@@ -765,3 +765,35 @@ async fn https_upstreams_are_verified_and_can_trust_a_ca_file_or_be_told_not_to_
     assert_eq!(speech_via(&unverified).await.status, 200);
     let _ = std::fs::remove_file(ca);
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_response_cancels_the_upstream_request() {
+    let a = Scripted::always(Reply::Chunks {
+        status: 200,
+        content_type: "audio/pcm",
+        chunks: (0..100).map(|_| Bytes::from_static(b"chunk")).collect(),
+        delay: Duration::from_millis(50),
+    })
+    .await;
+    let proxy = Proxy::start(&single_upstream(&a.url(), "")).await;
+    let response = client()
+        .request(speech_request(
+            &proxy.url("/v1/audio/speech"),
+            speech_json(),
+        ))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    assert!(body.frame().await.is_some(), "the stream started");
+    drop(body);
+    // The whole stream would take 5 s; the upstream connection must end long before.
+    let start = Instant::now();
+    while a.closed() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "the upstream request was not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(proxy.gateway.replay_memory_used(), 0, "nothing held");
+}

@@ -108,6 +108,7 @@ pub struct Scripted {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
     connections: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
     /// Dropping it stops the server: no more accepts, open connections closed.
     _stop: watch::Sender<()>,
 }
@@ -128,7 +129,8 @@ impl Scripted {
         let connections = Arc::new(AtomicUsize::new(0));
         let script: Script = Arc::new(script);
         let (stop, stopped) = watch::channel(());
-        let (rec, conns) = (received.clone(), connections.clone());
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (rec, conns, ended) = (received.clone(), connections.clone(), closed.clone());
         tokio::spawn(async move {
             loop {
                 let mut stop_accepting = stopped.clone();
@@ -137,7 +139,7 @@ impl Scripted {
                     _ = stop_accepting.changed() => return,
                 };
                 conns.fetch_add(1, Ordering::SeqCst);
-                let (script, rec) = (script.clone(), rec.clone());
+                let (script, rec, ended) = (script.clone(), rec.clone(), ended.clone());
                 let mut stop_serving = stopped.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
@@ -150,6 +152,7 @@ impl Scripted {
                         _ = connection => {}
                         _ = stop_serving.changed() => {}
                     }
+                    ended.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
@@ -157,6 +160,7 @@ impl Scripted {
             addr,
             received,
             connections,
+            closed,
             _stop: stop,
         }
     }
@@ -184,6 +188,11 @@ impl Scripted {
 
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections that have ended, from either side.
+    pub fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
     }
 }
 
