@@ -81,17 +81,22 @@ impl Captured {
     }
 }
 
-// A current-thread runtime, so that every task logs to this test's subscriber.
-#[tokio::test(flavor = "current_thread")]
-async fn one_line_per_request_with_attempts_and_never_a_key() {
+/// JSON logs of this thread at `level` and above, captured until the guard is dropped.
+/// Tests use a current-thread runtime, so that every task logs to this subscriber.
+fn capture(level: tracing::Level) -> (Captured, tracing::subscriber::DefaultGuard) {
     let captured = Captured::default();
     let subscriber = tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
-        .with_max_level(tracing::Level::TRACE)
+        .with_max_level(level)
         .with_writer(captured.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn one_line_per_request_with_attempts_and_never_a_key() {
+    let (captured, _guard) = capture(tracing::Level::TRACE);
 
     let a = Scripted::always(Reply::status(503)).await;
     let b = Scripted::always(Reply::ok("audio/pcm", "0123456789")).await;
@@ -167,13 +172,7 @@ async fn one_line_per_request_with_attempts_and_never_a_key() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_client_that_leaves_before_the_answer_is_still_logged() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_writer(captured.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture(tracing::Level::INFO);
 
     let hanging = Scripted::always(Reply::Hang).await;
     let proxy = Proxy::start(&single_upstream(&hanging.url(), "")).await;
@@ -198,13 +197,7 @@ async fn a_client_that_leaves_before_the_answer_is_still_logged() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn health_transitions_are_logged_once_when_they_happen() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_writer(captured.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture(tracing::Level::INFO);
 
     let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = healthy.clone();
@@ -240,14 +233,7 @@ async fn health_transitions_are_logged_once_when_they_happen() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn no_key_reaches_the_log_at_trace_level_through_every_kind_of_failure() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(captured.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture(tracing::Level::TRACE);
 
     let refused = refused_addr().await;
     let closing = Scripted::always(Reply::Close).await;
