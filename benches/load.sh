@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The load benchmark: voxgate against nginx and HAProxy, each pinned to one core with one
+# worker, driven by wrk from the other core; prints one table. See benches/README.md.
+#
+#   benches/load.sh
+#
+# Installs nginx, haproxy and wrk with apt-get when they are missing, builds voxgate and the
+# scripted upstream (examples/bench_upstream.rs) in release mode, then runs
+# benches/load/run.py. Traffic stays on 127.0.0.1 (ports BENCH_PORT_BASE..+12, default
+# 18400..18412). Every process started is ended on exit, failure included. About 3.5 to 4
+# minutes of measuring, plus the build (about 3 minutes when nothing is cached).
+#
+# Knobs (environment): BENCH_RUNS (3), BENCH_SECONDS (5 per wrk run), BENCH_BIG_SECONDS (4),
+# BENCH_PORT_BASE (18400), BENCH_PROXY_CORE (0), BENCH_LOAD_CORE (1), BENCH_VOXGATE_LOG
+# (RUST_LOG for voxgate, default warn: no access log, as nginx and HAProxy run here),
+# BENCH_KEEP_WORKDIR=1 to keep the generated configs, bodies, logs and results.json.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+if [ "$(nproc)" -lt 2 ]; then
+    echo "load.sh needs 2 cores (one for the proxy, one for the load); this machine has $(nproc)" >&2
+    exit 1
+fi
+
+missing=()
+command -v nginx >/dev/null || missing+=(nginx)
+command -v haproxy >/dev/null || missing+=(haproxy)
+command -v wrk >/dev/null || missing+=(wrk)
+command -v taskset >/dev/null || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} with apt-get" >&2
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v python3 >/dev/null || { echo "load.sh needs python3" >&2; exit 1; }
+
+echo "building voxgate and bench_upstream (release)" >&2
+cargo build --release --quiet --bin voxgate --example bench_upstream
+
+target_dir="$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+
+workdir="$(mktemp -d "${TMPDIR:-/tmp}/voxgate-bench.XXXXXX")"
+export BENCH_PIDFILE="$workdir/pids"
+: >"$BENCH_PIDFILE"
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    # run.py ends what it started; this is for when it could not (killed, crashed).
+    if [ -n "${runner:-}" ] && kill -0 "$runner" 2>/dev/null; then
+        kill -TERM "$runner" 2>/dev/null || true
+        wait "$runner" 2>/dev/null || true
+    fi
+    local pids
+    pids="$(sort -u "$BENCH_PIDFILE" 2>/dev/null || true)"
+    if [ -n "$pids" ]; then
+        # shellcheck disable=SC2086
+        kill -TERM $pids 2>/dev/null || true
+        sleep 0.5
+        # shellcheck disable=SC2086
+        kill -KILL $pids 2>/dev/null || true
+    fi
+    if [ "${BENCH_KEEP_WORKDIR:-0}" = 1 ]; then
+        echo "kept $workdir" >&2
+    else
+        rm -rf "$workdir"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+load_core="${BENCH_LOAD_CORE:-1}"
+# The orchestrator and its clients sit on the load core; proxies are pinned by run.py.
+taskset -c "$load_core" python3 "$root/benches/load/run.py" \
+    --voxgate "$target_dir/release/voxgate" \
+    --upstream "$target_dir/release/examples/bench_upstream" \
+    --workdir "$workdir" &
+runner=$!
+wait "$runner"
