@@ -1067,7 +1067,7 @@ fn validate(
             raw.server.retry_budget_min,
             "retry_budget_min",
             (0, 100_000),
-            3,
+            32,
         ),
         max_connections: v.count(
             raw.server.max_connections,

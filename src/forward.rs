@@ -211,6 +211,7 @@ pub async fn forward(
     // The fallback attempt in flight, held until the next one or the end.
     let mut _retry: Option<InFlight<'_>> = None;
     let mut stopped_by_policy = false;
+    let mut after_connect_failure = false;
     for (position, &index) in to_try.iter().enumerate() {
         let last = position + 1 == to_try.len();
         let upstream = &upstreams[index];
@@ -220,13 +221,16 @@ pub async fn forward(
             result,
             elapsed: Duration::ZERO,
         };
-        if position > 0 {
+        // A fallback after a connect failure is free: nothing reached the failed upstream,
+        // so going on adds no load anywhere. Every other fallback needs budget.
+        if position > 0 && !after_connect_failure {
             _retry = budget.retry();
             if _retry.is_none() {
                 attempts.push(not_tried(AttemptResult::NoBudget));
                 break;
             }
         }
+        after_connect_failure = false;
         let mut timeout = upstream.config.response_timeout;
         if let Some(deadline) = deadline {
             let left = deadline.saturating_duration_since(started);
@@ -297,6 +301,7 @@ pub async fn forward(
             }
             Err(e) => {
                 upstream.pool.report(picked.index, false, &e.to_string());
+                after_connect_failure = matches!(e, AttemptError::Connect(_));
                 let go_on = falls_back(&route.fallback, Err(&e));
                 attempts.push(record(AttemptResult::Failed(e)));
                 if !go_on {

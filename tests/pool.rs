@@ -285,6 +285,25 @@ async fn the_retry_budget_caps_fallback_attempts_when_every_upstream_fails() {
 }
 
 #[tokio::test]
+async fn falling_back_from_a_refused_connection_needs_no_budget() {
+    let dead = refused_addr().await;
+    let b = Scripted::always(Reply::ok("audio/pcm", "fallback")).await;
+    let config = format!(
+        "[server]\nretry_budget_percent = 0\nretry_budget_min = 0\n\
+         [upstreams.a]\nurl = \"http://{dead}\"\neject_after = 0\n\
+         [upstreams.b]\nurl = \"{}\"\n[[routes]]\nto = [\"a\", \"b\"]\n",
+        b.url()
+    );
+    let proxy = Proxy::start(&config).await;
+    let answers = futures_util::future::join_all((0..16).map(|_| speech(&proxy))).await;
+    assert!(
+        answers.iter().all(|r| r.status == 200),
+        "nothing was sent to a dead box"
+    );
+    assert_eq!(b.count(), 16);
+}
+
+#[tokio::test]
 async fn a_route_deadline_bounds_every_attempt_together() {
     let a = Scripted::always(Reply::Hang).await;
     let b = Scripted::always(Reply::Hang).await;
