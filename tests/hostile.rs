@@ -233,3 +233,24 @@ async fn beyond_the_connection_limit_connections_get_503_and_are_closed() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     still_serves(&proxy).await;
 }
+
+#[tokio::test]
+async fn a_client_that_stalls_mid_upload_gets_408() {
+    let up = Scripted::always(Reply::json(200, json!({"text": "ok"}))).await;
+    let proxy = proxy_with(&up, "body_read_timeout = \"300ms\"").await;
+    let head = format!(
+        "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: {}\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n--{BOUNDARY}\r\n",
+        form_content_type()
+    );
+    let start = Instant::now();
+    // Headers and a first piece of the body, then nothing.
+    let answer = raw(&proxy, head.as_bytes(), Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(up.count(), 0);
+    still_serves(&proxy).await;
+}
