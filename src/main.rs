@@ -72,7 +72,7 @@ fn main() -> ExitCode {
                 if let Some(listen) = cli.listen {
                     config.server.listen = listen;
                 }
-                match serve(config) {
+                match run(config) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("voxgate: {e:#}");
@@ -96,7 +96,17 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-#[tokio::main]
+fn run(config: Config) -> anyhow::Result<()> {
+    // Blocking threads only write and read spilled request bodies: a few are plenty, and
+    // each one left idle after a burst of uploads keeps memory.
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(8)
+        .build()
+        .context("cannot start the runtime")?
+        .block_on(serve(config))
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(config.log.format);
     let listen = config.server.listen;
