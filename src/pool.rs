@@ -33,6 +33,7 @@ struct State {
     failures: u32,
     ejected_until: Option<Instant>,
     ejections: u32,
+    last_ejection: Option<Instant>,
 }
 
 /// One server of a pool.
@@ -111,6 +112,7 @@ impl Pool {
                         failures: 0,
                         ejected_until: None,
                         ejections: 0,
+                        last_ejection: None,
                     }),
                 })
                 .collect(),
@@ -228,7 +230,15 @@ impl Pool {
             return;
         }
         let mut state = endpoint.state();
+        // An endpoint that behaved for longer than the longest ejection starts over.
+        if state
+            .last_ejection
+            .is_some_and(|last| now.saturating_duration_since(last) > self.ejection.max_time)
+        {
+            state.ejections = 0;
+        }
         state.ejections += 1;
+        state.last_ejection = Some(now);
         let time = self
             .ejection
             .base_time
@@ -412,6 +422,24 @@ mod tests {
         p.report(1, false, "x");
         p.report(1, false, "x");
         assert!(p.available(1, Instant::now()));
+    }
+
+    #[test]
+    fn the_ejection_multiplier_starts_over_after_a_long_good_spell() {
+        let p = pool(&[(1, false)], Balance::RoundRobin, 1);
+        p.report(0, false, "x");
+        p.report(0, false, "x"); // still ejected: not counted again
+        assert_eq!(p.endpoints[0].state().ejections, 1);
+        // Pretend the first ejection was long ago, beyond the 25 s maximum.
+        {
+            let mut state = p.endpoints[0].state();
+            state.ejected_until = None;
+            state.last_ejection = Instant::now().checked_sub(Duration::from_secs(26));
+        }
+        p.report(0, false, "x");
+        assert_eq!(p.endpoints[0].state().ejections, 1, "started over");
+        let until = p.endpoints[0].state().ejected_until.unwrap();
+        assert!(until <= Instant::now() + Duration::from_secs(10));
     }
 
     #[test]
