@@ -4,6 +4,8 @@
 //! and the first that matches wins. Matching is pure and allocation-free, so it can be
 //! tested and benchmarked on its own.
 
+use std::collections::HashMap;
+
 use globset::{Glob, GlobBuilder, GlobMatcher};
 use http::Method;
 
@@ -138,19 +140,83 @@ impl Matcher {
 #[derive(Debug, Clone)]
 pub struct Router {
     routes: Vec<RouteConfig>,
+    /// Per endpoint: the routes whose `model` is a list of literals, by model…
+    by_model: [HashMap<String, Vec<usize>>; 4],
+    /// …and every other route that can match the endpoint. Both in file order.
+    rest: [Vec<usize>; 4],
+}
+
+fn endpoint_slot(endpoint: Endpoint) -> usize {
+    match endpoint {
+        Endpoint::Speech => 0,
+        Endpoint::Transcriptions => 1,
+        Endpoint::Translations => 2,
+        Endpoint::Other => 3,
+    }
 }
 
 impl Router {
+    /// Indexes the routes so that a request only looks at the routes that could take it:
+    /// those for its endpoint, and of those with literal models, only its model's. With
+    /// many model routes, finding one costs about the same as with few.
     pub fn new(routes: Vec<RouteConfig>) -> Router {
-        Router { routes }
+        let mut by_model: [HashMap<String, Vec<usize>>; 4] = Default::default();
+        let mut rest: [Vec<usize>; 4] = Default::default();
+        for (i, route) in routes.iter().enumerate() {
+            for endpoint in Endpoint::ALL {
+                let slot = endpoint_slot(endpoint);
+                if route
+                    .matcher
+                    .endpoints
+                    .as_ref()
+                    .is_some_and(|e| !e.contains(&endpoint))
+                {
+                    continue;
+                }
+                match &route.matcher.model {
+                    Some(model) if model.globs.is_empty() => {
+                        for literal in model.literals() {
+                            let list = by_model[slot].entry(literal.to_string()).or_default();
+                            if list.last() != Some(&i) {
+                                list.push(i);
+                            }
+                        }
+                    }
+                    _ => rest[slot].push(i),
+                }
+            }
+        }
+        Router {
+            routes,
+            by_model,
+            rest,
+        }
     }
 
     /// The first route whose matcher accepts the request, with its index.
     pub fn find(&self, facts: &RequestFacts<'_>) -> Option<(usize, &RouteConfig)> {
-        self.routes
-            .iter()
-            .enumerate()
-            .find(|(_, r)| r.matcher.matches(facts))
+        let slot = endpoint_slot(facts.endpoint);
+        let rest = &self.rest[slot];
+        let by_model: &[usize] = facts
+            .model
+            .and_then(|m| self.by_model[slot].get(m))
+            .map_or(&[], Vec::as_slice);
+        // Merge the two ordered lists, testing candidates in file order.
+        let (mut a, mut b) = (0, 0);
+        while a < rest.len() || b < by_model.len() {
+            let take_rest = b == by_model.len() || (a < rest.len() && rest[a] < by_model[b]);
+            let i = if take_rest {
+                a += 1;
+                rest[a - 1]
+            } else {
+                b += 1;
+                by_model[b - 1]
+            };
+            if self.routes[i].matcher.matches(facts) {
+                return Some((i, &self.routes[i]));
+            }
+        }
+        None
     }
 
     pub fn routes(&self) -> &[RouteConfig] {
@@ -260,6 +326,53 @@ mod tests {
         assert_eq!(found(&r, &f), Some(0));
         f.method = &Method::POST;
         assert_eq!(found(&r, &f), Some(1));
+    }
+
+    /// Every combination of these facts finds what a plain scan in file order finds.
+    #[test]
+    fn the_index_finds_exactly_what_a_scan_finds() {
+        let r = router(
+            "[[routes]]\nmatch = { model = [\"tts-1\", \"whisper-1\"], voice = \"af_*\" }\nto = [\"a\"]\n\
+             [[routes]]\nmatch = { endpoint = \"transcriptions\", model = \"gpt-*\" }\nto = [\"a\"]\n\
+             [[routes]]\nmatch = { model = \"tts-1\", stream = true }\nto = [\"b\"]\n\
+             [[routes]]\nmatch = { endpoint = [\"speech\", \"other\"], response_format = \"pcm\" }\nto = [\"b\"]\n\
+             [[routes]]\nmatch = { model = \"tts-1\" }\nto = [\"a\"]\n\
+             [[routes]]\nmatch = { endpoint = \"translations\", model = [\"whisper-1\", \"x\"] }\nto = [\"a\"]\n\
+             [[routes]]\nmatch = { method = \"GET\" }\nto = [\"b\"]\n",
+        );
+        let scan = |f: &RequestFacts<'_>| r.routes().iter().position(|x| x.matcher.matches(f));
+        let mut checked = 0;
+        for endpoint in Endpoint::ALL {
+            for model in [
+                None,
+                Some("tts-1"),
+                Some("whisper-1"),
+                Some("gpt-4o"),
+                Some("x"),
+                Some("y"),
+            ] {
+                for voice in [None, Some("af_sky"), Some("alloy")] {
+                    for format in [None, Some("pcm"), Some("mp3")] {
+                        for stream in [false, true] {
+                            for method in [Method::POST, Method::GET] {
+                                let f = RequestFacts {
+                                    endpoint,
+                                    method: &method,
+                                    path: "/v1/x",
+                                    model,
+                                    voice,
+                                    response_format: format,
+                                    stream,
+                                };
+                                assert_eq!(found(&r, &f), scan(&f), "{f:?}");
+                                checked += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 4 * 6 * 3 * 3 * 2 * 2);
     }
 
     #[test]
