@@ -366,7 +366,7 @@ async fn error_detail(response: Response<Incoming>) -> Option<String> {
 }
 
 /// Finds the human message in the error bodies the known upstreams write.
-fn message_of(body: &[u8]) -> Option<String> {
+pub(crate) fn message_of(body: &[u8]) -> Option<String> {
     let text = match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(v) => {
             let candidates = [

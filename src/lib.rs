@@ -8,6 +8,7 @@
 //! - [`spool`]    the replay store: memory within budgets, unlinked temp file beyond.
 //! - [`body`]     response and upstream-request body types.
 //! - [`upstream`] one pooled client per upstream; header hygiene and auth.
+//! - [`dialect`]  upstream answers made to read like OpenAI's (errors, text types).
 //! - [`forward`]  the fallback loop and its single decision function.
 //! - [`access`]   the per-request access log line, written when the response ends.
 //! - [`error`]    OpenAI-shaped error responses.
@@ -23,6 +24,7 @@
 pub mod access;
 pub mod body;
 pub mod config;
+pub mod dialect;
 pub mod error;
 pub mod forward;
 pub mod intake;

@@ -26,6 +26,7 @@ use hyper::body::Incoming;
 use crate::access::{AccessRecord, ClientAddr, Listener, ObservedBody};
 use crate::body::{full, BoxError, IdleTimeout, ProxyBody};
 use crate::config::Config;
+use crate::dialect;
 use crate::error::ApiError;
 use crate::forward::{forward, Exhausted, RequestHead, RetryBudget};
 use crate::intake::{read_form, read_json, read_raw, IntakeError, IntakeLimits};
@@ -459,6 +460,7 @@ impl Gateway {
         .await;
         let (index, picked, upstream_response) = outcome.map_err(ProxyError::Upstreams)?;
         record.served_by = Some(picked);
+        let response_format = payload.response_format().map(str::to_string);
         drop(payload);
 
         // respond
@@ -475,7 +477,30 @@ impl Gateway {
             parts.headers.insert(UPSTREAM_HEADER, name);
         }
         record.upstream = Some(upstream.name().to_string());
-        let body = IdleTimeout::new(body, upstream.config.idle_timeout);
+        let idle = upstream.config.idle_timeout;
+        dialect::fix_text_content_type(
+            endpoint,
+            response_format.as_deref(),
+            parts.status,
+            &mut parts.headers,
+        );
+        if dialect::rewritable_error(parts.status, &parts.headers) {
+            if let Some(error) = dialect::openai_error_body(parts.status, body, idle).await {
+                parts.headers.remove(header::CONTENT_LENGTH);
+                parts.headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                return Ok(Reply::Local(Response::from_parts(parts, full(error))));
+            }
+            // Not readable in time: the connection is gone with the body.
+            return Err(ProxyError::Upstreams(Exhausted {
+                stopped_by_policy: false,
+                summary: format!("{}: error body unreadable", upstream.name()),
+                all_timeouts: false,
+            }));
+        }
+        let body = IdleTimeout::new(body, idle);
         Ok(Reply::Upstream(Response::from_parts(parts, body)))
     }
 }

@@ -797,3 +797,63 @@ async fn a_client_that_leaves_mid_response_cancels_the_upstream_request() {
     }
     assert_eq!(proxy.gateway.replay_memory_used(), 0, "nothing held");
 }
+
+#[tokio::test]
+async fn upstream_errors_in_other_dialects_reach_the_client_in_openai_shape() {
+    let kokoro = Scripted::always(Reply::json(
+        400,
+        json!({"detail": {"error": "validation_error", "message": "Voice 'alloy2' not found", "type": "invalid_request_error"}}),
+    ))
+    .await;
+    let proxy = Proxy::start(&single_upstream(&kokoro.url(), "")).await;
+    let r = speech_via(&proxy).await;
+    assert_eq!(r.status, 400, "status kept");
+    assert_eq!(r.error_message(), "Voice 'alloy2' not found");
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    assert_eq!(r.header("x-voxgate-upstream"), Some("a"));
+
+    let whisper = Scripted::always(Reply::Full {
+        status: 500,
+        headers: vec![("content-type", "text/plain".into())],
+        body: Bytes::from_static(b"failed to read WAV file\n"),
+    })
+    .await;
+    let proxy = Proxy::start(&single_upstream(&whisper.url(), "")).await;
+    let body = form(&[
+        ("model", None, b"whisper-1"),
+        ("file", Some("a.wav"), b"junk"),
+    ]);
+    let r = send(post(
+        &proxy.url("/v1/audio/transcriptions"),
+        &form_content_type(),
+        full_body(body),
+    ))
+    .await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.error_message(), "failed to read WAV file");
+    assert_eq!(r.json()["error"]["type"], "server_error");
+}
+
+#[tokio::test]
+async fn text_transcriptions_sent_as_html_are_plain_text() {
+    let whisper = Scripted::always(Reply::Full {
+        status: 200,
+        headers: vec![("content-type", "text/html; charset=utf-8".into())],
+        body: Bytes::from_static(b" And so my fellow Americans\n"),
+    })
+    .await;
+    let proxy = Proxy::start(&single_upstream(&whisper.url(), "")).await;
+    let body = form(&[
+        ("model", None, b"whisper-1"),
+        ("response_format", None, b"text"),
+        ("file", Some("a.wav"), b"RIFF"),
+    ]);
+    let r = send(post(
+        &proxy.url("/v1/audio/transcriptions"),
+        &form_content_type(),
+        full_body(body),
+    ))
+    .await;
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    assert_eq!(&r.body[..], b" And so my fellow Americans\n");
+}

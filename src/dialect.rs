@@ -1,0 +1,142 @@
+//! Upstream dialects: making every engine's answer read like OpenAI's.
+//!
+//! "OpenAI-compatible" servers differ where it hurts a client: Kokoro answers errors as
+//! `{"detail": …}`, whisper.cpp as `{"error": "…"}` or plain text, and whisper.cpp sends
+//! text transcriptions as `text/html`. The SDKs turn an OpenAI-shaped error body into a
+//! readable exception and anything else into a bare status, so error bodies are rewritten
+//! into OpenAI's shape (status kept, message carried over), and text formats get
+//! `text/plain`. Only small error bodies with a Content-Length are rewritten; everything
+//! else passes through untouched.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::error::ApiError;
+use crate::forward::message_of;
+use crate::route::Endpoint;
+
+/// Error bodies up to this size are read and rewritten.
+const MAX_ERROR_BODY: u64 = 64 * 1024;
+
+/// `text`, `srt` and `vtt` transcriptions are text, whatever the upstream calls them.
+pub fn fix_text_content_type(
+    endpoint: Endpoint,
+    response_format: Option<&str>,
+    status: StatusCode,
+    headers: &mut HeaderMap,
+) {
+    let transcribing = matches!(endpoint, Endpoint::Transcriptions | Endpoint::Translations);
+    let textual = matches!(response_format, Some("text" | "srt" | "vtt"));
+    let html = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/html"));
+    if transcribing && textual && status.is_success() && html {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+    }
+}
+
+/// Whether an error response is small enough, and declared so, to be read and rewritten.
+pub fn rewritable_error(status: StatusCode, headers: &HeaderMap) -> bool {
+    let small = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n <= MAX_ERROR_BODY);
+    let compressed = headers.contains_key(header::CONTENT_ENCODING);
+    (status.is_client_error() || status.is_server_error()) && small && !compressed
+}
+
+/// Reads an error body and returns it in OpenAI's shape: unchanged if it already is,
+/// rewritten if not. `None` if it could not be read in time.
+pub async fn openai_error_body(
+    status: StatusCode,
+    body: Incoming,
+    wait: Duration,
+) -> Option<Bytes> {
+    let bytes = tokio::time::timeout(wait, body.collect())
+        .await
+        .ok()?
+        .ok()?
+        .to_bytes();
+    let already = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .is_some_and(|v| v.pointer("/error/message").is_some_and(|m| m.is_string()));
+    if already {
+        return Some(bytes);
+    }
+    let message = message_of(&bytes).unwrap_or_else(|| {
+        status
+            .canonical_reason()
+            .unwrap_or("upstream error")
+            .to_string()
+    });
+    let kind = if status.is_client_error() {
+        "invalid_request_error"
+    } else {
+        "server_error"
+    };
+    Some(ApiError::new(status, kind, message).body())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_text_transcriptions_become_plain_text() {
+        let html = || {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            h
+        };
+        let mut h = html();
+        fix_text_content_type(
+            Endpoint::Transcriptions,
+            Some("text"),
+            StatusCode::OK,
+            &mut h,
+        );
+        assert_eq!(h[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        let mut h = html();
+        fix_text_content_type(
+            Endpoint::Transcriptions,
+            Some("json"),
+            StatusCode::OK,
+            &mut h,
+        );
+        assert_eq!(
+            h[header::CONTENT_TYPE],
+            "text/html; charset=utf-8",
+            "not a text format"
+        );
+        let mut h = html();
+        fix_text_content_type(Endpoint::Speech, Some("text"), StatusCode::OK, &mut h);
+        assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
+    }
+
+    #[test]
+    fn only_small_declared_uncompressed_errors_are_rewritten() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("80"));
+        assert!(rewritable_error(StatusCode::BAD_REQUEST, &h));
+        assert!(!rewritable_error(StatusCode::OK, &h));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999999"));
+        assert!(!rewritable_error(StatusCode::BAD_REQUEST, &h));
+        h.remove(header::CONTENT_LENGTH);
+        assert!(
+            !rewritable_error(StatusCode::BAD_REQUEST, &h),
+            "chunked: passed through"
+        );
+    }
+}
