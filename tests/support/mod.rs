@@ -354,11 +354,14 @@ pub async fn tls_upstream() -> TlsUpstream {
     }
 }
 
-/// An address where nothing listens: connections are refused.
+/// An address where nothing listens: connections are refused. The port stays bound (but
+/// never listening) for the rest of the test process, so no server started later, by this
+/// test or one running beside it, can be given the same port.
 pub async fn refused_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::mem::forget(socket);
     addr
 }
 
