@@ -189,44 +189,38 @@ pub async fn forward(
     head: &RequestHead<'_>,
     attempts: &mut Vec<Attempt>,
 ) -> Result<(usize, Picked, Response<Incoming>), Exhausted> {
-    let all_down = route.to.iter().all(|&i| !upstreams[i].pool.is_up());
-    let to_try: Vec<usize> = route
+    // Each pool's availability, read once: it takes every endpoint's lock.
+    let up: Vec<bool> = route
         .to
         .iter()
-        .copied()
-        .filter(|&i| {
-            let up = all_down || upstreams[i].pool.is_up();
-            if !up {
-                attempts.push(Attempt {
-                    upstream: upstreams[i].name().to_string(),
-                    result: AttemptResult::Skipped,
-                    elapsed: Duration::ZERO,
-                });
-            }
-            up
-        })
+        .map(|&i| upstreams[i].pool.is_up())
         .collect();
+    let all_down = !up.contains(&true);
+    let mut to_try = Vec::with_capacity(route.to.len());
+    for (&index, &up) in route.to.iter().zip(&up) {
+        if all_down || up {
+            to_try.push(index);
+        } else {
+            attempts.push(not_tried(&upstreams[index], AttemptResult::Skipped));
+        }
+    }
     let _request = budget.request();
     let deadline = route.deadline.map(|d| Instant::now() + d);
     // The fallback attempt in flight, held until the next one or the end.
-    let mut _retry: Option<InFlight<'_>> = None;
+    let mut retry: Option<InFlight<'_>> = None;
     let mut stopped_by_policy = false;
     let mut after_connect_failure = false;
     for (position, &index) in to_try.iter().enumerate() {
         let last = position + 1 == to_try.len();
         let upstream = &upstreams[index];
         let started = Instant::now();
-        let not_tried = |result| Attempt {
-            upstream: upstream.name().to_string(),
-            result,
-            elapsed: Duration::ZERO,
-        };
         // A fallback after a connect failure is free: nothing reached the failed upstream,
-        // so going on adds no load anywhere. Every other fallback needs budget.
-        if position > 0 && !after_connect_failure {
-            _retry = budget.retry();
-            if _retry.is_none() {
-                attempts.push(not_tried(AttemptResult::NoBudget));
+        // so going on adds no load anywhere. Every other fallback needs budget, unless it
+        // was taken already when the previous answer was judged.
+        if position > 0 && !after_connect_failure && retry.is_none() {
+            retry = budget.retry();
+            if retry.is_none() {
+                attempts.push(not_tried(upstream, AttemptResult::NoBudget));
                 break;
             }
         }
@@ -235,18 +229,14 @@ pub async fn forward(
         if let Some(deadline) = deadline {
             let left = deadline.saturating_duration_since(started);
             if left.is_zero() {
-                attempts.push(not_tried(AttemptResult::DeadlinePassed));
+                attempts.push(not_tried(upstream, AttemptResult::DeadlinePassed));
                 break;
             }
             timeout = timeout.min(left);
         }
         let Some(picked) = upstream.pool.pick(all_down) else {
             // Went down since the list was made.
-            attempts.push(Attempt {
-                upstream: upstream.name().to_string(),
-                result: AttemptResult::Skipped,
-                elapsed: Duration::ZERO,
-            });
+            attempts.push(not_tried(upstream, AttemptResult::Skipped));
             continue;
         };
         let edits = Edits {
@@ -279,20 +269,29 @@ pub async fn forward(
             result,
             elapsed: started.elapsed(),
         };
+        // This attempt's budget is spent once it has an outcome.
+        retry = None;
         match result {
             Ok(response) => {
                 let status = response.status();
                 let failed = falls_back(&route.fallback, Ok(status));
-                upstream.pool.report(
-                    picked.index,
-                    !failed,
-                    &format!("answered {}", status.as_u16()),
-                );
+                if failed {
+                    upstream
+                        .pool
+                        .failed(picked.index, &format_args!("answered {}", status.as_u16()));
+                    // The next attempt's budget, taken now: without it (or without time),
+                    // this answer is the answer.
+                    let in_time = deadline.is_none_or(|d| d > Instant::now());
+                    if !last && in_time {
+                        retry = budget.retry();
+                    }
+                } else {
+                    upstream.pool.succeeded(picked.index);
+                }
                 // The last upstream's answer is the answer, whatever its status: the client
                 // gets its body and its retry-after, and the SDK's own retry rules apply.
                 // So is an answer that no fallback may follow, for lack of budget or time.
-                let no_further = last || !may_fall_back(budget, deadline);
-                if no_further || !failed {
+                if !failed || retry.is_none() {
                     attempts.push(record(AttemptResult::Answered(status)));
                     return Ok((index, picked, response));
                 }
@@ -300,7 +299,7 @@ pub async fn forward(
                 attempts.push(record(AttemptResult::Refused { status, detail }));
             }
             Err(e) => {
-                upstream.pool.report(picked.index, false, &e.to_string());
+                upstream.pool.failed(picked.index, &e);
                 after_connect_failure = matches!(e, AttemptError::Connect(_));
                 let go_on = falls_back(&route.fallback, Err(&e));
                 attempts.push(record(AttemptResult::Failed(e)));
@@ -333,10 +332,13 @@ pub async fn forward(
     })
 }
 
-/// Whether a fallback attempt could be made now: budget and time are left.
-fn may_fall_back(budget: &RetryBudget, deadline: Option<Instant>) -> bool {
-    let in_time = deadline.is_none_or(|d| d > Instant::now());
-    in_time && budget.retry().is_some()
+/// The record of an upstream that was not tried.
+fn not_tried(upstream: &Upstream, result: AttemptResult) -> Attempt {
+    Attempt {
+        upstream: upstream.name().to_string(),
+        result,
+        elapsed: Duration::ZERO,
+    }
 }
 
 /// The message of a refused response, if its body is short and arrives at once: enough to

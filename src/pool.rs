@@ -204,13 +204,14 @@ impl Pool {
         }
     }
 
-    /// A real request's outcome at `index`: failures in a row eject the endpoint.
-    pub fn report(&self, index: usize, ok: bool, reason: &str) {
+    /// A real request at `index` went well: the run of failures is over.
+    pub fn succeeded(&self, index: usize) {
+        self.endpoints[index].state().failures = 0;
+    }
+
+    /// A real request at `index` failed: failures in a row eject the endpoint.
+    pub fn failed(&self, index: usize, reason: &dyn std::fmt::Display) {
         let endpoint = &self.endpoints[index];
-        if ok {
-            endpoint.state().failures = 0;
-            return;
-        }
         let after = self.ejection.after;
         let mut state = endpoint.state();
         state.failures += 1;
@@ -251,7 +252,7 @@ impl Pool {
             endpoint = %endpoint.url,
             failures = state.failures,
             ejected_for = ?time,
-            reason,
+            reason = %reason,
             "endpoint ejected"
         );
     }
@@ -406,29 +407,29 @@ mod tests {
     #[test]
     fn failures_in_a_row_eject_for_growing_times_within_the_share() {
         let p = pool(&[(1, false), (1, false)], Balance::RoundRobin, 2);
-        p.report(0, false, "connect");
+        p.failed(0, &"connect");
         assert!(p.available(0, Instant::now()), "one failure is not two");
-        p.report(0, true, "ok");
-        p.report(0, false, "connect");
+        p.succeeded(0);
+        p.failed(0, &"connect");
         assert!(p.available(0, Instant::now()), "a success reset the count");
-        p.report(0, false, "connect");
+        p.failed(0, &"connect");
         assert!(!p.available(0, Instant::now()));
         assert!(p.available(0, Instant::now() + Duration::from_secs(11)));
         // Second ejection lasts twice as long: 20 s.
-        p.report(0, false, "x");
-        p.report(0, false, "x");
+        p.failed(0, &"x");
+        p.failed(0, &"x");
         assert!(!p.available(0, Instant::now() + Duration::from_secs(15)));
         // 50 % of two endpoints: the other one may not be ejected too.
-        p.report(1, false, "x");
-        p.report(1, false, "x");
+        p.failed(1, &"x");
+        p.failed(1, &"x");
         assert!(p.available(1, Instant::now()));
     }
 
     #[test]
     fn the_ejection_multiplier_starts_over_after_a_long_good_spell() {
         let p = pool(&[(1, false)], Balance::RoundRobin, 1);
-        p.report(0, false, "x");
-        p.report(0, false, "x"); // still ejected: not counted again
+        p.failed(0, &"x");
+        p.failed(0, &"x"); // still ejected: not counted again
         assert_eq!(p.endpoints[0].state().ejections, 1);
         // Pretend the first ejection was long ago, beyond the 25 s maximum.
         {
@@ -436,7 +437,7 @@ mod tests {
             state.ejected_until = None;
             state.last_ejection = Instant::now().checked_sub(Duration::from_secs(26));
         }
-        p.report(0, false, "x");
+        p.failed(0, &"x");
         assert_eq!(p.endpoints[0].state().ejections, 1, "started over");
         let until = p.endpoints[0].state().ejected_until.unwrap();
         assert!(until <= Instant::now() + Duration::from_secs(10));
@@ -445,7 +446,7 @@ mod tests {
     #[test]
     fn passing_checks_end_an_ejection_early() {
         let p = pool(&[(1, false)], Balance::RoundRobin, 1);
-        p.report(0, false, "timeout");
+        p.failed(0, &"timeout");
         assert!(!p.is_up());
         p.checked(0, true, "200".into());
         assert!(!p.is_up());

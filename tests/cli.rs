@@ -14,6 +14,16 @@ fn voxgate() -> Command {
     c
 }
 
+/// `voxgate check --config FILE`.
+fn check(file: &Path) -> std::process::Output {
+    voxgate()
+        .arg("check")
+        .arg("--config")
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
@@ -44,12 +54,7 @@ fn every_shipped_config_passes_check() {
     assert!(files.len() >= 5, "{files:?}");
     for file in files {
         Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
-        let out = voxgate()
-            .arg("check")
-            .arg("--config")
-            .arg(&file)
-            .output()
-            .unwrap();
+        let out = check(&file);
         assert!(
             out.status.success(),
             "{}: {}",
@@ -71,12 +76,7 @@ fn print_config_prints_the_builtin_default_which_round_trips() {
         std::fs::read_to_string(repo("config/default.toml")).unwrap()
     );
     let file = temp_file("printed.toml", &text);
-    let out = voxgate()
-        .arg("check")
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = check(&file);
     assert!(
         out.status.success(),
         "{}",
@@ -93,12 +93,7 @@ fn print_config_prints_the_builtin_default_which_round_trips() {
 fn check_prints_every_error_with_its_location_and_no_secret() {
     let text = "[server]\nlisten = \"localhost\"\n\n[upstreams.kokoro]\nurl = \"http://127.0.0.1:8880\"\napi_key = \"sk-do-not-print\"\nconnect_timeout = \"fast\"\n\n[[routes]]\nto = [\"kokoro\", \"opnai\"]\n";
     let file = temp_file("bad.toml", text);
-    let out = voxgate()
-        .arg("check")
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = check(&file);
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
     let shown = file.display().to_string();
@@ -116,12 +111,7 @@ fn check_prints_every_error_with_its_location_and_no_secret() {
         "syntax.toml",
         "[upstreams.a]\nurl = \"http://x\"\napi_key = \"sk-do-not-print\" junk\n",
     );
-    let out = voxgate()
-        .arg("check")
-        .arg("--config")
-        .arg(&syntax)
-        .output()
-        .unwrap();
+    let out = check(&syntax);
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(!out.status.success());
     assert!(

@@ -25,6 +25,16 @@ fn speech_json() -> serde_json::Value {
     json!({"model": "tts-1", "input": "Hello there", "voice": "af_sky", "response_format": "pcm"})
 }
 
+/// Posts a whole multipart body to the transcriptions endpoint.
+async fn transcribe(proxy: &Proxy, body: Bytes) -> Answer {
+    send(post(
+        &proxy.url("/v1/audio/transcriptions"),
+        &form_content_type(),
+        full_body(body),
+    ))
+    .await
+}
+
 async fn speech_via(proxy: &Proxy) -> Answer {
     send(speech_request(
         &proxy.url("/v1/audio/speech"),
@@ -345,12 +355,7 @@ async fn sse_passes_through_intact() {
         ("model", None, b"gpt-4o-transcribe"),
         ("stream", None, b"true"),
     ]);
-    let r = send(post(
-        &proxy.url("/v1/audio/transcriptions"),
-        &form_content_type(),
-        full_body(body),
-    ))
-    .await;
+    let r = transcribe(&proxy, body).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("text/event-stream"));
     assert_eq!(r.body, events.concat());
@@ -452,12 +457,7 @@ async fn bodies_over_the_limit_get_413_in_openai_shape() {
         ("model", None, b"whisper-1"),
         ("file", Some("a.wav"), &noise(200_000)),
     ]);
-    let r = send(post(
-        &proxy.url("/v1/audio/transcriptions"),
-        &form_content_type(),
-        full_body(body.clone()),
-    ))
-    .await;
+    let r = transcribe(&proxy, body.clone()).await;
     assert_eq!(r.status, 413);
     assert_eq!(
         r.error_message(),
@@ -823,12 +823,7 @@ async fn upstream_errors_in_other_dialects_reach_the_client_in_openai_shape() {
         ("model", None, b"whisper-1"),
         ("file", Some("a.wav"), b"junk"),
     ]);
-    let r = send(post(
-        &proxy.url("/v1/audio/transcriptions"),
-        &form_content_type(),
-        full_body(body),
-    ))
-    .await;
+    let r = transcribe(&proxy, body).await;
     assert_eq!(r.status, 500);
     assert_eq!(r.error_message(), "failed to read WAV file");
     assert_eq!(r.json()["error"]["type"], "server_error");
@@ -848,12 +843,7 @@ async fn text_transcriptions_sent_as_html_are_plain_text() {
         ("response_format", None, b"text"),
         ("file", Some("a.wav"), b"RIFF"),
     ]);
-    let r = send(post(
-        &proxy.url("/v1/audio/transcriptions"),
-        &form_content_type(),
-        full_body(body),
-    ))
-    .await;
+    let r = transcribe(&proxy, body).await;
     assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
     assert_eq!(&r.body[..], b" And so my fellow Americans\n");
 }

@@ -9,7 +9,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -553,9 +552,4 @@ pub fn noise(len: usize) -> Vec<u8> {
 /// Time since `start` in milliseconds.
 pub fn ms(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
-}
-
-/// A future that never completes, for scripts that hang.
-pub fn pending() -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    Box::pin(std::future::pending())
 }
