@@ -8,6 +8,7 @@
 //! - [`spool`]    the replay store: memory within budgets, unlinked temp file beyond.
 //! - [`body`]     response and upstream-request body types.
 //! - [`upstream`] one pooled client per upstream; header hygiene and auth.
+//! - [`pool`]     an upstream's endpoints: balancing, health checks, ejection.
 //! - [`dialect`]  upstream answers made to read like OpenAI's (errors, text types).
 //! - [`forward`]  the fallback loop and its single decision function.
 //! - [`access`]   the per-request access log line, written when the response ends.

@@ -460,8 +460,6 @@ impl Gateway {
         .await;
         let (index, picked, upstream_response) = outcome.map_err(ProxyError::Upstreams)?;
         record.served_by = Some(picked);
-        let response_format = payload.response_format().map(str::to_string);
-        drop(payload);
 
         // respond
         let upstream = &runtime.upstreams[index];
@@ -480,10 +478,12 @@ impl Gateway {
         let idle = upstream.config.idle_timeout;
         dialect::fix_text_content_type(
             endpoint,
-            response_format.as_deref(),
+            payload.response_format(),
             parts.status,
             &mut parts.headers,
         );
+        // The request body is no longer needed: give its memory back before streaming.
+        drop(payload);
         if dialect::rewritable_error(parts.status, &parts.headers) {
             if let Some(error) = dialect::openai_error_body(parts.status, body, idle).await {
                 parts.headers.remove(header::CONTENT_LENGTH);
