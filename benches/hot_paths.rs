@@ -97,19 +97,11 @@ fn json_inspection(c: &mut Criterion) {
         .block_on(read_json(Full::new(body.clone()), &headers, &limits))
         .expect("valid");
     group.bench_function("render_unchanged", |b| {
-        let edits = Edits {
-            set: &[],
-            model_map: &none,
-            voice_map: &none,
-        };
+        let edits = Edits::plain(&[], &none, &none);
         b.iter(|| black_box(payload.render(&edits)))
     });
     group.bench_function("render_voice_mapped", |b| {
-        let edits = Edits {
-            set: &[],
-            model_map: &none,
-            voice_map: &voices,
-        };
+        let edits = Edits::plain(&[], &none, &voices);
         b.iter(|| black_box(payload.render(&edits)))
     });
     group.finish();

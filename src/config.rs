@@ -20,6 +20,7 @@ use http::Uri;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::kind::{Dialect, Kind, Preset};
 use crate::route::{Endpoint, Matcher, Pattern};
 
 /// The built-in default configuration, also printed by `voxgate print-config`.
@@ -187,6 +188,8 @@ pub struct UpstreamConfig {
     pub tls_verify: bool,
     /// Extra trusted CA certificates (DER), from `ca_file`, beside the webpki roots.
     pub ca_certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// What the engine accepts and how requests are adapted to it (`kind` and its keys).
+    pub dialect: Dialect,
 }
 
 /// A value a route's `set` writes into the request body.
@@ -440,11 +443,27 @@ struct RawUpstream {
     model_map: HashMap<String, String>,
     tls_verify: Option<bool>,
     ca_file: Option<Spanned<String>>,
+    kind: Option<Spanned<String>>,
+    paths: Option<Spanned<HashMap<String, String>>>,
+    sse_speech: Option<bool>,
+    sse_transcription: Option<bool>,
+    voice_objects: Option<bool>,
+    blends: Option<bool>,
+    drop_language: Option<Vec<String>>,
+    drop_fields: Option<Vec<String>>,
+    translate_field: Option<bool>,
+    lists_models: Option<Spanned<String>>,
+    lists_voices: Option<Spanned<String>>,
+    models: Option<Vec<String>>,
+    voices: Option<Vec<String>>,
+    voice_by_gender: Option<Spanned<HashMap<String, String>>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHealth {
+    /// `false` turns off the check a `kind` brings.
+    enabled: Option<bool>,
     method: Option<Spanned<String>>,
     path: Option<Spanned<String>>,
     interval: Option<Spanned<String>>,
@@ -781,8 +800,29 @@ impl Validator<'_> {
         }
     }
 
-    fn health(&mut self, raw: Option<Spanned<RawHealth>>) -> Option<HealthCheck> {
-        let raw = raw?.into_inner();
+    /// The upstream's `health` table, or its kind's check (`preset` is that check's path).
+    fn health(
+        &mut self,
+        raw: Option<Spanned<RawHealth>>,
+        preset: Option<&str>,
+    ) -> Option<HealthCheck> {
+        let raw = match raw {
+            Some(raw) => raw.into_inner(),
+            None => RawHealth {
+                enabled: None,
+                method: None,
+                path: Some(Spanned::new(0..0, preset?.to_string())),
+                interval: Some(Spanned::new(0..0, "5s".to_string())),
+                timeout: None,
+                rise: None,
+                fall: None,
+                expect: None,
+            },
+        };
+        if raw.enabled == Some(false) {
+            return None;
+        }
+        let preset_path = preset.unwrap_or("/health").to_string();
         let method = match raw.method {
             None => http::Method::GET,
             Some(m) => match http::Method::from_bytes(m.get_ref().as_bytes()) {
@@ -794,11 +834,11 @@ impl Validator<'_> {
             },
         };
         let path = match raw.path {
-            None => "/health".to_string(),
+            None => preset_path,
             Some(p) if p.get_ref().starts_with('/') => p.into_inner(),
             Some(p) => {
                 self.error(p.span(), "health `path` must start with /");
-                "/health".to_string()
+                preset_path
             }
         };
         let expect = match raw.expect {
@@ -958,6 +998,104 @@ impl Validator<'_> {
         policy
     }
 
+    /// A path key's value: it must start with `/`.
+    fn path_value(&mut self, value: Option<Spanned<String>>, key: &str) -> Option<String> {
+        let value = value?;
+        if value.get_ref().starts_with('/') {
+            Some(value.into_inner())
+        } else {
+            self.error(value.span(), format!("`{key}` must start with /"));
+            None
+        }
+    }
+
+    /// The upstream's kind, its preset, and the dialect keys written on the upstream
+    /// itself, which override the preset's.
+    fn dialect(&mut self, u: &mut RawUpstream) -> (Dialect, Option<&'static str>) {
+        let kind = match u.kind.take() {
+            None => Kind::Generic,
+            Some(k) => Kind::from_name(k.get_ref()).unwrap_or_else(|| {
+                let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+                self.error(
+                    k.span(),
+                    format!(
+                        "unknown kind `{}`; expected one of {}",
+                        k.get_ref(),
+                        names.join(", ")
+                    ),
+                );
+                Kind::Generic
+            }),
+        };
+        let mut dialect = Dialect {
+            kind,
+            ..Dialect::default()
+        };
+        let mut model_map = HashMap::new();
+        let mut voice_map = HashMap::new();
+        let preset = match kind.preset() {
+            Ok(preset) => preset,
+            Err(e) => {
+                self.error(0..0, e);
+                return (dialect, None);
+            }
+        };
+        dialect.overlay(preset, &mut model_map, &mut voice_map);
+        let paths_span = u.paths.as_ref().map_or(0..0, |p| p.span());
+        let mut paths = u.paths.take().map(Spanned::into_inner).unwrap_or_default();
+        for (name, path) in &paths {
+            if !path.starts_with('/') {
+                self.error(
+                    paths_span.clone(),
+                    format!("`paths.{name}` must start with /"),
+                );
+            }
+        }
+        paths.retain(|_, path| path.starts_with('/'));
+        let gender_span = u.voice_by_gender.as_ref().map_or(0..0, |g| g.span());
+        let voice_by_gender = u
+            .voice_by_gender
+            .take()
+            .map(Spanned::into_inner)
+            .unwrap_or_default();
+        let both = voice_by_gender.len() == 2
+            && voice_by_gender.contains_key("f")
+            && voice_by_gender.contains_key("m");
+        if !voice_by_gender.is_empty() && !both {
+            self.error(
+                gender_span,
+                "`voice_by_gender` must give exactly `f` and `m`",
+            );
+        }
+        let own = Preset {
+            health: None,
+            paths,
+            sse_speech: u.sse_speech,
+            sse_transcription: u.sse_transcription,
+            voice_objects: u.voice_objects,
+            blends: u.blends,
+            drop_language: u.drop_language.take(),
+            drop_fields: u.drop_fields.take(),
+            translate_field: u.translate_field,
+            lists_models: self.path_value(u.lists_models.take(), "lists_models"),
+            lists_voices: self.path_value(u.lists_voices.take(), "lists_voices"),
+            models: u.models.take(),
+            voices: u.voices.take(),
+            model_map: std::mem::take(&mut u.model_map),
+            voice_map: std::mem::take(&mut u.voice_map),
+            voice_by_gender,
+        };
+        for name in dialect.overlay(&own, &mut model_map, &mut voice_map) {
+            self.error(
+                paths_span.clone(),
+                format!("`paths.{name}`: expected speech, transcriptions or translations"),
+            );
+        }
+        u.model_map = model_map;
+        u.voice_map = voice_map;
+        (dialect, preset.health.as_deref())
+    }
+
     fn set_value(&mut self, key: &str, value: Spanned<toml::Value>) -> Option<FieldValue> {
         let span = value.span();
         if !is_field_name(key) {
@@ -1099,9 +1237,10 @@ fn validate(
     let mut upstreams = Vec::with_capacity(raw.upstreams.len());
     for (name, u) in raw.upstreams {
         let span = u.span();
-        let u = u.into_inner();
+        let mut u = u.into_inner();
+        let (dialect, preset_health) = v.dialect(&mut u);
         let endpoints = v.endpoints(&name, span, u.url, u.endpoints);
-        let health = v.health(u.health);
+        let health = v.health(u.health, preset_health);
         let ejection = Ejection {
             after: v.count(u.eject_after, "eject_after", (0, 1000), 1),
             base_time: v.duration(u.eject_time, "eject_time", Duration::from_secs(10)),
@@ -1142,6 +1281,7 @@ fn validate(
             model_map: u.model_map,
             tls_verify: u.tls_verify.unwrap_or(true),
             ca_certs: v.ca_file(u.ca_file),
+            dialect,
         });
     }
 
@@ -1491,5 +1631,54 @@ to = ["a"]
         assert_eq!(e[0].0, 9);
         let e = errors(&format!("{MINIMAL}\n[server]\nmax_body_bytes = -1\n"));
         assert!(e[0].2.contains("positive"));
+    }
+
+    #[test]
+    fn kinds_bring_presets_that_upstream_keys_override() {
+        let c = load(
+            "[upstreams.k]\nkind = \"kokoro\"\nurl = \"http://k\"\n\
+             [upstreams.o]\nkind = \"openai\"\nurl = \"https://o\"\nvoice_map = { af_sky = \"shimmer\" }\n\
+             [upstreams.w]\nkind = \"whisper-cpp\"\nurl = \"http://w\"\nhealth = { enabled = false }\n\
+             paths = { transcriptions = \"/v1/audio/transcriptions\" }\nsse_transcription = true\n\
+             [[routes]]\nto = [\"k\"]\n",
+        )
+        .unwrap();
+        let k = &c.upstreams[c.upstream_index("k").unwrap()];
+        assert_eq!(k.dialect.kind, Kind::Kokoro);
+        assert_eq!(k.health.as_ref().map(|h| h.path.as_str()), Some("/health"));
+        assert!(!k.dialect.sse_speech);
+        let o = &c.upstreams[c.upstream_index("o").unwrap()];
+        assert!(o.health.is_none(), "OpenAI has no health check");
+        assert_eq!(
+            o.voice_map["af_sky"], "shimmer",
+            "the upstream's own entry wins"
+        );
+        assert_eq!(o.voice_map["am_adam"], "onyx", "the preset's others stay");
+        assert_eq!(o.model_map["kokoro"], "tts-1");
+        let w = &c.upstreams[c.upstream_index("w").unwrap()];
+        assert!(w.health.is_none());
+        assert_eq!(
+            w.dialect.path(Endpoint::Transcriptions),
+            Some("/v1/audio/transcriptions")
+        );
+        assert_eq!(w.dialect.path(Endpoint::Translations), Some("/inference"));
+        assert!(w.dialect.sse_transcription);
+        let generic = load(MINIMAL).unwrap();
+        assert_eq!(generic.upstreams[0].dialect.kind, Kind::Generic);
+        assert!(generic.upstreams[0].voice_map.is_empty());
+    }
+
+    #[test]
+    fn kind_mistakes_are_located() {
+        let e = errors(
+            "[upstreams.k]\nurl = \"http://k\"\nkind = \"kokor\"\n[[routes]]\nto = [\"k\"]\n",
+        );
+        assert_eq!((e[0].0, e[0].1), (3, 8));
+        assert!(e[0].2.contains("unknown kind `kokor`"), "{e:?}");
+        let e = errors("[upstreams.k]\nurl = \"http://k\"\npaths = { speeches = \"/x\" }\n[[routes]]\nto = [\"k\"]\n");
+        assert_eq!(e[0].0, 3);
+        assert!(e[0].2.contains("paths.speeches"), "{e:?}");
+        let e = errors("[upstreams.k]\nurl = \"http://k\"\nlists_voices = \"voices\"\n[[routes]]\nto = [\"k\"]\n");
+        assert!(e[0].2.contains("must start with /"), "{e:?}");
     }
 }

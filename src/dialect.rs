@@ -7,14 +7,23 @@
 //! into OpenAI's shape (status kept, message carried over), and text formats get
 //! `text/plain`. Only small error bodies with a Content-Length are rewritten; everything
 //! else passes through untouched.
+//!
+//! Streams an engine cannot produce are made here from what it can: Kokoro's raw audio
+//! becomes `speech.audio.delta` events chunk by chunk as it arrives ([`speech_events`]),
+//! and whisper.cpp's JSON answer becomes `transcript.text.delta` and
+//! `transcript.text.done` events ([`transcript_events`]).
 
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
+use futures_util::{stream, StreamExt};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
-use http_body_util::BodyExt;
+use http_body::Frame;
+use http_body_util::{BodyExt, BodyStream, Limited, StreamBody};
 use hyper::body::Incoming;
 
+use crate::body::{BoxError, IdleTimeout, ProxyBody};
 use crate::error::ApiError;
 use crate::forward::message_of;
 use crate::route::Endpoint;
@@ -84,6 +93,79 @@ pub async fn openai_error_body(
         "server_error"
     };
     Some(ApiError::new(status, kind, message).body())
+}
+
+/// A transcription's JSON answer up to this size is turned into events.
+const MAX_TRANSCRIPT: usize = 4 * 1024 * 1024;
+
+/// Response headers for a stream voxgate makes: SSE, no length, no caching.
+pub fn sse_headers(headers: &mut HeaderMap) {
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::CONTENT_ENCODING);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+}
+
+fn event(value: &serde_json::Value) -> Bytes {
+    Bytes::from(format!("data: {value}\n\n"))
+}
+
+/// Raw audio as OpenAI's speech events: one `speech.audio.delta` per chunk, sent as the
+/// chunk arrives, then `speech.audio.done`. A body that breaks ends the stream with the
+/// error, without `done`, so the client sees a broken stream.
+pub fn speech_events(audio: IdleTimeout<Incoming>) -> ProxyBody {
+    let deltas = BodyStream::new(audio).filter_map(|frame| async move {
+        match frame {
+            Err(e) => Some(Err(e)),
+            Ok(frame) => match frame.into_data() {
+                Ok(data) if data.is_empty() => None,
+                Ok(data) => {
+                    let audio = base64::engine::general_purpose::STANDARD.encode(&data);
+                    let value = serde_json::json!({ "type": "speech.audio.delta", "audio": audio });
+                    Some(Ok(Frame::data(event(&value))))
+                }
+                Err(_) => None, // trailers
+            },
+        }
+    });
+    let done = serde_json::json!({
+        "type": "speech.audio.done",
+        "usage": { "input_tokens": 0, "output_tokens": 0, "total_tokens": 0 },
+    });
+    let done = stream::once(async move { Ok::<_, BoxError>(Frame::data(event(&done))) });
+    BodyExt::boxed(StreamBody::new(deltas.chain(done)))
+}
+
+/// Reads an engine's JSON transcription and returns it as OpenAI's transcript events.
+pub async fn transcript_events(body: Incoming, idle: Duration) -> Result<Bytes, String> {
+    let limited = Limited::new(IdleTimeout::new(body, idle), MAX_TRANSCRIPT);
+    let bytes = limited
+        .collect()
+        .await
+        .map_err(|e| format!("transcription unreadable: {e}"))?
+        .to_bytes();
+    let text = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(v) => v
+            .get("text")
+            .and_then(|t| t.as_str())
+            .map(|t| t.trim().to_string())
+            .ok_or("transcription JSON has no `text`")?,
+        Err(_) => std::str::from_utf8(&bytes)
+            .map_err(|_| "transcription is neither JSON nor text")?
+            .trim()
+            .to_string(),
+    };
+    let mut out = Vec::new();
+    if !text.is_empty() {
+        let delta = serde_json::json!({ "type": "transcript.text.delta", "delta": text });
+        out.extend_from_slice(&event(&delta));
+    }
+    let done = serde_json::json!({ "type": "transcript.text.done", "text": text });
+    out.extend_from_slice(&event(&done));
+    Ok(Bytes::from(out))
 }
 
 #[cfg(test)]

@@ -20,8 +20,10 @@ use hyper::body::Incoming;
 
 use crate::config::{FallbackPolicy, RouteConfig};
 use crate::error::ApiError;
+use crate::kind::Convert;
 use crate::payload::{Edits, Payload};
 use crate::pool::Picked;
+use crate::route::Endpoint;
 use crate::upstream::{AttemptError, Upstream};
 
 /// What became of one attempt.
@@ -42,6 +44,9 @@ pub enum AttemptResult {
     NoBudget,
     /// Not tried: the route's deadline had passed.
     DeadlinePassed,
+    /// Not tried: the engine cannot take this request (a voice it cannot map, a stream
+    /// it cannot produce); the reason says which.
+    Unsuitable(String),
 }
 
 #[derive(Debug)]
@@ -79,6 +84,7 @@ impl fmt::Display for Attempt {
                     self.upstream
                 )
             }
+            AttemptResult::Unsuitable(why) => write!(f, "{}: not sent, {why}", self.upstream),
         }
     }
 }
@@ -100,10 +106,23 @@ pub struct Exhausted {
     pub stopped_by_policy: bool,
     pub summary: String,
     pub all_timeouts: bool,
+    /// No upstream was asked because none could take the request as it is: the
+    /// client's request is at fault, not the upstreams.
+    pub unsuitable: bool,
 }
 
 impl Exhausted {
     pub fn api_error(&self) -> ApiError {
+        if self.unsuitable {
+            return ApiError::invalid_request(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "no upstream of the route can take this request: {}",
+                    self.summary
+                ),
+            )
+            .with_code("unsupported_request");
+        }
         let status = if self.all_timeouts {
             StatusCode::GATEWAY_TIMEOUT
         } else {
@@ -171,16 +190,48 @@ impl RetryBudget {
 
 /// The request line and headers as the client sent them, normalised.
 pub struct RequestHead<'a> {
+    pub endpoint: Endpoint,
     pub method: &'a Method,
     pub path_and_query: &'a str,
     pub headers: &'a HeaderMap,
     pub request_id: &'a HeaderValue,
 }
 
+/// The answer that goes to the client.
+pub struct Served {
+    /// Index into `upstreams` of the upstream that answered.
+    pub index: usize,
+    pub picked: Picked,
+    pub response: Response<Incoming>,
+    /// How its answer must be converted for the client.
+    pub convert: Convert,
+}
+
+/// The edits for sending `payload` to `upstream`, or why it cannot go there.
+fn edits_for<'a>(
+    upstream: &'a Upstream,
+    route: &'a RouteConfig,
+    endpoint: Endpoint,
+    payload: &Payload,
+) -> Result<Edits<'a>, String> {
+    let dialect = &upstream.config.dialect;
+    let edits = Edits {
+        set: &route.set,
+        model_map: &upstream.config.model_map,
+        voice_map: &upstream.config.voice_map,
+        dialect,
+        convert: dialect.conversion(endpoint, payload.stream(), payload.response_format())?,
+        translate: endpoint == Endpoint::Translations && dialect.translate_field,
+    };
+    match payload.refusal(&edits) {
+        Some(why) => Err(why),
+        None => Ok(edits),
+    }
+}
+
 /// Tries the route's upstreams in order, skipping those with no available endpoint —
-/// unless none has one, in which case every upstream is tried anyway. On success returns
-/// the index (into `upstreams`) of the one that answered, the endpoint it used, and its
-/// response.
+/// unless none has one, in which case every upstream is tried anyway — and those that
+/// cannot take the request. On success returns the upstream that answered and its response.
 pub async fn forward(
     upstreams: &[Upstream],
     budget: &RetryBudget,
@@ -188,18 +239,32 @@ pub async fn forward(
     payload: &Payload,
     head: &RequestHead<'_>,
     attempts: &mut Vec<Attempt>,
-) -> Result<(usize, Picked, Response<Incoming>), Exhausted> {
+) -> Result<Served, Exhausted> {
+    let mut suitable = Vec::with_capacity(route.to.len());
+    for &index in &route.to {
+        match edits_for(&upstreams[index], route, head.endpoint, payload) {
+            Ok(edits) => suitable.push((index, edits)),
+            Err(why) => attempts.push(not_tried(&upstreams[index], AttemptResult::Unsuitable(why))),
+        }
+    }
+    if suitable.is_empty() {
+        return Err(Exhausted {
+            stopped_by_policy: false,
+            summary: summary(attempts),
+            all_timeouts: false,
+            unsuitable: true,
+        });
+    }
     // Each pool's availability, read once: it takes every endpoint's lock.
-    let up: Vec<bool> = route
-        .to
+    let up: Vec<bool> = suitable
         .iter()
-        .map(|&i| upstreams[i].pool.is_up())
+        .map(|(i, _)| upstreams[*i].pool.is_up())
         .collect();
     let all_down = !up.contains(&true);
-    let mut to_try = Vec::with_capacity(route.to.len());
-    for (&index, &up) in route.to.iter().zip(&up) {
+    let mut to_try = Vec::with_capacity(suitable.len());
+    for ((index, edits), up) in suitable.into_iter().zip(up) {
         if all_down || up {
-            to_try.push(index);
+            to_try.push((index, edits));
         } else {
             attempts.push(not_tried(&upstreams[index], AttemptResult::Skipped));
         }
@@ -210,8 +275,9 @@ pub async fn forward(
     let mut retry: Option<InFlight<'_>> = None;
     let mut stopped_by_policy = false;
     let mut after_connect_failure = false;
-    for (position, &index) in to_try.iter().enumerate() {
-        let last = position + 1 == to_try.len();
+    let count = to_try.len();
+    for (position, (index, edits)) in to_try.into_iter().enumerate() {
+        let last = position + 1 == count;
         let upstream = &upstreams[index];
         let started = Instant::now();
         // A fallback after a connect failure is free: nothing reached the failed upstream,
@@ -239,17 +305,13 @@ pub async fn forward(
             attempts.push(not_tried(upstream, AttemptResult::Skipped));
             continue;
         };
-        let edits = Edits {
-            set: &route.set,
-            model_map: &upstream.config.model_map,
-            voice_map: &upstream.config.voice_map,
-        };
+        let path = upstream_path(&upstream.config.dialect, head);
         let result = upstream
             .send(
                 picked.endpoint(),
                 timeout,
                 head.method,
-                head.path_and_query,
+                &path,
                 head.headers,
                 head.request_id,
                 payload.render(&edits),
@@ -293,7 +355,12 @@ pub async fn forward(
                 // So is an answer that no fallback may follow, for lack of budget or time.
                 if !failed || retry.is_none() {
                     attempts.push(record(AttemptResult::Answered(status)));
-                    return Ok((index, picked, response));
+                    return Ok(Served {
+                        index,
+                        picked,
+                        response,
+                        convert: edits.convert,
+                    });
                 }
                 let detail = error_detail(response).await;
                 attempts.push(record(AttemptResult::Refused { status, detail }));
@@ -310,11 +377,7 @@ pub async fn forward(
             }
         }
     }
-    let summary = attempts
-        .iter()
-        .map(Attempt::to_string)
-        .collect::<Vec<_>>()
-        .join("; ");
+    let summary = summary(attempts);
     let timed_out = |a: &Attempt| {
         matches!(
             a.result,
@@ -329,7 +392,31 @@ pub async fn forward(
         stopped_by_policy,
         summary,
         all_timeouts,
+        unsuitable: false,
     })
+}
+
+fn summary(attempts: &[Attempt]) -> String {
+    attempts
+        .iter()
+        .map(Attempt::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The path and query an upstream gets: its dialect's own path for the endpoint, if it
+/// has one (whisper.cpp's `/inference`), else the client's.
+fn upstream_path<'a>(
+    dialect: &crate::kind::Dialect,
+    head: &RequestHead<'a>,
+) -> std::borrow::Cow<'a, str> {
+    match dialect.path(head.endpoint) {
+        None => head.path_and_query.into(),
+        Some(path) => match head.path_and_query.split_once('?') {
+            Some((_, query)) => format!("{path}?{query}").into(),
+            None => path.to_string().into(),
+        },
+    }
 }
 
 /// The record of an upstream that was not tried.
@@ -367,9 +454,35 @@ async fn error_detail(response: Response<Incoming>) -> Option<String> {
     message_of(&Bytes::from(buf))
 }
 
+/// FastAPI's validation error (`{"detail": [{"loc": ["body", "voice"], "msg": …}]}`, as
+/// Kokoro and Speaches send it) as `voice: msg`.
+fn fastapi_validation(v: &serde_json::Value) -> Option<String> {
+    let first = v.pointer("/detail/0")?;
+    let msg = first.get("msg")?.as_str()?;
+    let loc: Vec<String> = first
+        .get("loc")
+        .and_then(|l| l.as_array())
+        .map(|l| {
+            l.iter()
+                .filter(|p| p.as_str() != Some("body"))
+                .map(|p| match p {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(if loc.is_empty() {
+        msg.to_string()
+    } else {
+        format!("{}: {msg}", loc.join("."))
+    })
+}
+
 /// Finds the human message in the error bodies the known upstreams write.
 pub(crate) fn message_of(body: &[u8]) -> Option<String> {
     let text = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) if v.pointer("/detail/0/msg").is_some() => fastapi_validation(&v)?,
         Ok(v) => {
             let candidates = [
                 v.pointer("/error/message"),
@@ -462,7 +575,11 @@ mod tests {
 
     #[test]
     fn error_messages_are_found_in_every_dialect() {
-        let cases: [(&[u8], Option<&str>); 6] = [
+        let cases: [(&[u8], Option<&str>); 7] = [
+            (
+                br#"{"detail":[{"type":"string_type","loc":["body","voice"],"msg":"Input should be a valid string"}]}"#,
+                Some("voice: Input should be a valid string"),
+            ),
             (
                 br#"{"error":{"message":"overloaded","type":"server_error"}}"#,
                 Some("overloaded"),
@@ -490,6 +607,7 @@ mod tests {
             stopped_by_policy: false,
             summary: "a: connect failed".into(),
             all_timeouts: false,
+            unsuitable: false,
         };
         let api = e.api_error();
         assert_eq!(api.status, 502);

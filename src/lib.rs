@@ -9,7 +9,9 @@
 //! - [`body`]     response and upstream-request body types.
 //! - [`upstream`] one pooled client per upstream; header hygiene and auth.
 //! - [`pool`]     an upstream's endpoints: balancing, health checks, ejection.
-//! - [`dialect`]  upstream answers made to read like OpenAI's (errors, text types).
+//! - [`kind`]     upstream kinds (openai, kokoro, whisper-cpp, …): what each engine accepts.
+//! - [`dialect`]  upstream answers made to read like OpenAI's (errors, text types, SSE).
+//! - [`discovery`] GET /v1/models and /v1/audio/voices, merged over the routed upstreams.
 //! - [`forward`]  the fallback loop and its single decision function.
 //! - [`access`]   the per-request access log line, written when the response ends.
 //! - [`error`]    OpenAI-shaped error responses.
@@ -26,9 +28,11 @@ pub mod access;
 pub mod body;
 pub mod config;
 pub mod dialect;
+pub mod discovery;
 pub mod error;
 pub mod forward;
 pub mod intake;
+pub mod kind;
 pub mod payload;
 pub mod pool;
 pub mod proxy;

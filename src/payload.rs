@@ -8,7 +8,7 @@
 //! boundary and only text parts are replaced.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::HeaderMap;
@@ -16,14 +16,62 @@ use serde_json::{Map, Value};
 
 use crate::body::Segment;
 use crate::config::FieldValue;
+use crate::kind::{Convert, Dialect};
 use crate::spool::Spool;
 
-/// The rewrites for one attempt: the route's `set`, then the upstream's maps.
+/// The rewrites for one attempt: the route's `set`, then the upstream's maps, then what
+/// its dialect needs (fields it refuses left out, voices it cannot take replaced, a stream
+/// it cannot produce asked for as a plain answer).
 #[derive(Debug, Clone, Copy)]
 pub struct Edits<'a> {
     pub set: &'a [(String, FieldValue)],
     pub model_map: &'a HashMap<String, String>,
     pub voice_map: &'a HashMap<String, String>,
+    pub dialect: &'a Dialect,
+    pub convert: Convert,
+    /// A translation sent to a transcription path with `translate=true` (whisper.cpp).
+    pub translate: bool,
+}
+
+/// The `generic` dialect: no adaptation.
+static GENERIC: LazyLock<Dialect> = LazyLock::new(Dialect::default);
+
+impl<'a> Edits<'a> {
+    /// `set` and the maps only, as for a `generic` upstream.
+    pub fn plain(
+        set: &'a [(String, FieldValue)],
+        model_map: &'a HashMap<String, String>,
+        voice_map: &'a HashMap<String, String>,
+    ) -> Edits<'a> {
+        Edits {
+            set,
+            model_map,
+            voice_map,
+            dialect: &GENERIC,
+            convert: Convert::None,
+            translate: false,
+        }
+    }
+
+    fn sets(&self, key: &str) -> bool {
+        self.set.iter().any(|(k, _)| k == key)
+    }
+
+    /// Whether a client field is left out for this upstream (a route's `set` always wins).
+    fn drops(&self, key: &str, value: Option<&str>) -> bool {
+        if self.sets(key) {
+            return false;
+        }
+        let refused = self.dialect.drop_fields.iter().any(|f| f == key);
+        let language = key == "language"
+            && value.is_some_and(|v| self.dialect.drop_language.iter().any(|l| l == v.trim()));
+        let streaming = match self.convert {
+            Convert::SpeechSse => key == "stream_format",
+            Convert::TranscriptSse => key == "stream",
+            Convert::None => false,
+        };
+        refused || language || streaming
+    }
 }
 
 /// A speech request: `raw` is sent as it came unless a rewrite changes a value.
@@ -127,6 +175,16 @@ impl Payload {
         }
     }
 
+    /// Why this request cannot go to an upstream with these edits, if it cannot.
+    pub fn refusal(&self, edits: &Edits<'_>) -> Option<String> {
+        let Payload::Json(j) = self else { return None };
+        let voice = match edits.set.iter().find(|(k, _)| k == "voice") {
+            Some((_, v)) => v.to_json(),
+            None => j.object.get("voice")?.clone(),
+        };
+        edits.dialect.voice_for(&voice, edits.voice_map).err()
+    }
+
     /// The body for one attempt, with `edits` applied.
     pub fn render(&self, edits: &Edits<'_>) -> Vec<Segment> {
         match self {
@@ -147,6 +205,17 @@ fn render_json(body: &JsonBody, edits: &Edits<'_>) -> Bytes {
             .get_or_insert_with(|| body.object.clone())
             .insert(key.to_string(), value);
     };
+    let dropped: Vec<&String> = body
+        .object
+        .iter()
+        .filter(|(k, v)| edits.drops(k, v.as_str()))
+        .map(|(k, _)| k)
+        .collect();
+    for key in dropped {
+        object
+            .get_or_insert_with(|| body.object.clone())
+            .shift_remove(key);
+    }
     for (key, value) in edits.set {
         let value = value.to_json();
         if current(&object, key).as_ref() != Some(&value) {
@@ -158,13 +227,11 @@ fn render_json(body: &JsonBody, edits: &Edits<'_>) -> Bytes {
             put(&mut object, "model", Value::String(mapped.clone()));
         }
     }
-    let voice = match current(&object, "voice") {
-        Some(Value::String(v)) => Some(v),
-        Some(Value::Object(o)) => o.get("id").and_then(Value::as_str).map(str::to_string),
-        _ => None,
-    };
-    if let Some(mapped) = voice.and_then(|v| edits.voice_map.get(&v)) {
-        put(&mut object, "voice", Value::String(mapped.clone()));
+    // A voice the engine cannot take was refused before rendering; here it is mapped.
+    let voice = current(&object, "voice")
+        .and_then(|v| edits.dialect.voice_for(&v, edits.voice_map).ok().flatten());
+    if let Some(voice) = voice {
+        put(&mut object, "voice", voice);
     }
     match object {
         None => body.raw.clone(),
@@ -181,6 +248,11 @@ fn render_form(form: &FormBody, edits: &Edits<'_>) -> Vec<Segment> {
         buf.put_slice(b"\r\n");
     };
     for part in &form.parts {
+        if let PartValue::Text(text) = &part.value {
+            if edits.drops(&part.name, std::str::from_utf8(text).ok()) {
+                continue;
+            }
+        }
         delimiter(&mut buf);
         buf.put_slice(&part.head);
         match &part.value {
@@ -195,20 +267,29 @@ fn render_form(form: &FormBody, edits: &Edits<'_>) -> Vec<Segment> {
         }
         buf.put_slice(b"\r\n");
     }
+    let mut added: Vec<(&str, String)> = Vec::new();
     for (key, value) in edits.set {
         if !form.parts.iter().any(|p| p.name == *key) {
-            delimiter(&mut buf);
-            buf.put_slice(
-                format!("Content-Disposition: form-data; name=\"{key}\"\r\n\r\n").as_bytes(),
-            );
             let text = value.as_form_text();
             let mapped = (key == "model")
-                .then(|| edits.model_map.get(&text))
+                .then(|| edits.model_map.get(&text).cloned())
                 .flatten()
-                .unwrap_or(&text);
-            buf.put_slice(mapped.as_bytes());
-            buf.put_slice(b"\r\n");
+                .unwrap_or(text);
+            added.push((key, mapped));
         }
+    }
+    let absent = |name: &str| !form.parts.iter().any(|p| p.name == name) && !edits.sets(name);
+    if edits.convert == Convert::TranscriptSse && absent("response_format") {
+        added.push(("response_format", "json".to_string()));
+    }
+    if edits.translate && absent("translate") {
+        added.push(("translate", "true".to_string()));
+    }
+    for (key, text) in added {
+        delimiter(&mut buf);
+        buf.put_slice(format!("Content-Disposition: form-data; name=\"{key}\"\r\n\r\n").as_bytes());
+        buf.put_slice(text.as_bytes());
+        buf.put_slice(b"\r\n");
     }
     buf.put_slice(b"--");
     buf.put_slice(form.boundary.as_bytes());
@@ -224,7 +305,12 @@ fn text_edit(name: &str, text: &[u8], edits: &Edits<'_>) -> Option<Vec<u8>> {
         .set
         .iter()
         .find(|(key, _)| key == name)
-        .map(|(_, v)| v.as_form_text());
+        .map(|(_, v)| v.as_form_text())
+        .or_else(|| {
+            // The engine's JSON answer is what a synthesized stream is made from.
+            (edits.convert == Convert::TranscriptSse && name == "response_format")
+                .then(|| "json".to_string())
+        });
     let value = set.as_deref().map(str::as_bytes).unwrap_or(text);
     let mapped = match name {
         "model" => std::str::from_utf8(value)
@@ -299,11 +385,7 @@ mod tests {
         let none = HashMap::new();
         let other = maps(&[("alloy", "nova")]);
         let set = vec![("model".to_string(), FieldValue::String("tts-1".into()))];
-        let e = Edits {
-            set: &set,
-            model_map: &none,
-            voice_map: &other,
-        };
+        let e = Edits::plain(&set, &none, &other);
         assert_eq!(rendered(&p, &e).await, text.as_bytes());
     }
 
@@ -315,15 +397,7 @@ mod tests {
         let set = vec![("speed".to_string(), FieldValue::Float(1.25))];
         let mm = maps(&[("kokoro", "tts-1")]);
         let vm = maps(&[("af_sky", "nova")]);
-        let out = rendered(
-            &p,
-            &Edits {
-                set: &set,
-                model_map: &mm,
-                voice_map: &vm,
-            },
-        )
-        .await;
+        let out = rendered(&p, &Edits::plain(&set, &mm, &vm)).await;
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["model"], "tts-1");
         assert_eq!(v["voice"], "nova");
@@ -338,15 +412,7 @@ mod tests {
         let set = vec![("model".to_string(), FieldValue::String("kokoro".into()))];
         let mm = maps(&[("kokoro", "tts-1-hd")]);
         let none = HashMap::new();
-        let out = rendered(
-            &p,
-            &Edits {
-                set: &set,
-                model_map: &mm,
-                voice_map: &none,
-            },
-        )
-        .await;
+        let out = rendered(&p, &Edits::plain(&set, &mm, &none)).await;
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["model"], "tts-1-hd");
     }
@@ -404,15 +470,7 @@ mod tests {
         ];
         let mm = maps(&[("large-v3", "Systran/faster-whisper-large-v3")]);
         let none = HashMap::new();
-        let out = rendered(
-            &p,
-            &Edits {
-                set: &set,
-                model_map: &mm,
-                voice_map: &none,
-            },
-        )
-        .await;
+        let out = rendered(&p, &Edits::plain(&set, &mm, &none)).await;
         let expected = "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFFdata\r\n\
 --XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nSystran/faster-whisper-large-v3\r\n\
 --XyZ\r\nContent-Disposition: form-data; name=\"stream\"\r\n\r\nTrue\r\n\
@@ -424,21 +482,13 @@ mod tests {
     async fn an_unedited_form_is_its_own_length() {
         let p = form().await;
         let none = HashMap::new();
-        let edits = Edits {
-            set: &[],
-            model_map: &none,
-            voice_map: &none,
-        };
+        let edits = Edits::plain(&[], &none, &none);
         let out = rendered(&p, &edits).await;
         let sized: u64 = p.render(&edits).iter().map(Segment::len).sum();
         assert_eq!(out.len() as u64, sized);
         // The file part is a spool range, not a copy.
         assert!(p
-            .render(&Edits {
-                set: &[],
-                model_map: &none,
-                voice_map: &none
-            })
+            .render(&Edits::plain(&[], &none, &none))
             .iter()
             .any(|s| matches!(s, Segment::Spool(..))));
     }

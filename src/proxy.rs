@@ -21,15 +21,16 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use crate::access::{AccessRecord, ClientAddr, Listener, ObservedBody};
 use crate::body::{full, BoxError, IdleTimeout, ProxyBody};
 use crate::config::Config;
 use crate::dialect;
+use crate::discovery;
 use crate::error::ApiError;
-use crate::forward::{forward, Exhausted, RequestHead, RetryBudget};
+use crate::forward::{forward, Exhausted, RequestHead, RetryBudget, Served};
 use crate::intake::{read_form, read_json, read_raw, IntakeError, IntakeLimits};
+use crate::kind::Convert;
 use crate::route::{Endpoint, RequestFacts, Router};
 use crate::spool::{MemoryBudget, SpoolLimits};
 use crate::upstream::{strip_hop_by_hop, Upstream, REQUEST_ID_HEADER, UPSTREAM_HEADER};
@@ -83,6 +84,10 @@ enum Target {
     Ready,
     /// Upstreams, endpoints, health, ejections, in-flight counts, last checks.
     Status,
+    /// `GET /v1/models`: merged over the routed upstreams.
+    Models,
+    /// `GET /v1/audio/voices`: merged over the upstreams speech can reach.
+    Voices,
     Api {
         endpoint: Endpoint,
         /// The path with `/v1` in front, as every upstream expects it.
@@ -146,6 +151,13 @@ fn classify(method: &Method, path: &str) -> Result<Target, ProxyError> {
         "/v1/audio/translations" => Endpoint::Translations,
         _ => Endpoint::Other,
     };
+    if *method == Method::GET {
+        match path.strip_suffix('/').unwrap_or(&path) {
+            "/v1/models" => return Ok(Target::Models),
+            "/v1/audio/voices" => return Ok(Target::Voices),
+            _ => {}
+        }
+    }
     let path = match endpoint {
         Endpoint::Other => path,
         _ => path.trim_end_matches('/').to_string(),
@@ -403,6 +415,26 @@ impl Gateway {
                     &runtime.status(),
                 )))
             }
+            Target::Models => {
+                let list = discovery::models(
+                    &runtime.upstreams,
+                    runtime.router.routes(),
+                    &parts.headers,
+                    id,
+                )
+                .await;
+                return Ok(Reply::Local(json_response(StatusCode::OK, &list)));
+            }
+            Target::Voices => {
+                let list = discovery::voices(
+                    &runtime.upstreams,
+                    runtime.router.routes(),
+                    &parts.headers,
+                    id,
+                )
+                .await;
+                return Ok(Reply::Local(json_response(StatusCode::OK, &list)));
+            }
             Target::Api { endpoint, path } => (endpoint, path),
         };
         record.endpoint = endpoint.name();
@@ -444,6 +476,7 @@ impl Gateway {
             None => path,
         };
         let head = RequestHead {
+            endpoint,
             method: &parts.method,
             path_and_query: &path_and_query,
             headers: &parts.headers,
@@ -458,7 +491,12 @@ impl Gateway {
             &mut record.attempts,
         )
         .await;
-        let (index, picked, upstream_response) = outcome.map_err(ProxyError::Upstreams)?;
+        let Served {
+            index,
+            picked,
+            response: upstream_response,
+            convert,
+        } = outcome.map_err(ProxyError::Upstreams)?;
         record.served_by = Some(picked);
 
         // respond
@@ -494,21 +532,42 @@ impl Gateway {
                 return Ok(Reply::Local(Response::from_parts(parts, full(error))));
             }
             // Not readable in time: the connection is gone with the body.
-            return Err(ProxyError::Upstreams(Exhausted {
-                stopped_by_policy: false,
-                summary: format!("{}: error body unreadable", upstream.name()),
-                all_timeouts: false,
-            }));
+            return Err(unreadable(upstream, "error body unreadable"));
         }
-        let body = IdleTimeout::new(body, idle);
+        let converting = parts.status.is_success() && convert != Convert::None;
+        if converting {
+            dialect::sse_headers(&mut parts.headers);
+        }
+        let body = match convert {
+            Convert::SpeechSse if converting => {
+                dialect::speech_events(IdleTimeout::new(body, idle))
+            }
+            Convert::TranscriptSse if converting => {
+                let events = dialect::transcript_events(body, idle)
+                    .await
+                    .map_err(|why| unreadable(upstream, &why))?;
+                return Ok(Reply::Local(Response::from_parts(parts, full(events))));
+            }
+            _ => IdleTimeout::new(body, idle).boxed(),
+        };
         Ok(Reply::Upstream(Response::from_parts(parts, body)))
     }
+}
+
+/// An upstream answered, but its answer could not be read or made sense of.
+fn unreadable(upstream: &Upstream, why: &str) -> ProxyError {
+    ProxyError::Upstreams(Exhausted {
+        stopped_by_policy: false,
+        summary: format!("{}: {why}", upstream.name()),
+        all_timeouts: false,
+        unsuitable: false,
+    })
 }
 
 /// A successful answer: voxgate's own, or an upstream's to be streamed through.
 enum Reply {
     Local(Response<ProxyBody>),
-    Upstream(Response<IdleTimeout<Incoming>>),
+    Upstream(Response<ProxyBody>),
 }
 
 #[cfg(test)]
@@ -544,13 +603,16 @@ mod tests {
             target(Method::POST, "/v1/audio/translations"),
             api(Endpoint::Translations, "/v1/audio/translations")
         );
+        assert_eq!(target(Method::GET, "/models"), Ok(Target::Models));
+        assert_eq!(target(Method::GET, "/v1/audio/voices"), Ok(Target::Voices));
         assert_eq!(
-            target(Method::GET, "/models"),
-            api(Endpoint::Other, "/v1/models")
+            target(Method::POST, "/v1/audio/voices"),
+            api(Endpoint::Other, "/v1/audio/voices"),
+            "POST creates a voice at OpenAI: passed on"
         );
         assert_eq!(
-            target(Method::GET, "/v1/audio/voices"),
-            api(Endpoint::Other, "/v1/audio/voices")
+            target(Method::GET, "/v1/models/tts-1"),
+            api(Endpoint::Other, "/v1/models/tts-1")
         );
         assert_eq!(target(Method::GET, "/health"), Ok(Target::Health));
         assert_eq!(target(Method::GET, "/"), Ok(Target::Root));

@@ -633,14 +633,14 @@ async fn other_v1_requests_pass_through_unparsed() {
     );
     let proxy = Proxy::start(&config).await;
     let r = send(
-        Request::get(proxy.url("/v1/models?limit=5"))
+        Request::get(proxy.url("/v1/files?limit=5"))
             .body(full_body(""))
             .unwrap(),
     )
     .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["object"], "list");
-    assert_eq!(a.last().path, "/v1/models?limit=5");
+    assert_eq!(a.last().path, "/v1/files?limit=5");
     assert_eq!(a.last().method, "GET");
     let r = send(post(
         &proxy.url("/v1/chat/completions"),

@@ -6,6 +6,8 @@
 //! the middle of the body.
 #![allow(dead_code)]
 
+pub mod engines;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
