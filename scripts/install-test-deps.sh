@@ -32,3 +32,30 @@ else
     echo "node: npm ci in $node_dir"
     (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error)
 fi
+
+# voice-mode, for tests/voice_mode.rs: its own venv (it brings its own openai and
+# ~90 packages), the Debian libraries its audio dependencies load and build against.
+vm_venv="$repo/target/voicemode-venv"
+vm_requirements="$repo/tests/voicemode/requirements.txt"
+vm_constraints="$repo/tests/voicemode/constraints.txt"
+missing=()
+for pkg in libportaudio2 libasound2-dev gcc; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "apt: installing ${missing[*]}"
+    apt_get=(apt-get)
+    [[ $(id -u) -eq 0 ]] || apt_get=(sudo apt-get)
+    "${apt_get[@]}" update -qq
+    DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -qq "${missing[@]}" >/dev/null
+fi
+vm_stamp="$vm_venv/installed-requirements.txt"
+if [[ -f "$vm_stamp" ]] && cat "$vm_requirements" "$vm_constraints" | cmp -s - "$vm_stamp"; then
+    echo "voice-mode: $vm_venv is up to date"
+else
+    [[ -x "$vm_venv/bin/python" ]] || python3 -m venv "$vm_venv"
+    echo "voice-mode: pip install $(grep '^voice-mode' "$vm_requirements")"
+    "$vm_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        -r "$vm_requirements" -c "$vm_constraints"
+    cat "$vm_requirements" "$vm_constraints" > "$vm_stamp"
+fi

@@ -300,6 +300,32 @@ async fn python_streamed_transcription_gets_every_event() {
 }
 
 #[tokio::test]
+async fn python_streamed_transcription_from_whisper_cpp_gets_events_voxgate_made() {
+    let whisper = engines::whisper_cpp().await;
+    let config = format!(
+        "[upstreams.w]\nkind = \"whisper-cpp\"\nurl = \"{}\"\nhealth = {{ enabled = false }}\n\
+         [[routes]]\nto = [\"w\"]\n",
+        whisper.url()
+    );
+    let proxy = Proxy::start(&config).await;
+    let (file, _) = wav();
+    let out = run_python("transcribe_stream", &proxy, &file, &[])
+        .await
+        .ok();
+    assert_eq!(
+        out["events"],
+        json!(["transcript.text.delta", "transcript.text.done"])
+    );
+    assert_eq!(out["text"], engines::HEARD);
+    let got = whisper.last();
+    assert_eq!(got.path, "/inference");
+    assert_eq!(
+        engines::form_text(&got, "response_format").as_deref(),
+        Some("json")
+    );
+}
+
+#[tokio::test]
 async fn node_chunked_uploads_with_the_file_first_are_routed_by_model() {
     let whisper = Scripted::always(Reply::json(200, json!({"text": "local"}))).await;
     let openai = Scripted::always(Reply::json(200, json!({"text": "cloud"}))).await;

@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use super::{Received, Reply, Scripted};
 
 /// The audio a Kokoro-like upstream streams for every speech request.
-pub const KOKORO_CHUNKS: [&[u8]; 3] = [b"kokoro-pcm-1;", b"kokoro-pcm-2;", b"kokoro-pcm-3;"];
+/// Whole 16-bit samples, as a client decoding PCM expects.
+pub const KOKORO_CHUNKS: [&[u8]; 3] = [b"kokoro-pcm-01;", b"kokoro-pcm-02;", b"kokoro-pcm-03;"];
 
 /// The audio an OpenAI-like upstream answers.
 pub const OPENAI_AUDIO: &[u8] = b"openai-pcm";
