@@ -1,9 +1,9 @@
 //! voice-mode itself (voice-mode 8.12.0, installed by `scripts/install-test-deps.sh`)
 //! pointed at voxgate, as its users run it: one base URL for speech and transcription.
 //! Its headless calls, `simple_tts_synthesize` and `simple_stt_failover`, run in
-//! tests/voicemode/driver.py against engine-like upstreams: first with the local Kokoro
-//! and whisper.cpp up, then with both down so that OpenAI answers — and OpenAI must then
-//! have been spoken to in its own terms.
+//! tests/voicemode/driver.py against engine-like upstreams, behind the shipped
+//! config/local-first.toml: first with the local Kokoro and whisper.cpp up, then with both
+//! down so that OpenAI answers — and OpenAI must then have been spoken to in its own terms.
 
 mod support;
 
@@ -22,34 +22,26 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-/// The local engines first, OpenAI behind them, as in config/local-first.toml.
+/// config/local-first.toml, the shipped voice-mode setup, with its engines' addresses
+/// pointed at the scripted ones and the OpenAI key written in.
 fn config(kokoro: &str, whisper: &str, openai: &str) -> String {
-    format!(
-        r#"
-[upstreams.kokoro]
-kind = "kokoro"
-url = "{kokoro}"
-health = {{ enabled = false }}
-
-[upstreams.whisper]
-kind = "whisper-cpp"
-url = "{whisper}"
-health = {{ enabled = false }}
-
-[upstreams.openai]
-kind = "openai"
-url = "{openai}"
-api_key = "{KEY}"
-
-[[routes]]
-match = {{ endpoint = "speech" }}
-to = ["kokoro", "openai"]
-
-[[routes]]
-match = {{ endpoint = ["transcriptions", "translations"] }}
-to = ["whisper", "openai"]
-"#
-    )
+    let text = std::fs::read_to_string(repo("config/local-first.toml")).unwrap();
+    let replaced = text
+        .replace("http://127.0.0.1:8880", kokoro)
+        .replace("http://127.0.0.1:2022", whisper)
+        .replace("https://api.openai.com", openai)
+        .replace("${OPENAI_API_KEY:-}", KEY);
+    for (theirs, ours) in [
+        (kokoro, "8880"),
+        (whisper, "2022"),
+        (openai, "api.openai.com"),
+    ] {
+        assert!(
+            replaced.contains(theirs),
+            "local-first.toml no longer names {ours}"
+        );
+    }
+    replaced
 }
 
 /// Runs the driver with voice-mode's base URLs set to voxgate; its JSON result.
@@ -94,7 +86,8 @@ async fn voice_mode(proxy: &Proxy) -> Value {
 #[tokio::test]
 async fn voice_mode_speaks_and_listens_through_the_local_engines() {
     let kokoro = engines::kokoro().await;
-    let whisper = engines::whisper_cpp().await;
+    // As voice-mode starts whisper-server, and as local-first.toml expects it.
+    let whisper = engines::whisper_cpp_at("/v1/audio/transcriptions").await;
     let openai = engines::openai(KEY).await;
     let proxy = Proxy::start(&config(&kokoro.url(), &whisper.url(), &openai.url())).await;
     let out = voice_mode(&proxy).await;
@@ -113,7 +106,7 @@ async fn voice_mode_speaks_and_listens_through_the_local_engines() {
 
     assert_eq!(out["stt"]["text"], HEARD, "{out}");
     let heard = whisper.last();
-    assert_eq!(heard.path, "/inference");
+    assert_eq!(heard.path, "/v1/audio/transcriptions");
     assert_eq!(form_text(&heard, "language").as_deref(), Some("auto"));
     assert_eq!(openai.count(), 0, "nothing went to OpenAI");
 }

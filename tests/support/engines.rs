@@ -117,33 +117,40 @@ pub async fn kokoro() -> Scripted {
 /// only; `model` and `stream` ignored; `text` answered as `text/html`; errors as
 /// `{"error": "…"}`.
 pub async fn whisper_cpp() -> Scripted {
-    Scripted::start(|r: &Received| match (r.method.as_str(), r.path.as_str()) {
-        ("GET", "/health") => Reply::json(200, json!({ "status": "ok" })),
-        ("POST", "/inference") => {
-            if !form_names(r).contains(&"file".to_string()) {
-                return Reply::json(400, json!({ "error": "no 'file' field in the request" }));
+    whisper_cpp_at("/inference").await
+}
+
+/// whisper.cpp's server started with `--inference-path {path}`: it serves that path only.
+pub async fn whisper_cpp_at(inference: &'static str) -> Scripted {
+    Scripted::start(
+        move |r: &Received| match (r.method.as_str(), r.path.as_str()) {
+            ("GET", "/health") => Reply::json(200, json!({ "status": "ok" })),
+            ("POST", path) if path == inference => {
+                if !form_names(r).contains(&"file".to_string()) {
+                    return Reply::json(400, json!({ "error": "no 'file' field in the request" }));
+                }
+                let translated = form_text(r, "translate").as_deref() == Some("true");
+                let text = if translated {
+                    format!("{HEARD} (translated)")
+                } else {
+                    HEARD.to_string()
+                };
+                match form_text(r, "response_format").as_deref() {
+                    Some("text") => Reply::ok("text/html; charset=utf-8", format!("{text}\n")),
+                    Some("json") | None => Reply::json(200, json!({ "text": format!(" {text}") })),
+                    Some(other) => Reply::json(
+                        400,
+                        json!({ "error": format!("unsupported response_format {other}") }),
+                    ),
+                }
             }
-            let translated = form_text(r, "translate").as_deref() == Some("true");
-            let text = if translated {
-                format!("{HEARD} (translated)")
-            } else {
-                HEARD.to_string()
-            };
-            match form_text(r, "response_format").as_deref() {
-                Some("text") => Reply::ok("text/html; charset=utf-8", format!("{text}\n")),
-                Some("json") | None => Reply::json(200, json!({ "text": format!(" {text}") })),
-                Some(other) => Reply::json(
-                    400,
-                    json!({ "error": format!("unsupported response_format {other}") }),
-                ),
-            }
-        }
-        _ => Reply::Full {
-            status: 404,
-            headers: vec![("content-type", "text/plain".to_string())],
-            body: Bytes::from_static(b"File Not Found"),
+            _ => Reply::Full {
+                status: 404,
+                headers: vec![("content-type", "text/plain".to_string())],
+                body: Bytes::from_static(b"File Not Found"),
+            },
         },
-    })
+    )
     .await
 }
 
