@@ -8,6 +8,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +36,17 @@ async fn shed(stream: tokio::net::TcpStream, builder: auto::Builder<TokioExecuto
     let _ = builder
         .serve_connection(TokioIo::new(stream), service)
         .await;
+}
+
+/// How long a new connection may go without a complete request before it is dropped.
+///
+/// hyper's HTTP/1 `header_read_timeout` covers a request whose headers trickle in, and
+/// answers 408. It does not cover a connection that sends nothing at all (hyper-util's
+/// version detection waits for the first bytes), nor an HTTP/2 (h2c) client that sends
+/// its preface and never a complete HEADERS frame. This deadline does, for the first
+/// request; it falls just after hyper's own so that HTTP/1 clients still get the 408.
+fn first_request_deadline(header_read_timeout: Duration) -> Duration {
+    header_read_timeout + header_read_timeout / 4
 }
 
 /// Serves `gateway` on `listener` until `shutdown` resolves.
@@ -85,11 +97,18 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             // Over the limit: answer 503 at once and close, rather than queue.
-            tokio::spawn(shed(stream, builder.clone()));
+            let deadline = first_request_deadline(server.header_read_timeout);
+            tokio::spawn(tokio::time::timeout(
+                deadline,
+                shed(stream, builder.clone()),
+            ));
             continue;
         };
         let gateway = gateway.clone();
+        let asked = Arc::new(AtomicBool::new(false));
+        let first_request = asked.clone();
         let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            first_request.store(true, Ordering::Relaxed);
             request.extensions_mut().insert(ClientAddr(peer));
             request.extensions_mut().insert(role);
             let gateway = gateway.clone();
@@ -99,8 +118,22 @@ async fn serve(
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
+        let deadline = first_request_deadline(server.header_read_timeout);
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = &mut connection => Some(result),
+                () = tokio::time::sleep(deadline) => None,
+            };
+            let result = match result {
+                Some(result) => result,
+                None if asked.load(Ordering::Relaxed) => connection.await,
+                None => {
+                    tracing::debug!(%peer, "no request within the header timeout; closed");
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);

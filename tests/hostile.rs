@@ -254,3 +254,76 @@ async fn a_client_that_stalls_mid_upload_gets_408() {
     assert_eq!(up.count(), 0);
     still_serves(&proxy).await;
 }
+
+/// Reads until the peer closes; the bytes read, or `None` if it stayed open past `wait`.
+async fn read_to_close(stream: &mut TcpStream, wait: Duration) -> Option<Vec<u8>> {
+    let mut all = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(wait, read).await.ok().map(|_| all)
+}
+
+#[tokio::test]
+async fn a_connection_that_never_sends_a_request_is_closed() {
+    let up = Scripted::always(Reply::ok("audio/pcm", "ok")).await;
+    let proxy = proxy_with(&up, "header_read_timeout = \"400ms\"").await;
+    // Nothing at all: not even the bytes that tell HTTP/1 from HTTP/2.
+    let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
+    // An h2c client: the preface and an empty SETTINGS frame, then no HEADERS.
+    let mut h2c = TcpStream::connect(proxy.addr).await.unwrap();
+    h2c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    assert!(
+        read_to_close(&mut silent, Duration::from_secs(3))
+            .await
+            .is_some(),
+        "a silent connection stayed open"
+    );
+    assert!(
+        read_to_close(&mut h2c, Duration::from_secs(3))
+            .await
+            .is_some(),
+        "an h2c connection without a request stayed open"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn h2c_clients_are_served_and_may_idle_after_their_first_request() {
+    let up = Scripted::always(Reply::ok("audio/pcm", "h2-audio")).await;
+    let proxy = proxy_with(&up, "header_read_timeout = \"300ms\"").await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    for round in 0..2 {
+        let request = speech_request(
+            &proxy.url("/v1/audio/speech"),
+            json!({"model": "tts-1", "input": "hi", "voice": "alloy"}),
+        );
+        let response = h2.request(request).await.unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(response.status(), 200);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body, "h2-audio", "round {round}");
+        // Idle past the first-request deadline: the connection is kept.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    assert_eq!(up.count(), 2);
+}
