@@ -450,7 +450,7 @@ struct RawUpstream {
     voice_objects: Option<bool>,
     blends: Option<bool>,
     drop_language: Option<Vec<String>>,
-    drop_fields: Option<Vec<String>>,
+    drop_fields: Option<Spanned<HashMap<String, Vec<String>>>>,
     translate_field: Option<bool>,
     lists_models: Option<Spanned<String>>,
     lists_voices: Option<Spanned<String>>,
@@ -1042,6 +1042,7 @@ impl Validator<'_> {
         };
         dialect.overlay(preset, &mut model_map, &mut voice_map);
         let paths_span = u.paths.as_ref().map_or(0..0, |p| p.span());
+        let drop_span = u.drop_fields.as_ref().map_or(0..0, |d| d.span());
         let mut paths = u.paths.take().map(Spanned::into_inner).unwrap_or_default();
         for (name, path) in &paths {
             if !path.starts_with('/') {
@@ -1075,7 +1076,11 @@ impl Validator<'_> {
             voice_objects: u.voice_objects,
             blends: u.blends,
             drop_language: u.drop_language.take(),
-            drop_fields: u.drop_fields.take(),
+            drop_fields: u
+                .drop_fields
+                .take()
+                .map(Spanned::into_inner)
+                .unwrap_or_default(),
             translate_field: u.translate_field,
             lists_models: self.path_value(u.lists_models.take(), "lists_models"),
             lists_voices: self.path_value(u.lists_voices.take(), "lists_voices"),
@@ -1085,10 +1090,15 @@ impl Validator<'_> {
             voice_map: std::mem::take(&mut u.voice_map),
             voice_by_gender,
         };
-        for name in dialect.overlay(&own, &mut model_map, &mut voice_map) {
+        for key in dialect.overlay(&own, &mut model_map, &mut voice_map) {
+            let span = if key.starts_with("paths.") {
+                paths_span.clone()
+            } else {
+                drop_span.clone()
+            };
             self.error(
-                paths_span.clone(),
-                format!("`paths.{name}`: expected speech, transcriptions or translations"),
+                span,
+                format!("`{key}`: expected speech, transcriptions or translations"),
             );
         }
         u.model_map = model_map;
@@ -1678,6 +1688,9 @@ to = ["a"]
         let e = errors("[upstreams.k]\nurl = \"http://k\"\npaths = { speeches = \"/x\" }\n[[routes]]\nto = [\"k\"]\n");
         assert_eq!(e[0].0, 3);
         assert!(e[0].2.contains("paths.speeches"), "{e:?}");
+        let e = errors("[upstreams.k]\nurl = \"http://k\"\n\n\ndrop_fields = { speak = [\"x\"] }\n[[routes]]\nto = [\"k\"]\n");
+        assert_eq!(e[0].0, 5);
+        assert!(e[0].2.contains("drop_fields.speak"), "{e:?}");
         let e = errors("[upstreams.k]\nurl = \"http://k\"\nlists_voices = \"voices\"\n[[routes]]\nto = [\"k\"]\n");
         assert!(e[0].2.contains("must start with /"), "{e:?}");
     }

@@ -220,6 +220,7 @@ fn edits_for<'a>(
         model_map: &upstream.config.model_map,
         voice_map: &upstream.config.voice_map,
         dialect,
+        drop_fields: dialect.dropped(endpoint),
         convert: dialect.conversion(endpoint, payload.stream(), payload.response_format())?,
         translate: endpoint == Endpoint::Translations && dialect.translate_field,
     };

@@ -80,7 +80,8 @@ pub struct Preset {
     pub voice_objects: Option<bool>,
     pub blends: Option<bool>,
     pub drop_language: Option<Vec<String>>,
-    pub drop_fields: Option<Vec<String>>,
+    #[serde(default)]
+    pub drop_fields: HashMap<String, Vec<String>>,
     pub translate_field: Option<bool>,
     pub lists_models: Option<String>,
     pub lists_voices: Option<String>,
@@ -105,7 +106,8 @@ pub struct Dialect {
     pub voice_objects: bool,
     pub blends: bool,
     pub drop_language: Vec<String>,
-    pub drop_fields: Vec<String>,
+    /// Body fields left out, per endpoint.
+    pub drop_fields: Vec<(Endpoint, Vec<String>)>,
     pub translate_field: bool,
     pub lists_models: Option<String>,
     pub lists_voices: Option<String>,
@@ -152,7 +154,8 @@ pub enum Convert {
 
 impl Dialect {
     /// Applies `keys` over this dialect; maps go to `model_map`/`voice_map` (merged,
-    /// `keys` winning). Returns the paths whose endpoint name is unknown.
+    /// `keys` winning). Returns the keys (`paths.x`, `drop_fields.x`) whose endpoint name
+    /// is unknown.
     pub fn overlay(
         &mut self,
         keys: &Preset,
@@ -160,13 +163,23 @@ impl Dialect {
         voice_map: &mut HashMap<String, String>,
     ) -> Vec<String> {
         let mut unknown = Vec::new();
+        let audio = |name: &str| Endpoint::from_name(name).filter(|e| *e != Endpoint::Other);
         for (name, path) in &keys.paths {
-            match Endpoint::from_name(name).filter(|e| *e != Endpoint::Other) {
+            match audio(name) {
                 Some(endpoint) => {
                     self.paths.retain(|(e, _)| *e != endpoint);
                     self.paths.push((endpoint, path.clone()));
                 }
-                None => unknown.push(name.clone()),
+                None => unknown.push(format!("paths.{name}")),
+            }
+        }
+        for (name, fields) in &keys.drop_fields {
+            match audio(name) {
+                Some(endpoint) => {
+                    self.drop_fields.retain(|(e, _)| *e != endpoint);
+                    self.drop_fields.push((endpoint, fields.clone()));
+                }
+                None => unknown.push(format!("drop_fields.{name}")),
             }
         }
         let set = |target: &mut bool, value: Option<bool>| {
@@ -185,7 +198,6 @@ impl Dialect {
             }
         };
         replace(&mut self.drop_language, &keys.drop_language);
-        replace(&mut self.drop_fields, &keys.drop_fields);
         replace(&mut self.models, &keys.models);
         replace(&mut self.voices, &keys.voices);
         if keys.lists_models.is_some() {
@@ -204,6 +216,14 @@ impl Dialect {
             voice_map.insert(k.clone(), v.clone());
         }
         unknown
+    }
+
+    /// The body fields left out of an `endpoint` request.
+    pub fn dropped(&self, endpoint: Endpoint) -> &[String] {
+        self.drop_fields
+            .iter()
+            .find(|(e, _)| *e == endpoint)
+            .map_or(&[], |(_, fields)| fields.as_slice())
     }
 
     /// The path to send an `endpoint` request to, if it is not the client's.

@@ -28,6 +28,8 @@ pub struct Edits<'a> {
     pub model_map: &'a HashMap<String, String>,
     pub voice_map: &'a HashMap<String, String>,
     pub dialect: &'a Dialect,
+    /// Fields this upstream refuses for this endpoint.
+    pub drop_fields: &'a [String],
     pub convert: Convert,
     /// A translation sent to a transcription path with `translate=true` (whisper.cpp).
     pub translate: bool,
@@ -48,6 +50,7 @@ impl<'a> Edits<'a> {
             model_map,
             voice_map,
             dialect: &GENERIC,
+            drop_fields: &[],
             convert: Convert::None,
             translate: false,
         }
@@ -62,7 +65,7 @@ impl<'a> Edits<'a> {
         if self.sets(key) {
             return false;
         }
-        let refused = self.dialect.drop_fields.iter().any(|f| f == key);
+        let refused = self.drop_fields.iter().any(|f| f == key);
         let language = key == "language"
             && value.is_some_and(|v| self.dialect.drop_language.iter().any(|l| l == v.trim()));
         let streaming = match self.convert {

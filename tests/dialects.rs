@@ -273,6 +273,31 @@ async fn transcriptions_falling_back_to_openai_lose_language_auto() {
 }
 
 #[tokio::test]
+async fn openai_keeps_its_own_fields_and_loses_whisper_cpps() {
+    let openai = engines::openai(KEY).await;
+    let config = format!(
+        "[upstreams.openai]\nkind = \"openai\"\nurl = \"{}\"\napi_key = \"{KEY}\"\n\
+         [[routes]]\nto = [\"openai\"]\n",
+        openai.url()
+    );
+    let proxy = Proxy::start(&config).await;
+    let parts = vec![
+        ("model", None, &b"gpt-4o-mini-transcribe"[..]),
+        ("stream", None, b"true"),
+        ("temperature_inc", None, b"0.2"),
+        ("timestamp_granularities[]", None, b"word"),
+        ("file", Some("a.wav"), b"RIFF"),
+    ];
+    let r = upload(&proxy, "/v1/audio/transcriptions", &parts).await;
+    assert_eq!(r.status, 200, "{}", r.error_message());
+    assert_eq!(
+        form_names(&openai.last()),
+        ["model", "stream", "timestamp_granularities[]", "file"],
+        "OpenAI's `stream` kept, whisper.cpp's `temperature_inc` left out"
+    );
+}
+
+#[tokio::test]
 async fn streamed_transcriptions_from_whisper_cpp_become_openai_events() {
     let whisper = engines::whisper_cpp().await;
     let config = format!(
