@@ -54,6 +54,14 @@ async fn fetch(
     request_id: &HeaderValue,
 ) -> Option<Value> {
     let picked = upstream.pool.pick(false)?;
+    // The client's headers carry its key (passed on or replaced as the upstream is
+    // configured), but its Accept-Encoding must not: voxgate reads this answer itself.
+    let mut headers = headers.clone();
+    headers.remove(http::header::ACCEPT_ENCODING);
+    headers.insert(
+        http::header::ACCEPT,
+        HeaderValue::from_static("application/json"),
+    );
     let timeout = LIST_TIMEOUT.min(upstream.config.response_timeout);
     let read = async {
         let response = upstream
@@ -62,7 +70,7 @@ async fn fetch(
                 timeout,
                 &Method::GET,
                 path,
-                headers,
+                &headers,
                 request_id,
                 Vec::new(),
             )

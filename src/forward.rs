@@ -307,13 +307,23 @@ pub async fn forward(
             continue;
         };
         let path = upstream_path(&upstream.config.dialect, head);
+        // An answer voxgate converts is one it reads: it must not come compressed.
+        let identity;
+        let headers = if edits.convert == Convert::None {
+            head.headers
+        } else {
+            let mut h = head.headers.clone();
+            h.remove(http::header::ACCEPT_ENCODING);
+            identity = h;
+            &identity
+        };
         let result = upstream
             .send(
                 picked.endpoint(),
                 timeout,
                 head.method,
                 &path,
-                head.headers,
+                headers,
                 head.request_id,
                 payload.render(&edits),
             )

@@ -349,10 +349,13 @@ async fn sse_speech_from_kokoro_is_made_of_its_chunks_as_they_arrive() {
         kokoro.url()
     );
     let proxy = Proxy::start(&config).await;
-    let request = speech_request(
-        &proxy.url("/v1/audio/speech"),
-        json!({ "model": "kokoro", "input": "Hi", "voice": "af_sky", "stream_format": "sse" }),
-    );
+    let body =
+        json!({ "model": "kokoro", "input": "Hi", "voice": "af_sky", "stream_format": "sse" });
+    let request = Request::post(proxy.url("/v1/audio/speech"))
+        .header("content-type", "application/json")
+        .header("accept-encoding", "gzip, deflate")
+        .body(full_body(body.to_string()))
+        .unwrap();
     let started = Instant::now();
     let response = client().request(request).await.unwrap();
     assert_eq!(response.status(), 200);
@@ -389,7 +392,13 @@ async fn sse_speech_from_kokoro_is_made_of_its_chunks_as_they_arrive() {
         last.saturating_sub(first) >= Duration::from_millis(150),
         "events arrived together: {arrivals:?}"
     );
-    assert!(kokoro.last().json().get("stream_format").is_none());
+    let got = kokoro.last();
+    assert!(got.json().get("stream_format").is_none());
+    assert_eq!(
+        got.header("accept-encoding"),
+        None,
+        "audio voxgate wraps must come uncompressed"
+    );
 }
 
 #[tokio::test]
@@ -442,6 +451,7 @@ async fn discovery_merges_the_models_and_voices_of_the_routed_upstreams() {
     let get = |path: &str| {
         Request::get(proxy.url(path))
             .header("authorization", "Bearer dummy-key-for-local")
+            .header("accept-encoding", "gzip, deflate")
             .body(full_body(""))
             .unwrap()
     };

@@ -177,7 +177,17 @@ pub async fn openai(key: &'static str) -> Scripted {
                 json!({ "error": { "message": "Incorrect API key provided", "type": "invalid_request_error", "param": null, "code": "invalid_api_key" } }),
             );
         }
+        let gzip = r.header("accept-encoding").is_some_and(|e| e.contains("gzip"));
         match (r.method.as_str(), r.path.as_str()) {
+            // OpenAI compresses when asked; these bytes stand for a gzip body.
+            ("GET", "/v1/models") if gzip => Reply::Full {
+                status: 200,
+                headers: vec![
+                    ("content-type", "application/json".to_string()),
+                    ("content-encoding", "gzip".to_string()),
+                ],
+                body: Bytes::from_static(b"\x1f\x8b\x08\x00compressed"),
+            },
             ("GET", "/v1/models") => Reply::json(
                 200,
                 json!({ "object": "list", "data": [
