@@ -455,6 +455,7 @@ struct RawUpstream {
     lists_models: Option<Spanned<String>>,
     lists_voices: Option<Spanned<String>>,
     models: Option<Vec<String>>,
+    only_listed_models: Option<bool>,
     voices: Option<Vec<String>>,
     voice_by_gender: Option<Spanned<HashMap<String, String>>>,
 }
@@ -1085,6 +1086,7 @@ impl Validator<'_> {
             lists_models: self.path_value(u.lists_models.take(), "lists_models"),
             lists_voices: self.path_value(u.lists_voices.take(), "lists_voices"),
             models: u.models.take(),
+            only_listed_models: u.only_listed_models,
             voices: u.voices.take(),
             model_map: std::mem::take(&mut u.model_map),
             voice_map: std::mem::take(&mut u.voice_map),

@@ -86,6 +86,7 @@ pub struct Preset {
     pub lists_models: Option<String>,
     pub lists_voices: Option<String>,
     pub models: Option<Vec<String>>,
+    pub only_listed_models: Option<bool>,
     pub voices: Option<Vec<String>>,
     #[serde(default)]
     pub model_map: HashMap<String, String>,
@@ -112,6 +113,8 @@ pub struct Dialect {
     pub lists_models: Option<String>,
     pub lists_voices: Option<String>,
     pub models: Vec<String>,
+    /// Requests for a model not in `models` are not sent here (the engine refuses them).
+    pub only_listed_models: bool,
     pub voices: Vec<String>,
     /// Female and male voice for Kokoro-style names the voice map lacks.
     pub voice_by_gender: Option<(String, String)>,
@@ -133,6 +136,7 @@ impl Default for Dialect {
             lists_models: None,
             lists_voices: None,
             models: Vec::new(),
+            only_listed_models: false,
             voices: Vec::new(),
             voice_by_gender: None,
         }
@@ -192,6 +196,7 @@ impl Dialect {
         set(&mut self.voice_objects, keys.voice_objects);
         set(&mut self.blends, keys.blends);
         set(&mut self.translate_field, keys.translate_field);
+        set(&mut self.only_listed_models, keys.only_listed_models);
         let replace = |target: &mut Vec<String>, value: &Option<Vec<String>>| {
             if let Some(v) = value {
                 target.clone_from(v);
@@ -271,6 +276,17 @@ impl Dialect {
         let result = mapped.unwrap_or(chosen);
         let unchanged = result == name && (!object || self.voice_objects);
         Ok((!unchanged).then(|| Value::String(result.to_string())))
+    }
+
+    /// Why a request for `model` (as this upstream would get it) cannot be sent here.
+    pub fn refuses_model(&self, model: &str) -> Option<String> {
+        (self.only_listed_models && !self.models.iter().any(|m| m == model)).then(|| {
+            format!(
+                "it serves only the models {}, not `{}`",
+                self.models.join(", "),
+                printable(model)
+            )
+        })
     }
 
     /// Whether the answer must be converted for the client, or why it cannot be.

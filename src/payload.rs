@@ -180,6 +180,16 @@ impl Payload {
 
     /// Why this request cannot go to an upstream with these edits, if it cannot.
     pub fn refusal(&self, edits: &Edits<'_>) -> Option<String> {
+        let model = match edits.set.iter().find(|(k, _)| k == "model") {
+            Some((_, v)) => Some(v.as_form_text()),
+            None => self.model().map(str::to_string),
+        };
+        if let Some(model) = model {
+            let sent = edits.model_map.get(&model).unwrap_or(&model);
+            if let Some(why) = edits.dialect.refuses_model(sent) {
+                return Some(why);
+            }
+        }
         let Payload::Json(j) = self else { return None };
         let voice = match edits.set.iter().find(|(k, _)| k == "voice") {
             Some((_, v)) => v.to_json(),

@@ -160,6 +160,41 @@ async fn kokoro_keeps_its_extras_and_gets_voice_objects_as_strings() {
 }
 
 #[tokio::test]
+async fn a_model_kokoro_does_not_serve_skips_it() {
+    let kokoro = engines::kokoro().await;
+    let openai = engines::openai(KEY).await;
+    let proxy = Proxy::start(&voice_stack(&kokoro.url(), &openai.url(), &openai.url())).await;
+    let r = speak(
+        &proxy,
+        json!({ "model": "gpt-4o-tts", "input": "Hi", "voice": "nova" }),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.error_message());
+    assert_eq!(r.header("x-voxgate-upstream"), Some("openai"));
+    assert_eq!(kokoro.count(), 0, "not sent where it would be refused");
+    // Kokoro alone: a clear 400 that names what it serves.
+    let config = format!(
+        "[upstreams.k]\nkind = \"kokoro\"\nurl = \"{}\"\nhealth = {{ enabled = false }}\n\
+         [[routes]]\nto = [\"k\"]\n",
+        kokoro.url()
+    );
+    let alone = Proxy::start(&config).await;
+    let r = speak(
+        &alone,
+        json!({ "model": "gpt-4o-tts", "input": "Hi", "voice": "nova" }),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.error_message()
+            .contains("serves only the models kokoro, tts-1"),
+        "{}",
+        r.error_message()
+    );
+    assert_eq!(kokoro.count(), 0);
+}
+
+#[tokio::test]
 async fn blends_reach_openai_as_their_dominant_voice_and_broken_ones_are_refused() {
     let openai = engines::openai(KEY).await;
     let config = format!(
@@ -424,11 +459,11 @@ async fn engine_errors_read_like_openai_errors() {
     let proxy = Proxy::start(&config).await;
     let r = speak(
         &proxy,
-        json!({ "model": "gpt-9", "input": "Hi", "voice": "af_sky" }),
+        json!({ "model": "tts-1", "input": "Hi", "voice": "zz" }),
     )
     .await;
     assert_eq!(r.status, 400);
-    assert_eq!(r.error_message(), "Unsupported model: gpt-9");
+    assert_eq!(r.error_message(), "Voice 'zz' not found");
     assert_eq!(r.json()["error"]["type"], "invalid_request_error");
     let r = speak(
         &proxy,
