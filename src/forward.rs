@@ -465,6 +465,25 @@ async fn error_detail(response: Response<Incoming>) -> Option<String> {
     message_of(&Bytes::from(buf))
 }
 
+/// The text of an error page: tags dropped (an HTML page's `<title>` is usually its
+/// message, and comes first), whitespace collapsed. Plain text comes out trimmed.
+fn without_markup(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(4096));
+    let mut in_tag = false;
+    for c in text.chars() {
+        match c {
+            '<' => {
+                in_tag = true;
+                out.push(' ');
+            }
+            '>' if in_tag => in_tag = false,
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// FastAPI's validation error (`{"detail": [{"loc": ["body", "voice"], "msg": …}]}`, as
 /// Kokoro and Speaches send it) as `voice: msg`.
 fn fastapi_validation(v: &serde_json::Value) -> Option<String> {
@@ -507,7 +526,7 @@ pub(crate) fn message_of(body: &[u8]) -> Option<String> {
                 .flatten()
                 .find_map(|c| c.as_str().map(str::to_string))?
         }
-        Err(_) => String::from_utf8_lossy(body).trim().to_string(),
+        Err(_) => without_markup(&String::from_utf8_lossy(body)),
     };
     let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
     (!text.is_empty()).then_some(text)
@@ -602,8 +621,8 @@ mod tests {
             (br#"{"detail":"Not Found"}"#, Some("Not Found")),
             (br#"{"error":"model busy"}"#, Some("model busy")),
             (
-                b"<html>502 Bad Gateway</html>\n",
-                Some("<html>502 Bad Gateway</html>"),
+                b"<html><head><title>502 Bad Gateway</title></head>\n<body>nginx</body></html>\n",
+                Some("502 Bad Gateway nginx"),
             ),
             (b"", None),
         ];

@@ -572,3 +572,23 @@ async fn a_kind_brings_its_health_check_unless_turned_off() {
     );
     drop(proxy);
 }
+
+#[tokio::test]
+async fn an_html_error_page_becomes_an_openai_error_with_its_text() {
+    let page = Scripted::always(Reply::Full {
+        status: 502,
+        headers: vec![("content-type", "text/html".to_string())],
+        body: "<html><head><title>502 Bad Gateway</title></head>\n<body><center>nginx</center></body></html>\n".into(),
+    })
+    .await;
+    let proxy = Proxy::start(&single_upstream(&page.url(), "")).await;
+    let r = speak(
+        &proxy,
+        json!({ "model": "tts-1", "input": "Hi", "voice": "nova" }),
+    )
+    .await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.error_message(), "502 Bad Gateway nginx");
+    assert_eq!(r.json()["error"]["type"], "server_error");
+}
