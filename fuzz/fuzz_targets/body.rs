@@ -1,15 +1,20 @@
 //! Body inspection on arbitrary bytes, delivered in arbitrary pieces: JSON (speech) and
-//! multipart (uploads) must answer Ok or a clean error, never panic or hang.
+//! multipart (uploads) must answer Ok or a clean error, never panic or hang. What is
+//! accepted is then rendered for every upstream kind and endpoint, with its dialect's
+//! edits (voice mapping, fields left out, stream conversion): never a panic either.
 #![no_main]
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use voxgate::intake::{read_form, read_json, IntakeLimits};
-use voxgate::payload::Edits;
+use voxgate::kind::{Convert, Dialect, Kind};
+use voxgate::payload::{Edits, Payload};
+use voxgate::route::Endpoint;
 use voxgate::spool::{MemoryBudget, SpoolLimits};
 
 fn limits() -> IntakeLimits {
@@ -22,6 +27,48 @@ fn limits() -> IntakeLimits {
             budget: Arc::new(MemoryBudget::new(1 << 16)),
             spill_dir: None,
         },
+    }
+}
+
+type Maps = HashMap<String, String>;
+
+/// Every kind's dialect with its preset's maps, built once.
+fn dialects() -> &'static [(Dialect, Maps, Maps)] {
+    static DIALECTS: OnceLock<Vec<(Dialect, Maps, Maps)>> = OnceLock::new();
+    DIALECTS.get_or_init(|| {
+        Kind::ALL
+            .iter()
+            .map(|&kind| {
+                let mut dialect = Dialect { kind, ..Dialect::default() };
+                let (mut models, mut voices) = (HashMap::new(), HashMap::new());
+                if let Ok(preset) = kind.preset() {
+                    dialect.overlay(preset, &mut models, &mut voices);
+                }
+                (dialect, models, voices)
+            })
+            .collect()
+    })
+}
+
+fn render_everywhere(payload: &Payload) {
+    let _ = payload.render(&Edits::plain(&[], &HashMap::new(), &HashMap::new()));
+    for (dialect, models, voices) in dialects() {
+        for endpoint in [Endpoint::Speech, Endpoint::Transcriptions, Endpoint::Translations] {
+            let convert = dialect
+                .conversion(endpoint, payload.stream(), payload.response_format())
+                .unwrap_or(Convert::None);
+            let edits = Edits {
+                set: &[],
+                model_map: models,
+                voice_map: voices,
+                dialect,
+                drop_fields: dialect.dropped(endpoint),
+                convert,
+                translate: endpoint == Endpoint::Translations && dialect.translate_field,
+            };
+            let _ = payload.refusal(&edits);
+            let _ = payload.render(&edits);
+        }
     }
 }
 
@@ -41,8 +88,6 @@ fuzz_target!(|data: &[u8]| {
         .build()
         .expect("runtime");
     let mut headers = HeaderMap::new();
-    let none = Default::default();
-    let edits = Edits { set: &[], model_map: &none, voice_map: &none };
     runtime.block_on(async {
         let result = if selector & 1 == 0 {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -57,7 +102,7 @@ fuzz_target!(|data: &[u8]| {
         match result {
             Ok((payload, _)) => {
                 let _ = (payload.model(), payload.voice(), payload.stream());
-                let _ = payload.render(&edits);
+                render_everywhere(&payload);
             }
             Err(e) => {
                 let _ = e.api_error();
