@@ -530,8 +530,8 @@ impl Gateway {
             }
         }
         parts.headers.insert(REQUEST_ID_HEADER, id.clone());
-        if let Ok(name) = HeaderValue::from_str(upstream.name()) {
-            parts.headers.insert(UPSTREAM_HEADER, name);
+        if let Some(name) = upstream.name_header() {
+            parts.headers.insert(UPSTREAM_HEADER, name.clone());
         }
         record.upstream = Some(upstream.name().to_string());
         let idle = upstream.config.idle_timeout;
