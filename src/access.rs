@@ -33,9 +33,9 @@ pub enum Listener {
 #[derive(Debug)]
 pub struct AccessRecord {
     pub started: Instant,
-    pub request_id: String,
+    pub request_id: http::HeaderValue,
     pub client: Option<std::net::SocketAddr>,
-    pub method: String,
+    pub method: http::Method,
     pub path: String,
     pub endpoint: &'static str,
     pub model: Option<String>,
@@ -63,7 +63,7 @@ enum Ending {
 }
 
 impl AccessRecord {
-    pub fn new(request_id: String, method: String, path: String) -> AccessRecord {
+    pub fn new(request_id: http::HeaderValue, method: http::Method, path: String) -> AccessRecord {
         AccessRecord {
             started: Instant::now(),
             request_id,
@@ -109,7 +109,7 @@ impl AccessRecord {
         let ttfb_ms = ttfb.map(|t| t.as_secs_f64() * 1000.0);
         tracing::info!(
             target: "voxgate::access",
-            request_id = %self.request_id,
+            request_id = %self.request_id.to_str().unwrap_or_default(),
             client = self.client.map(tracing::field::display),
             method = %self.method,
             path = %self.path,

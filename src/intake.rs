@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use crate::body::BoxError;
 use crate::error::ApiError;
-use crate::payload::{part_head, FormBody, FormPart, JsonBody, PartValue, Payload};
+use crate::payload::{part_head, FormBody, FormPart, JsonBody, JsonObject, PartValue, Payload};
 use crate::spool::{SpoolLimits, SpoolWriter};
 
 /// Text parts (model, prompt, …) are held in memory: each gets this much at most.
@@ -218,9 +218,9 @@ where
             "the request body is empty; expected a JSON object",
         ));
     }
-    let object = match serde_json::from_slice::<Value>(&raw) {
-        Ok(Value::Object(object)) => object,
-        Ok(_) => {
+    let object = match JsonObject::parse(&raw) {
+        Ok(Some(object)) => object,
+        Ok(None) => {
             return Err(IntakeError::malformed(
                 "the request body must be a JSON object",
             ))

@@ -12,7 +12,9 @@ use std::sync::{Arc, LazyLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::HeaderMap;
-use serde_json::{Map, Value};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::ser::{Serialize, Serializer};
+use serde_json::Value;
 
 use crate::body::Segment;
 use crate::config::FieldValue;
@@ -81,7 +83,108 @@ impl<'a> Edits<'a> {
 #[derive(Debug)]
 pub struct JsonBody {
     pub raw: Bytes,
-    pub object: Map<String, Value>,
+    pub object: JsonObject,
+}
+
+/// A JSON object's members in their order, each key once: a repeated key keeps its first
+/// place and its last value, as serde_json's `preserve_order` map keeps it.
+///
+/// Not that map because of its cost: a speech body has a handful of members, read a dozen
+/// times per request (routing, each upstream's edits, rendering), and the map hashes every
+/// key with SipHash on every insert and look-up; a linear search over a few short keys is
+/// several times cheaper, and there is no hash table to allocate.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JsonObject(Vec<(String, Value)>);
+
+impl JsonObject {
+    /// Parses a JSON text: `Ok(None)` when it is valid JSON but not an object.
+    pub fn parse(raw: &[u8]) -> Result<Option<JsonObject>, serde_json::Error> {
+        serde_json::from_slice::<MaybeObject>(raw).map(|m| m.0)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Replaces the value in place when the key is there, else appends the member.
+    pub fn insert(&mut self, key: String, value: Value) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => *v = value,
+            None => self.0.push((key, value)),
+        }
+    }
+
+    /// Removes a member, keeping the others in their order.
+    pub fn shift_remove(&mut self, key: &str) {
+        self.0.retain(|(k, _)| k != key);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Value)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl Serialize for JsonObject {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+/// A JSON text read as an object, or as `None` when it is any other value.
+struct MaybeObject(Option<JsonObject>);
+
+impl<'de> Deserialize<'de> for MaybeObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+
+        impl<'de> Visitor<'de> for ObjectVisitor {
+            type Value = MaybeObject;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MaybeObject, A::Error> {
+                let mut object = JsonObject(Vec::with_capacity(map.size_hint().unwrap_or(8)));
+                while let Some((key, value)) = map.next_entry::<String, Value>()? {
+                    object.insert(key, value);
+                }
+                Ok(MaybeObject(Some(object)))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MaybeObject, A::Error> {
+                // Read to its end, so that a malformed array is reported as malformed JSON.
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(MaybeObject(None))
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<MaybeObject, E> {
+                Ok(MaybeObject(None))
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<MaybeObject, E> {
+                Ok(MaybeObject(None))
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<MaybeObject, E> {
+                Ok(MaybeObject(None))
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<MaybeObject, E> {
+                Ok(MaybeObject(None))
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<MaybeObject, E> {
+                Ok(MaybeObject(None))
+            }
+
+            fn visit_unit<E>(self) -> Result<MaybeObject, E> {
+                Ok(MaybeObject(None))
+            }
+        }
+
+        deserializer.deserialize_any(ObjectVisitor)
+    }
 }
 
 /// One part of a multipart form.
@@ -191,11 +294,16 @@ impl Payload {
             }
         }
         let Payload::Json(j) = self else { return None };
-        let voice = match edits.set.iter().find(|(k, _)| k == "voice") {
-            Some((_, v)) => v.to_json(),
-            None => j.object.get("voice")?.clone(),
+        let set = edits
+            .set
+            .iter()
+            .find(|(k, _)| k == "voice")
+            .map(|(_, v)| v.to_json());
+        let voice = match &set {
+            Some(v) => v,
+            None => j.object.get("voice")?,
         };
-        edits.dialect.voice_for(&voice, edits.voice_map).err()
+        edits.dialect.voice_for(voice, edits.voice_map).err()
     }
 
     /// The body for one attempt, with `edits` applied.
@@ -209,11 +317,16 @@ impl Payload {
 }
 
 fn render_json(body: &JsonBody, edits: &Edits<'_>) -> Bytes {
-    let mut object: Option<Map<String, Value>> = None;
-    let current = |object: &Option<Map<String, Value>>, key: &str| -> Option<Value> {
-        object.as_ref().unwrap_or(&body.object).get(key).cloned()
-    };
-    let put = |object: &mut Option<Map<String, Value>>, key: &str, value: Value| {
+    // The object is copied only when a value actually changes.
+    let mut object: Option<JsonObject> = None;
+    fn current<'a>(
+        object: &'a Option<JsonObject>,
+        body: &'a JsonBody,
+        key: &str,
+    ) -> Option<&'a Value> {
+        object.as_ref().unwrap_or(&body.object).get(key)
+    }
+    let put = |object: &mut Option<JsonObject>, key: &str, value: Value| {
         object
             .get_or_insert_with(|| body.object.clone())
             .insert(key.to_string(), value);
@@ -231,24 +344,27 @@ fn render_json(body: &JsonBody, edits: &Edits<'_>) -> Bytes {
     }
     for (key, value) in edits.set {
         let value = value.to_json();
-        if current(&object, key).as_ref() != Some(&value) {
+        if current(&object, body, key) != Some(&value) {
             put(&mut object, key, value);
         }
     }
-    if let Some(Value::String(model)) = current(&object, "model") {
-        if let Some(mapped) = edits.model_map.get(&model) {
-            put(&mut object, "model", Value::String(mapped.clone()));
-        }
+    let mapped = match current(&object, body, "model") {
+        Some(Value::String(model)) => edits.model_map.get(model),
+        _ => None,
+    };
+    if let Some(mapped) = mapped {
+        put(&mut object, "model", Value::String(mapped.clone()));
     }
     // A voice the engine cannot take was refused before rendering; here it is mapped.
-    let voice = current(&object, "voice")
-        .and_then(|v| edits.dialect.voice_for(&v, edits.voice_map).ok().flatten());
+    let voice = current(&object, body, "voice")
+        .and_then(|v| edits.dialect.voice_for(v, edits.voice_map).ok().flatten());
     if let Some(voice) = voice {
         put(&mut object, "voice", voice);
     }
     match object {
         None => body.raw.clone(),
-        Some(object) => Bytes::from(Value::Object(object).to_string()),
+        // Cannot fail: every key is a string and every value a `Value`.
+        Some(object) => Bytes::from(serde_json::to_vec(&object).unwrap_or_default()),
     }
 }
 
@@ -371,9 +487,7 @@ mod tests {
 
     fn json(text: &str) -> Payload {
         let raw = Bytes::copy_from_slice(text.as_bytes());
-        let Value::Object(object) = serde_json::from_slice(&raw).unwrap() else {
-            panic!("not an object")
-        };
+        let object = JsonObject::parse(&raw).unwrap().expect("an object");
         Payload::Json(JsonBody { raw, object })
     }
 

@@ -11,6 +11,7 @@
 //! The outer [`Gateway::handle`] turns any [`ProxyError`] into an OpenAI-shaped response;
 //! the inner [`Gateway::proxy`] uses `?`.
 
+use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -122,44 +123,50 @@ fn decode_unreserved(path: &str) -> String {
 }
 
 fn classify(method: &Method, path: &str) -> Result<Target, ProxyError> {
-    let lower = path.to_ascii_lowercase();
     let dotted = path.split('/').any(|s| s == "." || s == "..");
-    if dotted
-        || ["%2e", "%2f", "%5c", "\\"]
-            .iter()
-            .any(|p| lower.contains(p))
-    {
+    // Only a path with a `%` can hold an encoded dot or separator, or need decoding: the
+    // common one is looked at as it is, without a lowercased or decoded copy.
+    let encoded = path.contains('%');
+    let separator = encoded && {
+        let lower = path.to_ascii_lowercase();
+        ["%2e", "%2f", "%5c"].iter().any(|p| lower.contains(p))
+    };
+    if dotted || separator || path.contains('\\') {
         return Err(ProxyError::BadPath(path.to_string()));
     }
-    let decoded = decode_unreserved(path);
-    let path = match decoded.as_str() {
+    let decoded: Cow<str> = match encoded {
+        true => Cow::Owned(decode_unreserved(path)),
+        false => Cow::Borrowed(path),
+    };
+    let path: Cow<str> = match &*decoded {
         "/health" => return Ok(Target::Health),
         "/ready" => return Ok(Target::Ready),
         "/status" => return Ok(Target::Status),
         "/" => return Ok(Target::Root),
-        p if p.starts_with("/v1/") => p.to_string(),
+        p if p.starts_with("/v1/") => Cow::Borrowed(p),
         // A base URL without /v1 yields these.
         p if p.starts_with("/audio/") || p == "/models" || p.starts_with("/models/") => {
-            format!("/v1{p}")
+            Cow::Owned(format!("/v1{p}"))
         }
         p => return Err(ProxyError::NotFound(p.to_string())),
     };
     // A trailing slash does not make an audio request something else.
-    let endpoint = match path.strip_suffix('/').unwrap_or(&path) {
+    let bare = path.strip_suffix('/').unwrap_or(&path);
+    let endpoint = match bare {
         "/v1/audio/speech" => Endpoint::Speech,
         "/v1/audio/transcriptions" => Endpoint::Transcriptions,
         "/v1/audio/translations" => Endpoint::Translations,
         _ => Endpoint::Other,
     };
     if *method == Method::GET {
-        match path.strip_suffix('/').unwrap_or(&path) {
+        match bare {
             "/v1/models" => return Ok(Target::Models),
             "/v1/audio/voices" => return Ok(Target::Voices),
             _ => {}
         }
     }
     let path = match endpoint {
-        Endpoint::Other => path,
+        Endpoint::Other => path.into_owned(),
         _ => path.trim_end_matches('/').to_string(),
     };
     if endpoint != Endpoint::Other && method != Method::POST {
@@ -169,6 +176,14 @@ fn classify(method: &Method, path: &str) -> Result<Target, ProxyError> {
         });
     }
     Ok(Target::Api { endpoint, path })
+}
+
+/// Appends `value` in lowercase hex, at least `width` digits.
+fn push_hex(out: &mut Vec<u8>, value: u64, width: u32) {
+    let digits = (u64::BITS - value.leading_zeros()).div_ceil(4).max(width);
+    for i in (0..digits).rev() {
+        out.push(b"0123456789abcdef"[(value >> (i * 4)) as usize & 0xf]);
+    }
 }
 
 /// A request id: the client's if it sent a sane one, else a new one.
@@ -183,7 +198,13 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     }
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let hash = SEED.get_or_init(RandomState::new).hash_one(n);
-    HeaderValue::from_str(&format!("vg-{hash:016x}{n:06x}"))
+    // `vg-{hash:016x}{n:06x}`, written without the formatting machinery and handed to the
+    // header value as it is, without a copy.
+    let mut id = Vec::with_capacity(3 + 16 + 16);
+    id.extend_from_slice(b"vg-");
+    push_hex(&mut id, hash, 16);
+    push_hex(&mut id, n, 6);
+    HeaderValue::from_maybe_shared(Bytes::from(id))
         .unwrap_or_else(|_| HeaderValue::from_static("vg-unknown"))
 }
 
@@ -343,8 +364,8 @@ impl Gateway {
         let runtime = self.runtime.load_full();
         let id = request_id(request.headers());
         let mut record = AccessRecord::new(
-            id.to_str().unwrap_or_default().to_string(),
-            request.method().to_string(),
+            id.clone(),
+            request.method().clone(),
             request.uri().path().to_string(),
         );
         record.client = request.extensions().get::<ClientAddr>().map(|c| c.0);
@@ -509,8 +530,8 @@ impl Gateway {
             }
         }
         parts.headers.insert(REQUEST_ID_HEADER, id.clone());
-        if let Ok(name) = HeaderValue::from_str(upstream.name()) {
-            parts.headers.insert(UPSTREAM_HEADER, name);
+        if let Some(name) = upstream.name_header() {
+            parts.headers.insert(UPSTREAM_HEADER, name.clone());
         }
         record.upstream = Some(upstream.name().to_string());
         let idle = upstream.config.idle_timeout;
@@ -663,5 +684,15 @@ mod tests {
             request_id(&http::HeaderMap::new()),
             request_id(&http::HeaderMap::new())
         );
+    }
+
+    #[test]
+    fn hex_is_written_as_format_writes_it() {
+        for (value, width) in [(0, 6), (0x1f, 6), (0xabcdef1, 6), (u64::MAX, 16), (7, 16)] {
+            let mut out = Vec::new();
+            push_hex(&mut out, value, width);
+            let expected = format!("{value:0width$x}", width = width as usize);
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
     }
 }

@@ -27,7 +27,7 @@ pub const UPSTREAM_HEADER: &str = "x-voxgate-upstream";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -38,15 +38,30 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// Removes hop-by-hop headers, including those the Connection header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.iter().any(|h| h == name) || name == header::UPGRADE
+}
+
+/// The header names that a Connection header lists: hop-by-hop too.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
+        .collect()
+}
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them (a Connection header listing others is one of
+    // them): one look at each name costs less than a removal, a hash and a probe, for
+    // each of the nine.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let named = connection_named(headers);
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
@@ -145,7 +160,10 @@ impl rustls::client::danger::ServerCertVerifier for NoCertificateCheck {
 fn endpoint_uri(base: &Uri, path_and_query: &str) -> Result<Uri, http::Error> {
     let prefix = base.path().trim_end_matches('/');
     let mut parts = base.clone().into_parts();
-    parts.path_and_query = Some(format!("{prefix}{path_and_query}").parse()?);
+    parts.path_and_query = Some(match prefix {
+        "" => path_and_query.parse()?,
+        _ => format!("{prefix}{path_and_query}").parse()?,
+    });
     Ok(Uri::from_parts(parts)?)
 }
 
@@ -232,6 +250,8 @@ pub struct Upstream {
     pub pool: Arc<Pool>,
     client: HttpClient,
     authorization: Option<HeaderValue>,
+    /// The name as a response header value, made once; `None` if it cannot be one.
+    name_header: Option<HeaderValue>,
     /// The active health-check tasks, stopped with the upstream.
     checks: Vec<tokio::task::AbortHandle>,
 }
@@ -297,6 +317,7 @@ impl Upstream {
             }
         }
         Upstream {
+            name_header: HeaderValue::from_str(&config.name).ok(),
             config,
             pool,
             client,
@@ -309,25 +330,38 @@ impl Upstream {
         &self.config.name
     }
 
+    /// The name as a header value, for the response's `x-voxgate-upstream`.
+    pub fn name_header(&self) -> Option<&HeaderValue> {
+        self.name_header.as_ref()
+    }
+
     /// The headers this upstream gets: the client's end-to-end headers, with
     /// Authorization replaced by ours, passed on, or removed, as configured.
+    ///
+    /// Built by copying what travels, in the client's order, rather than by cloning the
+    /// client's map and removing from it: each removal hashes and probes, and there are a
+    /// dozen of them.
     fn headers(&self, client: &HeaderMap, request_id: &HeaderValue, len: u64) -> HeaderMap {
-        let mut headers = client.clone();
-        strip_hop_by_hop(&mut headers);
-        headers.remove(header::HOST);
-        headers.remove(header::CONTENT_LENGTH);
-        headers.remove(header::EXPECT);
-        match (&self.authorization, self.config.pass_client_key) {
-            (Some(ours), _) => {
-                headers.insert(header::AUTHORIZATION, ours.clone());
+        let named = connection_named(client);
+        let ours = self.authorization.as_ref();
+        let drop_authorization = ours.is_some() || !self.config.pass_client_key;
+        let mut headers = HeaderMap::with_capacity(client.keys_len() + 3);
+        for (name, value) in client {
+            let stays = !(is_hop_by_hop(name)
+                || name == header::HOST
+                || name == header::CONTENT_LENGTH
+                || name == header::EXPECT
+                || name == REQUEST_ID_HEADER
+                || (drop_authorization && name == header::AUTHORIZATION)
                 // The client's organization and project belong to the client's key, not ours.
-                headers.remove("openai-organization");
-                headers.remove("openai-project");
+                || (ours.is_some() && (name == "openai-organization" || name == "openai-project"))
+                || named.contains(name));
+            if stays {
+                headers.append(name.clone(), value.clone());
             }
-            (None, true) => {}
-            (None, false) => {
-                headers.remove(header::AUTHORIZATION);
-            }
+        }
+        if let Some(ours) = ours {
+            headers.insert(header::AUTHORIZATION, ours.clone());
         }
         headers.insert(REQUEST_ID_HEADER, request_id.clone());
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
