@@ -116,64 +116,31 @@ fn push_unique(list: &mut Vec<(String, String)>, name: &str, owner: &str) {
     }
 }
 
-/// `GET /v1/models`: an OpenAI model list of everything the routes can reach.
-pub async fn models(
-    upstreams: &[Upstream],
-    routes: &[RouteConfig],
-    headers: &HeaderMap,
-    request_id: &HeaderValue,
-) -> Value {
-    let reached = routed(routes, false);
-    let live = futures_util::future::join_all(reached.iter().map(|&i| async move {
-        let upstream = &upstreams[i];
-        match &upstream.config.dialect.lists_models {
-            Some(path) => fetch(upstream, path, headers, request_id).await,
-            None => None,
-        }
-    }))
-    .await;
-    let mut list = Vec::new();
-    for (&i, live) in reached.iter().zip(live) {
-        let upstream = &upstreams[i];
-        let owner = upstream.name();
-        for name in live.as_ref().map(names).unwrap_or_default() {
-            push_unique(&mut list, &name, owner);
-        }
-        for name in &upstream.config.dialect.models {
-            push_unique(&mut list, name, owner);
-        }
-        let mut mapped: Vec<&String> = upstream.config.model_map.keys().collect();
-        mapped.sort();
-        for name in mapped {
-            push_unique(&mut list, name, owner);
-        }
-    }
-    for route in routes {
-        let owner = route.to.first().map_or("voxgate", |&i| upstreams[i].name());
-        if let Some(pattern) = &route.matcher.model {
-            for name in pattern.literals() {
-                push_unique(&mut list, name, owner);
-            }
-        }
-    }
-    let data: Vec<Value> = list
-        .into_iter()
-        .map(|(id, owner)| json!({ "id": id, "object": "model", "created": 0, "owned_by": owner }))
-        .collect();
-    json!({ "object": "list", "data": data })
+/// What is listed: models or voices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    Models,
+    Voices,
 }
 
-/// `GET /v1/audio/voices`: the voices speech requests can use, as Kokoro lists them.
-pub async fn voices(
+/// Each routed upstream's names of one listing, merged in route order, each name once with
+/// the first upstream that has it: the live list, then the kind's names, then the map's.
+async fn merged(
+    listing: Listing,
     upstreams: &[Upstream],
     routes: &[RouteConfig],
     headers: &HeaderMap,
     request_id: &HeaderValue,
-) -> Value {
-    let reached = routed(routes, true);
+) -> Vec<(String, String)> {
+    let reached = routed(routes, listing == Listing::Voices);
     let live = futures_util::future::join_all(reached.iter().map(|&i| async move {
         let upstream = &upstreams[i];
-        match &upstream.config.dialect.lists_voices {
+        let dialect = &upstream.config.dialect;
+        let path = match listing {
+            Listing::Models => &dialect.lists_models,
+            Listing::Voices => &dialect.lists_voices,
+        };
+        match path {
             Some(path) => fetch(upstream, path, headers, request_id).await,
             None => None,
         }
@@ -181,22 +148,59 @@ pub async fn voices(
     .await;
     let mut list = Vec::new();
     for (&i, live) in reached.iter().zip(live) {
-        let upstream = &upstreams[i];
-        let owner = upstream.name();
+        let config = &upstreams[i].config;
+        let (named, map) = match listing {
+            Listing::Models => (&config.dialect.models, &config.model_map),
+            Listing::Voices => (&config.dialect.voices, &config.voice_map),
+        };
         for name in live.as_ref().map(names).unwrap_or_default() {
-            push_unique(&mut list, &name, owner);
+            push_unique(&mut list, &name, &config.name);
         }
-        for name in &upstream.config.dialect.voices {
-            push_unique(&mut list, name, owner);
+        for name in named {
+            push_unique(&mut list, name, &config.name);
         }
-        let mut mapped: Vec<&String> = upstream.config.voice_map.keys().collect();
+        let mut mapped: Vec<&String> = map.keys().collect();
         mapped.sort();
         for name in mapped {
-            push_unique(&mut list, name, owner);
+            push_unique(&mut list, name, &config.name);
         }
     }
-    let voices: Vec<String> = list.into_iter().map(|(name, _)| name).collect();
-    json!({ "voices": voices })
+    list
+}
+
+/// `GET /v1/models` or `GET /v1/audio/voices`: an OpenAI model list of everything the
+/// routes can reach, or the voices speech requests can use, as Kokoro lists them.
+pub async fn answer(
+    listing: Listing,
+    upstreams: &[Upstream],
+    routes: &[RouteConfig],
+    headers: &HeaderMap,
+    request_id: &HeaderValue,
+) -> Value {
+    let mut list = merged(listing, upstreams, routes, headers, request_id).await;
+    match listing {
+        Listing::Models => {
+            for route in routes {
+                let owner = route.to.first().map_or("voxgate", |&i| upstreams[i].name());
+                if let Some(pattern) = &route.matcher.model {
+                    for name in pattern.literals() {
+                        push_unique(&mut list, name, owner);
+                    }
+                }
+            }
+            let data: Vec<Value> = list
+                .into_iter()
+                .map(|(id, owner)| {
+                    json!({ "id": id, "object": "model", "created": 0, "owned_by": owner })
+                })
+                .collect();
+            json!({ "object": "list", "data": data })
+        }
+        Listing::Voices => {
+            let voices: Vec<String> = list.into_iter().map(|(name, _)| name).collect();
+            json!({ "voices": voices })
+        }
+    }
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use crate::access::{AccessRecord, ClientAddr, Listener, ObservedBody};
 use crate::body::{full, BoxError, IdleTimeout, ProxyBody};
 use crate::config::Config;
 use crate::dialect;
-use crate::discovery;
+use crate::discovery::{self, Listing};
 use crate::error::ApiError;
 use crate::forward::{forward, Exhausted, RequestHead, RetryBudget, Served};
 use crate::intake::{read_form, read_json, read_raw, IntakeError, IntakeLimits};
@@ -85,10 +85,8 @@ enum Target {
     Ready,
     /// Upstreams, endpoints, health, ejections, in-flight counts, last checks.
     Status,
-    /// `GET /v1/models`: merged over the routed upstreams.
-    Models,
-    /// `GET /v1/audio/voices`: merged over the upstreams speech can reach.
-    Voices,
+    /// `GET /v1/models` or `GET /v1/audio/voices`: merged over the routed upstreams.
+    Discovery(Listing),
     Api {
         endpoint: Endpoint,
         /// The path with `/v1` in front, as every upstream expects it.
@@ -160,8 +158,8 @@ fn classify(method: &Method, path: &str) -> Result<Target, ProxyError> {
     };
     if *method == Method::GET {
         match bare {
-            "/v1/models" => return Ok(Target::Models),
-            "/v1/audio/voices" => return Ok(Target::Voices),
+            "/v1/models" => return Ok(Target::Discovery(Listing::Models)),
+            "/v1/audio/voices" => return Ok(Target::Discovery(Listing::Voices)),
             _ => {}
         }
     }
@@ -436,18 +434,9 @@ impl Gateway {
                     &runtime.status(),
                 )))
             }
-            Target::Models => {
-                let list = discovery::models(
-                    &runtime.upstreams,
-                    runtime.router.routes(),
-                    &parts.headers,
-                    id,
-                )
-                .await;
-                return Ok(Reply::Local(json_response(StatusCode::OK, &list)));
-            }
-            Target::Voices => {
-                let list = discovery::voices(
+            Target::Discovery(listing) => {
+                let list = discovery::answer(
+                    listing,
                     &runtime.upstreams,
                     runtime.router.routes(),
                     &parts.headers,
@@ -624,8 +613,14 @@ mod tests {
             target(Method::POST, "/v1/audio/translations"),
             api(Endpoint::Translations, "/v1/audio/translations")
         );
-        assert_eq!(target(Method::GET, "/models"), Ok(Target::Models));
-        assert_eq!(target(Method::GET, "/v1/audio/voices"), Ok(Target::Voices));
+        assert_eq!(
+            target(Method::GET, "/models"),
+            Ok(Target::Discovery(Listing::Models))
+        );
+        assert_eq!(
+            target(Method::GET, "/v1/audio/voices"),
+            Ok(Target::Discovery(Listing::Voices))
+        );
         assert_eq!(
             target(Method::POST, "/v1/audio/voices"),
             api(Endpoint::Other, "/v1/audio/voices"),

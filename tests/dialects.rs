@@ -173,11 +173,7 @@ async fn a_model_kokoro_does_not_serve_skips_it() {
     assert_eq!(r.header("x-voxgate-upstream"), Some("openai"));
     assert_eq!(kokoro.count(), 0, "not sent where it would be refused");
     // Kokoro alone: a clear 400 that names what it serves.
-    let config = format!(
-        "[upstreams.k]\nkind = \"kokoro\"\nurl = \"{}\"\nhealth = {{ enabled = false }}\n\
-         [[routes]]\nto = [\"k\"]\n",
-        kokoro.url()
-    );
+    let config = single_of_kind("kokoro", &kokoro.url(), "");
     let alone = Proxy::start(&config).await;
     let r = speak(
         &alone,
@@ -197,11 +193,7 @@ async fn a_model_kokoro_does_not_serve_skips_it() {
 #[tokio::test]
 async fn blends_reach_openai_as_their_dominant_voice_and_broken_ones_are_refused() {
     let openai = engines::openai(KEY).await;
-    let config = format!(
-        "[upstreams.openai]\nkind = \"openai\"\nurl = \"{}\"\napi_key = \"{KEY}\"\n\
-         [[routes]]\nto = [\"openai\"]\n",
-        openai.url()
-    );
+    let config = single_of_kind("openai", &openai.url(), &format!("api_key = \"{KEY}\""));
     let proxy = Proxy::start(&config).await;
     let r = speak(
         &proxy,
@@ -310,11 +302,7 @@ async fn transcriptions_falling_back_to_openai_lose_language_auto() {
 #[tokio::test]
 async fn openai_keeps_its_own_fields_and_loses_whisper_cpps() {
     let openai = engines::openai(KEY).await;
-    let config = format!(
-        "[upstreams.openai]\nkind = \"openai\"\nurl = \"{}\"\napi_key = \"{KEY}\"\n\
-         [[routes]]\nto = [\"openai\"]\n",
-        openai.url()
-    );
+    let config = single_of_kind("openai", &openai.url(), &format!("api_key = \"{KEY}\""));
     let proxy = Proxy::start(&config).await;
     let parts = vec![
         ("model", None, &b"gpt-4o-mini-transcribe"[..]),
@@ -335,11 +323,7 @@ async fn openai_keeps_its_own_fields_and_loses_whisper_cpps() {
 #[tokio::test]
 async fn streamed_transcriptions_from_whisper_cpp_become_openai_events() {
     let whisper = engines::whisper_cpp().await;
-    let config = format!(
-        "[upstreams.w]\nkind = \"whisper-cpp\"\nurl = \"{}\"\nhealth = {{ enabled = false }}\n\
-         [[routes]]\nto = [\"w\"]\n",
-        whisper.url()
-    );
+    let config = single_of_kind("whisper-cpp", &whisper.url(), "");
     let proxy = Proxy::start(&config).await;
     let r = upload(
         &proxy,
@@ -378,11 +362,7 @@ async fn streamed_transcriptions_from_whisper_cpp_become_openai_events() {
 #[tokio::test]
 async fn sse_speech_from_kokoro_is_made_of_its_chunks_as_they_arrive() {
     let kokoro = engines::kokoro().await;
-    let config = format!(
-        "[upstreams.k]\nkind = \"kokoro\"\nurl = \"{}\"\nhealth = {{ enabled = false }}\n\
-         [[routes]]\nto = [\"k\"]\n",
-        kokoro.url()
-    );
+    let config = single_of_kind("kokoro", &kokoro.url(), "");
     let proxy = Proxy::start(&config).await;
     let body =
         json!({ "model": "kokoro", "input": "Hi", "voice": "af_sky", "stream_format": "sse" });

@@ -302,11 +302,7 @@ async fn python_streamed_transcription_gets_every_event() {
 #[tokio::test]
 async fn python_streamed_transcription_from_whisper_cpp_gets_events_voxgate_made() {
     let whisper = engines::whisper_cpp().await;
-    let config = format!(
-        "[upstreams.w]\nkind = \"whisper-cpp\"\nurl = \"{}\"\nhealth = {{ enabled = false }}\n\
-         [[routes]]\nto = [\"w\"]\n",
-        whisper.url()
-    );
+    let config = single_of_kind("whisper-cpp", &whisper.url(), "");
     let proxy = Proxy::start(&config).await;
     let (file, _) = wav();
     let out = run_python("transcribe_stream", &proxy, &file, &[])

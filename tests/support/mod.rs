@@ -419,6 +419,15 @@ pub fn single_upstream(url: &str, extra: &str) -> String {
     format!("[upstreams.a]\nurl = \"{url}\"\n{extra}\n[[routes]]\nto = [\"a\"]\n")
 }
 
+/// One upstream `a` of `kind` taking every request, with its health check off (each test
+/// decides what is up) and `extra` keys.
+pub fn single_of_kind(kind: &str, url: &str, extra: &str) -> String {
+    single_upstream(
+        url,
+        &format!("kind = \"{kind}\"\nhealth = {{ enabled = false }}\n{extra}"),
+    )
+}
+
 /// A plain HTTP client for tests.
 pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, TestBody> {
     Client::builder(TokioExecutor::new()).build_http()
