@@ -13,6 +13,12 @@ use tracing_subscriber::EnvFilter;
 use voxgate::config::{Config, LogFormat, DEFAULT_TOML};
 use voxgate::proxy::Gateway;
 
+/// jemalloc instead of glibc's malloc: 9 % fewer instructions per small request (malloc
+/// and free were a fifth of them), idle RSS 8.7 MiB, upload peaks no higher
+/// (benches/README.md). Built from C by tikv-jemalloc-sys: needs gcc and make.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A routing, streaming, falling-back proxy for the OpenAI audio API.
 #[derive(Parser)]
 #[command(version, about)]
