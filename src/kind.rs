@@ -360,7 +360,8 @@ fn kokoro_gender(voice: &str) -> Option<u8> {
         && b[3..]
             .iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_');
-    shaped.then_some(b[1])
+    // Lazily: `b[1]` exists only when the name is shaped like one.
+    shaped.then(|| b[1])
 }
 
 #[cfg(test)]
@@ -426,6 +427,10 @@ mod tests {
         assert_eq!(voice("zm_yunxi"), Some(Value::from("onyx")));
         assert_eq!(voice("nova"), None);
         assert_eq!(voice("my-custom"), None, "not Kokoro-shaped: passed on");
+        // Found by fuzzing: names too short to have a gender letter.
+        for short in ["", "a", "af", "af_"] {
+            assert_eq!(voice(short), None, "{short:?}");
+        }
     }
 
     #[test]
