@@ -219,6 +219,14 @@ async fn blends_reach_openai_as_their_dominant_voice_and_broken_ones_are_refused
         r.error_message()
     );
     assert_eq!(openai.count(), 1, "the refused request was not sent");
+    // Too short to be a Kokoro name (once a panic, found by fuzzing): OpenAI's own 400.
+    let r = speak(
+        &proxy,
+        json!({ "model": "tts-1", "input": "Hi", "voice": "" }),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_message(), "Invalid value for 'voice'");
 }
 
 #[tokio::test]
