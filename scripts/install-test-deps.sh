@@ -39,7 +39,8 @@ vm_venv="$repo/target/voicemode-venv"
 vm_requirements="$repo/tests/voicemode/requirements.txt"
 vm_constraints="$repo/tests/voicemode/constraints.txt"
 missing=()
-for pkg in libportaudio2 libasound2-dev gcc; do
+# gcc and make also build jemalloc (tikv-jemalloc-sys), voxgate's allocator.
+for pkg in libportaudio2 libasound2-dev gcc make; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
