@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs the OpenAI SDKs that the end-to-end tests drive: openai-python into
-# target/sdk-venv and openai-node into tests/sdk/node/node_modules.
+# Installs what the tests need: the OpenAI SDKs the end-to-end tests drive (openai-python
+# into target/sdk-venv, openai-node into tests/sdk/node/node_modules), voice-mode into
+# target/voicemode-venv, and the Debian packages voice-mode's audio libraries and
+# voxgate's jemalloc build need (apt-get, as root or through sudo).
 # Idempotent: each step is skipped while its lock file is unchanged.
 set -euo pipefail
 
