@@ -318,8 +318,17 @@ impl Runtime {
 
     /// `/status`: the pools as they are now. Shows upstream URLs, never keys.
     fn status(&self) -> serde_json::Value {
-        let upstreams: Vec<serde_json::Value> =
-            self.upstreams.iter().map(|u| u.pool.status()).collect();
+        let upstreams: Vec<serde_json::Value> = self
+            .upstreams
+            .iter()
+            .map(|u| {
+                let mut status = u.pool.status();
+                if let Some(object) = status.as_object_mut() {
+                    object.insert("kind".into(), u.config.dialect.kind.name().into());
+                }
+                status
+            })
+            .collect();
         serde_json::json!({ "upstreams": upstreams })
     }
 }

@@ -549,6 +549,13 @@ async fn a_kind_brings_its_health_check_unless_turned_off() {
         assert!(Instant::now() < deadline, "no health check within 5 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let status = send(
+        Request::get(proxy.url("/status"))
+            .body(full_body(""))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status.json()["upstreams"][0]["kind"], "kokoro");
     drop(proxy);
     let quiet = engines::kokoro().await;
     let proxy = Proxy::start(&voice_stack(&quiet.url(), &quiet.url(), &quiet.url())).await;
