@@ -1693,6 +1693,9 @@ to = ["a"]
         let e = errors("[upstreams.k]\nurl = \"http://k\"\n\n\ndrop_fields = { speak = [\"x\"] }\n[[routes]]\nto = [\"k\"]\n");
         assert_eq!(e[0].0, 5);
         assert!(e[0].2.contains("drop_fields.speak"), "{e:?}");
+        let e = errors("[upstreams.k]\nurl = \"http://k\"\nvoice_by_gender = { f = \"nova\" }\n[[routes]]\nto = [\"k\"]\n");
+        assert_eq!((e[0].0, e[0].1), (3, 19));
+        assert!(e[0].2.contains("exactly `f` and `m`"), "{e:?}");
         let e = errors("[upstreams.k]\nurl = \"http://k\"\nlists_voices = \"voices\"\n[[routes]]\nto = [\"k\"]\n");
         assert!(e[0].2.contains("must start with /"), "{e:?}");
     }

@@ -241,10 +241,11 @@ pub async fn forward(
     head: &RequestHead<'_>,
     attempts: &mut Vec<Attempt>,
 ) -> Result<Served, Exhausted> {
+    // Each suitable pool's availability, read once: it takes every endpoint's lock.
     let mut suitable = Vec::with_capacity(route.to.len());
     for &index in &route.to {
         match edits_for(&upstreams[index], route, head.endpoint, payload) {
-            Ok(edits) => suitable.push((index, edits)),
+            Ok(edits) => suitable.push((index, edits, upstreams[index].pool.is_up())),
             Err(why) => attempts.push(not_tried(&upstreams[index], AttemptResult::Unsuitable(why))),
         }
     }
@@ -256,14 +257,9 @@ pub async fn forward(
             unsuitable: true,
         });
     }
-    // Each pool's availability, read once: it takes every endpoint's lock.
-    let up: Vec<bool> = suitable
-        .iter()
-        .map(|(i, _)| upstreams[*i].pool.is_up())
-        .collect();
-    let all_down = !up.contains(&true);
+    let all_down = !suitable.iter().any(|(_, _, up)| *up);
     let mut to_try = Vec::with_capacity(suitable.len());
-    for ((index, edits), up) in suitable.into_iter().zip(up) {
+    for (index, edits, up) in suitable {
         if all_down || up {
             to_try.push((index, edits));
         } else {

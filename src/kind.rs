@@ -279,6 +279,7 @@ impl Dialect {
     }
 
     /// Why a request for `model` (as this upstream would get it) cannot be sent here.
+    /// Callers may skip it when `only_listed_models` is off: it then refuses nothing.
     pub fn refuses_model(&self, model: &str) -> Option<String> {
         (self.only_listed_models && !self.models.iter().any(|m| m == model)).then(|| {
             format!(

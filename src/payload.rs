@@ -283,14 +283,20 @@ impl Payload {
 
     /// Why this request cannot go to an upstream with these edits, if it cannot.
     pub fn refusal(&self, edits: &Edits<'_>) -> Option<String> {
-        let model = match edits.set.iter().find(|(k, _)| k == "model") {
-            Some((_, v)) => Some(v.as_form_text()),
-            None => self.model().map(str::to_string),
-        };
-        if let Some(model) = model {
-            let sent = edits.model_map.get(&model).unwrap_or(&model);
-            if let Some(why) = edits.dialect.refuses_model(sent) {
-                return Some(why);
+        if edits.dialect.only_listed_models {
+            let model: Option<std::borrow::Cow<'_, str>> =
+                match edits.set.iter().find(|(k, _)| k == "model") {
+                    Some((_, v)) => Some(v.as_form_text().into()),
+                    None => self.model().map(Into::into),
+                };
+            if let Some(model) = model {
+                let sent = edits
+                    .model_map
+                    .get(model.as_ref())
+                    .map_or(model.as_ref(), String::as_str);
+                if let Some(why) = edits.dialect.refuses_model(sent) {
+                    return Some(why);
+                }
             }
         }
         let Payload::Json(j) = self else { return None };

@@ -327,3 +327,33 @@ async fn h2c_clients_are_served_and_may_idle_after_their_first_request() {
     }
     assert_eq!(up.count(), 2);
 }
+
+#[tokio::test]
+async fn a_silent_connection_over_the_limit_is_closed_too() {
+    let up = Scripted::always(Reply::ok("audio/pcm", "ok")).await;
+    let proxy = proxy_with(&up, "header_read_timeout = \"400ms\"\nmax_connections = 1").await;
+    // The one allowed connection: a keep-alive client that was served and stays.
+    let mut kept = TcpStream::connect(proxy.addr).await.unwrap();
+    let keep_alive = String::from_utf8(speech_bytes(""))
+        .unwrap()
+        .replace("Connection: close\r\n", "");
+    kept.write_all(keep_alive.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = kept.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Over the limit, and silent: it is being shed, and must not be held forever.
+    let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
+    let start = Instant::now();
+    assert!(
+        read_to_close(&mut silent, Duration::from_secs(3))
+            .await
+            .is_some(),
+        "a silent connection over the limit stayed open"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(kept);
+}

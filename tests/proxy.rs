@@ -583,11 +583,7 @@ async fn request_ids_are_propagated_or_generated() {
     assert_eq!(r.header("x-upstream-request-id"), Some("req_upstream"));
     assert_eq!(a.last().header("x-request-id"), Some("client-id-1"));
 
-    let r = send(speech_request(
-        &proxy.url("/v1/audio/speech"),
-        speech_json(),
-    ))
-    .await;
+    let r = speech_via(&proxy).await;
     let generated = r.header("x-request-id").unwrap().to_string();
     assert!(generated.starts_with("vg-"));
     assert_eq!(a.last().header("x-request-id"), Some(generated.as_str()));

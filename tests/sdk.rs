@@ -6,20 +6,15 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use support::*;
 use tokio::process::Command;
 
 const INSTALL_HINT: &str = "run `bash scripts/install-test-deps.sh` to install the SDKs";
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
 
 fn python() -> PathBuf {
     let python = repo("target/sdk-venv/bin/python");
@@ -62,63 +57,15 @@ fn wav() -> (tempfile::TempPath, Vec<u8>) {
     (file.into_temp_path(), bytes)
 }
 
-/// How a client script ended: its exit code, its last stdout line as JSON, its stderr.
-struct Outcome {
-    code: Option<i32>,
-    json: Value,
-    stderr: String,
-}
-
-impl Outcome {
-    /// The scenario's result, asserting it succeeded.
-    fn ok(self) -> Value {
-        assert_eq!(
-            self.code,
-            Some(0),
-            "client failed: {}\n{}",
-            self.json,
-            self.stderr
-        );
-        self.json
-    }
-}
-
 /// Runs a client script against `proxy` with the SDK pointed at it, bounded by 60 s.
 async fn run(mut command: Command, proxy: &Proxy, audio: &Path, env: &[(&str, &str)]) -> Outcome {
-    for var in [
-        "OPENAI_ORG_ID",
-        "OPENAI_PROJECT_ID",
-        "OPENAI_LOG",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ] {
-        command.env_remove(var);
-    }
     command
         .env("OPENAI_BASE_URL", proxy.url("/v1"))
         .env("OPENAI_API_KEY", "sk-client-test")
         .env("VOXGATE_AUDIO_FILE", audio)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
-        .await
-        .expect("client finished within 60 s")
-        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}; {INSTALL_HINT}"));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    let last = stdout.lines().last().unwrap_or_default();
-    let json = serde_json::from_str(last)
-        .unwrap_or_else(|_| panic!("last stdout line is not JSON: {stdout:?}\n{stderr}"));
-    Outcome {
-        code: output.status.code(),
-        json,
-        stderr,
-    }
+        .envs(env.iter().copied());
+    let cleared = ["OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "OPENAI_LOG"];
+    run_script(command, &cleared, Duration::from_secs(60), INSTALL_HINT).await
 }
 
 /// Runs a scenario of tests/sdk/python_client.py.

@@ -564,3 +564,69 @@ pub fn noise(len: usize) -> Vec<u8> {
 pub fn ms(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
 }
+
+/// A path inside the repository.
+pub fn repo(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// How a client script (an SDK scenario, the voice-mode driver) ended: its exit code, its
+/// last stdout line as JSON, its stderr.
+pub struct Outcome {
+    pub code: Option<i32>,
+    pub json: serde_json::Value,
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// The script's result, asserting it succeeded.
+    pub fn ok(self) -> serde_json::Value {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "client failed: {}\n{}",
+            self.json,
+            self.stderr
+        );
+        self.json
+    }
+}
+
+/// Runs a client script with stdin closed, without the proxy variables and `cleared`
+/// ones, bounded by `limit`; its last stdout line must be JSON. `hint` says how to get
+/// the script's interpreter when it cannot start.
+pub async fn run_script(
+    mut command: tokio::process::Command,
+    cleared: &[&str],
+    limit: Duration,
+    hint: &str,
+) -> Outcome {
+    let proxies = [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ];
+    for var in proxies.iter().chain(cleared) {
+        command.env_remove(var);
+    }
+    command
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(limit, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("client finished within {limit:?}"))
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}; {hint}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let last = stdout.lines().last().unwrap_or_default();
+    let json = serde_json::from_str(last)
+        .unwrap_or_else(|_| panic!("last stdout line is not JSON: {stdout:?}\n{stderr}"));
+    Outcome {
+        code: output.status.code(),
+        json,
+        stderr,
+    }
+}
