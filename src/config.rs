@@ -178,6 +178,8 @@ pub struct UpstreamConfig {
     /// Longest pause between two pieces of the response body; then the client's
     /// connection is aborted, so a stalled stream is seen as broken.
     pub idle_timeout: Duration,
+    /// How long a kept-alive connection to this upstream may wait unused before it is closed.
+    pub keepalive_timeout: Duration,
     /// Replaces the client's Authorization header when set.
     pub api_key: Option<Secret>,
     /// Without an `api_key`, pass the client's Authorization header on (otherwise strip it).
@@ -434,6 +436,7 @@ struct RawUpstream {
     connect_timeout: Option<Spanned<String>>,
     response_timeout: Option<Spanned<String>>,
     idle_timeout: Option<Spanned<String>>,
+    keepalive_timeout: Option<Spanned<String>>,
     api_key: Option<Spanned<String>>,
     #[serde(default)]
     pass_client_key: bool,
@@ -509,6 +512,7 @@ const DEFAULT_REPLAY_TOTAL: u64 = 24 * 1_048_576;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Validator<'a> {
     locator: &'a Locator<'a>,
@@ -1282,6 +1286,11 @@ fn validate(
                 DEFAULT_RESPONSE_TIMEOUT,
             ),
             idle_timeout: v.duration(u.idle_timeout, "idle_timeout", DEFAULT_IDLE_TIMEOUT),
+            keepalive_timeout: v.duration(
+                u.keepalive_timeout,
+                "keepalive_timeout",
+                DEFAULT_KEEPALIVE_TIMEOUT,
+            ),
             name,
             endpoints,
             balance: u.balance.unwrap_or(Balance::RoundRobin),

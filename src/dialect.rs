@@ -15,13 +15,13 @@
 
 use std::time::Duration;
 
+use crate::connections::UpstreamBody;
 use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::{stream, StreamExt};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, BodyStream, Limited, StreamBody};
-use hyper::body::Incoming;
 
 use crate::body::{BoxError, IdleTimeout, ProxyBody};
 use crate::error::ApiError;
@@ -67,7 +67,7 @@ pub fn rewritable_error(status: StatusCode, headers: &HeaderMap) -> bool {
 /// rewritten if not. `None` if it could not be read in time.
 pub async fn openai_error_body(
     status: StatusCode,
-    body: Incoming,
+    body: UpstreamBody,
     wait: Duration,
 ) -> Option<Bytes> {
     let bytes = tokio::time::timeout(wait, body.collect())
@@ -116,7 +116,7 @@ fn event(value: &serde_json::Value) -> Bytes {
 /// Raw audio as OpenAI's speech events: one `speech.audio.delta` per chunk, sent as the
 /// chunk arrives, then `speech.audio.done`. A body that breaks ends the stream with the
 /// error, without `done`, so the client sees a broken stream.
-pub fn speech_events(audio: IdleTimeout<Incoming>) -> ProxyBody {
+pub fn speech_events(audio: IdleTimeout<UpstreamBody>) -> ProxyBody {
     let deltas = BodyStream::new(audio).filter_map(|frame| async move {
         match frame {
             Err(e) => Some(Err(e)),
@@ -140,7 +140,7 @@ pub fn speech_events(audio: IdleTimeout<Incoming>) -> ProxyBody {
 }
 
 /// Reads an engine's JSON transcription and returns it as OpenAI's transcript events.
-pub async fn transcript_events(body: Incoming, idle: Duration) -> Result<Bytes, String> {
+pub async fn transcript_events(body: UpstreamBody, idle: Duration) -> Result<Bytes, String> {
     let limited = Limited::new(IdleTimeout::new(body, idle), MAX_TRANSCRIPT);
     let bytes = limited
         .collect()

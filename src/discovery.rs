@@ -66,7 +66,7 @@ async fn fetch(
     let read = async {
         let response = upstream
             .send(
-                picked.endpoint(),
+                picked.index,
                 timeout,
                 &Method::GET,
                 path,

@@ -13,10 +13,10 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::connections::UpstreamBody;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use crate::config::{FallbackPolicy, RouteConfig};
 use crate::error::ApiError;
@@ -202,7 +202,7 @@ pub struct Served {
     /// Index into `upstreams` of the upstream that answered.
     pub index: usize,
     pub picked: Picked,
-    pub response: Response<Incoming>,
+    pub response: Response<UpstreamBody>,
     /// How its answer must be converted for the client.
     pub convert: Convert,
 }
@@ -315,7 +315,7 @@ pub async fn forward(
         };
         let result = upstream
             .send(
-                picked.endpoint(),
+                picked.index,
                 timeout,
                 head.method,
                 &path,
@@ -437,7 +437,7 @@ fn not_tried(upstream: &Upstream, result: AttemptResult) -> Attempt {
 
 /// The message of a refused response, if its body is short and arrives at once: enough to
 /// tell "model not found" from "overloaded" in the final error, never worth a wait.
-async fn error_detail(response: Response<Incoming>) -> Option<String> {
+async fn error_detail(response: Response<UpstreamBody>) -> Option<String> {
     const MAX: usize = 2048;
     if response
         .headers()

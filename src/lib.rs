@@ -7,7 +7,8 @@
 //! - [`payload`]  JSON / multipart / raw bodies: what rules read, how rewrites re-send them.
 //! - [`spool`]    the replay store: memory within budgets, unlinked temp file beyond.
 //! - [`body`]     response and upstream-request body types.
-//! - [`upstream`] one pooled client per upstream; header hygiene and auth.
+//! - [`upstream`] an upstream: how a request is sent to it; header hygiene and auth.
+//! - [`connections`] kept-alive connections to an upstream's endpoints.
 //! - [`pool`]     an upstream's endpoints: balancing, health checks, ejection.
 //! - [`kind`]     upstream kinds (openai, kokoro, whisper-cpp, …): what each engine accepts.
 //! - [`dialect`]  upstream answers made to read like OpenAI's (errors, text types, SSE).
@@ -27,6 +28,7 @@
 pub mod access;
 pub mod body;
 pub mod config;
+pub mod connections;
 pub mod dialect;
 pub mod discovery;
 pub mod error;

@@ -1,24 +1,22 @@
-//! Upstreams: one pooled HTTP client per configured server, and how a request is sent to it.
+//! Upstreams: the connections to each configured server, and how a request is sent to it.
 //!
-//! Each upstream owns a hyper-util pooled client (keep-alive; rustls with webpki roots for
-//! https, HTTP/2 when ALPN agrees) with its own connect timeout. [`Upstream::send`] builds
-//! the request for this upstream — path appended to its URL, hop-by-hop headers dropped,
-//! Authorization replaced or removed — and reports the result as an [`AttemptError`] that
-//! knows what kind of failure it was, so the fallback policy can decide without strings.
+//! Each upstream keeps its own connections ([`crate::connections`]: keep-alive; rustls
+//! with webpki roots for https, HTTP/2 when ALPN agrees) with its own connect timeout.
+//! [`Upstream::send`] builds the request for this upstream — path appended to its URL,
+//! hop-by-hop headers dropped, Authorization replaced or removed — and reports the result
+//! as an [`AttemptError`] that knows what kind of failure it was, so the fallback policy
+//! can decide without strings.
 
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, Uri};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
+use http::{Method, Request, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{OutBody, Segment};
 use crate::config::{HealthCheck, UpstreamConfig};
-use crate::pool::{Endpoint, Pool};
+use crate::connections::{describe, Connections, Reuse, SendError, UpstreamBody};
+use crate::pool::Pool;
 use http_body_util::BodyExt;
 use std::sync::{Arc, Weak};
 
@@ -155,64 +153,47 @@ impl rustls::client::danger::ServerCertVerifier for NoCertificateCheck {
     }
 }
 
-/// The URL of a request path (and query) at an endpoint: the path is appended to the
-/// endpoint's own path prefix.
-fn endpoint_uri(base: &Uri, path_and_query: &str) -> Result<Uri, http::Error> {
-    let prefix = base.path().trim_end_matches('/');
-    let mut parts = base.clone().into_parts();
-    parts.path_and_query = Some(match prefix {
-        "" => path_and_query.parse()?,
-        _ => format!("{prefix}{path_and_query}").parse()?,
-    });
-    Ok(Uri::from_parts(parts)?)
-}
-
 /// Checks one endpoint every `interval` for as long as its pool exists.
 async fn run_checks(
     pool: Weak<Pool>,
     index: usize,
-    client: HttpClient,
+    connections: Arc<Connections>,
     check: HealthCheck,
     authorization: Option<HeaderValue>,
 ) {
     loop {
-        let Some(strong) = pool.upgrade() else { return };
-        let request = endpoint_uri(&strong.endpoints[index].url, &check.path).map(|uri| {
-            let mut request = Request::new(OutBody::empty());
-            *request.method_mut() = check.method.clone();
-            *request.uri_mut() = uri;
-            if let Some(auth) = &authorization {
-                request
-                    .headers_mut()
-                    .insert(header::AUTHORIZATION, auth.clone());
-            }
+        if pool.strong_count() == 0 {
+            return;
+        }
+        let mut request = Request::new(OutBody::empty());
+        *request.method_mut() = check.method.clone();
+        if let Some(auth) = &authorization {
             request
-        });
-        drop(strong);
-        let outcome = match request {
-            Err(e) => Err(format!("bad health check URL: {e}")),
-            Ok(request) => {
-                let probe = async {
-                    let response = client.request(request).await.map_err(|e| describe(&e))?;
-                    let status = response.status().as_u16();
-                    // Read a little of the body, so a server that sends headers and then
-                    // hangs is not counted as healthy.
-                    let mut body = response.into_body();
-                    let mut read = 0;
-                    while read < 64 * 1024 {
-                        match body.frame().await {
-                            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
-                            Some(Err(e)) => return Err(describe(&e)),
-                            None => break,
-                        }
-                    }
-                    Ok(status)
-                };
-                match tokio::time::timeout(check.timeout, probe).await {
-                    Err(_) => Err(format!("no answer within {:?}", check.timeout)),
-                    Ok(result) => result,
+                .headers_mut()
+                .insert(header::AUTHORIZATION, auth.clone());
+        }
+        let probe = async {
+            let response = connections
+                .send(index, &check.path, request, Reuse::Kept)
+                .await
+                .map_err(SendError::text)?;
+            let status = response.status().as_u16();
+            // Read a little of the body, so a server that sends headers and then
+            // hangs is not counted as healthy.
+            let mut body = response.into_body();
+            let mut read = 0;
+            while read < 64 * 1024 {
+                match body.frame().await {
+                    Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+                    Some(Err(e)) => return Err(describe(&e)),
+                    None => break,
                 }
             }
+            Ok(status)
+        };
+        let outcome = match tokio::time::timeout(check.timeout, probe).await {
+            Err(_) => Err(format!("no answer within {:?}", check.timeout)),
+            Ok(result) => result,
         };
         let (ok, detail) = match outcome {
             Ok(status) => (
@@ -229,37 +210,22 @@ async fn run_checks(
     }
 }
 
-/// A client error's message with its causes, which carry the useful part.
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
-}
-
-type HttpClient = Client<HttpsConnector<HttpConnector>, OutBody>;
-
 pub struct Upstream {
     pub config: UpstreamConfig,
     pub pool: Arc<Pool>,
-    client: HttpClient,
+    connections: Arc<Connections>,
     authorization: Option<HeaderValue>,
     /// The name as a response header value, made once; `None` if it cannot be one.
     name_header: Option<HeaderValue>,
-    /// The active health-check tasks, stopped with the upstream.
-    checks: Vec<tokio::task::AbortHandle>,
+    /// The active health-check tasks and the idle-connection sweep, stopped with the
+    /// upstream.
+    tasks: Vec<tokio::task::AbortHandle>,
 }
 
 impl Drop for Upstream {
     fn drop(&mut self) {
-        for check in &self.checks {
-            check.abort();
+        for task in &self.tasks {
+            task.abort();
         }
     }
 }
@@ -285,11 +251,12 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(https);
+        let urls: Vec<_> = config.endpoints.iter().map(|e| &e.url).collect();
+        // Every endpoint URL was checked at load to have a host.
+        let connections = Arc::new(
+            Connections::new(https, &urls, config.keepalive_timeout)
+                .unwrap_or_else(|e| panic!("upstream `{}`: {e}", config.name)),
+        );
         let authorization = config.api_key.as_ref().and_then(|key| {
             let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose())).ok()?;
             value.set_sensitive(true);
@@ -302,27 +269,33 @@ impl Upstream {
             config.health.as_ref(),
             &config.ejection,
         ));
-        let mut checks = Vec::new();
-        if let (Some(check), Ok(runtime)) = (&config.health, tokio::runtime::Handle::try_current())
-        {
-            for index in 0..pool.endpoints.len() {
-                let task = run_checks(
-                    Arc::downgrade(&pool),
-                    index,
-                    client.clone(),
-                    check.clone(),
-                    authorization.clone(),
-                );
-                checks.push(runtime.spawn(task).abort_handle());
+        let mut tasks = Vec::new();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let sweep = Connections::sweep_while_alive(
+                Arc::downgrade(&connections),
+                config.keepalive_timeout,
+            );
+            tasks.push(runtime.spawn(sweep).abort_handle());
+            if let Some(check) = &config.health {
+                for index in 0..pool.endpoints.len() {
+                    let task = run_checks(
+                        Arc::downgrade(&pool),
+                        index,
+                        connections.clone(),
+                        check.clone(),
+                        authorization.clone(),
+                    );
+                    tasks.push(runtime.spawn(task).abort_handle());
+                }
             }
         }
         Upstream {
             name_header: HeaderValue::from_str(&config.name).ok(),
             config,
             pool,
-            client,
+            connections,
             authorization,
-            checks,
+            tasks,
         }
     }
 
@@ -368,32 +341,52 @@ impl Upstream {
         headers
     }
 
-    /// Sends one attempt to `endpoint`; resolves when response headers arrive, or the
-    /// attempt fails, or `timeout` passes.
+    /// Sends one attempt to endpoint `index`; resolves when response headers arrive, or
+    /// the attempt fails, or `timeout` passes.
     #[allow(clippy::too_many_arguments)]
     pub async fn send(
         &self,
-        endpoint: &Endpoint,
+        index: usize,
         timeout: Duration,
         method: &Method,
         path_and_query: &str,
         client_headers: &HeaderMap,
         request_id: &HeaderValue,
         body: Vec<Segment>,
-    ) -> Result<Response<Incoming>, AttemptError> {
-        let body = OutBody::new(body);
-        let len = http_body::Body::size_hint(&body).exact().unwrap_or(0);
-        let uri = endpoint_uri(&endpoint.url, path_and_query)
-            .map_err(|e| AttemptError::Connect(format!("cannot build the upstream URL: {e}")))?;
-        let mut request = Request::new(body);
-        *request.method_mut() = method.clone();
-        *request.uri_mut() = uri;
-        *request.headers_mut() = self.headers(client_headers, request_id, len);
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
+    ) -> Result<Response<UpstreamBody>, AttemptError> {
+        let request = |body: Vec<Segment>| {
+            let body = OutBody::new(body);
+            let len = http_body::Body::size_hint(&body).exact().unwrap_or(0);
+            let mut request = Request::new(body);
+            *request.method_mut() = method.clone();
+            *request.headers_mut() = self.headers(client_headers, request_id, len);
+            request
+        };
+        let again = body.clone(); // a Vec of shared pieces: the bytes are not copied
+        let sent = async {
+            let first = request(body);
+            match self
+                .connections
+                .send(index, path_and_query, first, Reuse::Kept)
+                .await
+            {
+                Err(SendError::Stale(_)) => {
+                    let second = request(again);
+                    // Boxed: rare, and it would double the size of every attempt's future.
+                    Box::pin(
+                        self.connections
+                            .send(index, path_and_query, second, Reuse::Fresh),
+                    )
+                    .await
+                }
+                other => other,
+            }
+        };
+        match tokio::time::timeout(timeout, sent).await {
             Err(_) => Err(AttemptError::Timeout(timeout)),
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) if e.is_connect() => Err(AttemptError::Connect(describe(&e))),
-            Ok(Err(e)) => Err(AttemptError::Reset(describe(&e))),
+            Ok(Err(SendError::Connect(e))) => Err(AttemptError::Connect(e)),
+            Ok(Err(SendError::Reset(e) | SendError::Stale(e))) => Err(AttemptError::Reset(e)),
         }
     }
 }
@@ -442,20 +435,6 @@ mod tests {
     }
 
     #[test]
-    fn paths_are_appended_to_the_endpoint_url() {
-        let base: Uri = "http://127.0.0.1:8880".parse().unwrap();
-        assert_eq!(
-            endpoint_uri(&base, "/v1/audio/speech").unwrap().to_string(),
-            "http://127.0.0.1:8880/v1/audio/speech"
-        );
-        let base: Uri = "https://gw.example/openai/".parse().unwrap();
-        assert_eq!(
-            endpoint_uri(&base, "/v1/models?x=1").unwrap().to_string(),
-            "https://gw.example/openai/v1/models?x=1"
-        );
-    }
-
-    #[test]
     fn authorization_is_replaced_stripped_or_passed() {
         let id = HeaderValue::from_static("req-1");
         let h = upstream("http://a", Some("sk-up"), false).headers(&client_headers(), &id, 5);
@@ -470,6 +449,34 @@ mod tests {
         let h = upstream("http://a", None, true).headers(&client_headers(), &id, 5);
         assert_eq!(h[header::AUTHORIZATION], "Bearer client");
         assert_eq!(h["openai-organization"], "org-client");
+    }
+
+    /// A request that meets a kept connection the server closed as it went out is sent
+    /// again on a new connection: the client sees the answer, not an error (see
+    /// connections::tests::a_kept_connection_closed_as_the_request_goes_out_is_stale).
+    #[tokio::test]
+    async fn a_request_on_a_just_closed_connection_is_sent_again() {
+        let (url, accepted) = crate::connections::tests::closing_server();
+        let u = upstream(&url.to_string(), None, false);
+        let id = HeaderValue::from_static("req-1");
+        for round in 0..2 {
+            let response = u
+                .send(
+                    0,
+                    Duration::from_secs(5),
+                    &Method::POST,
+                    "/v1/audio/speech",
+                    &HeaderMap::new(),
+                    &id,
+                    vec![Segment::Bytes("{}".into())],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "ok");
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]
