@@ -4,17 +4,16 @@
 //! may come last (openai-node sends the file part first, chunked, with no Content-Length).
 //! While it is read: the size limit is enforced on the bytes as they arrive (413 as soon as
 //! it is crossed, or at once from Content-Length), a stalled client is cut off, multipart is
-//! parsed by `multer` with file parts going straight to the replay [`Spool`], and only the
-//! small text parts and JSON bodies are held in memory.
+//! parsed by [`crate::multipart`] with file parts going straight to the replay [`Spool`]
+//! (slices of the chunks as they arrived, not copies), and only the small text parts and
+//! JSON bodies are held in memory.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::stream::{self, Stream};
+use futures_util::stream::{self, Stream, TryStreamExt};
 use http::{header, HeaderMap, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -22,7 +21,8 @@ use serde_json::Value;
 
 use crate::body::BoxError;
 use crate::error::ApiError;
-use crate::payload::{part_head, FormBody, FormPart, JsonBody, JsonObject, PartValue, Payload};
+use crate::multipart::{self, BoundaryError, Event, Multipart, MultipartError, PartHead};
+use crate::payload::{FormBody, FormPart, JsonBody, JsonObject, PartValue, Payload};
 use crate::spool::{SpoolLimits, SpoolWriter};
 
 /// Text parts (model, prompt, …) are held in memory: each gets this much at most.
@@ -31,11 +31,9 @@ pub const MAX_TEXT_PART_BYTES: usize = 64 * 1024;
 pub const MAX_TEXT_TOTAL_BYTES: usize = 1024 * 1024;
 /// More parts than this is not an upload, it is an attack.
 pub const MAX_PARTS: usize = 1000;
-/// Bytes the multipart parser may take in without producing anything: a part's header
-/// block, or a preamble, is held whole until its end is found, so it gets a limit.
+/// Longest preamble or part header block: a header block is held whole until its end is
+/// found, so it gets a limit (and a preamble that long is not a form).
 pub const MAX_UNPARSED_BYTES: u64 = 1024 * 1024;
-/// Bytes handed to the multipart parser before it is made to hand out what it holds.
-const PAUSE_AFTER_BYTES: u64 = 128 * 1024;
 
 /// Fields that are read for routing: sent twice, the upstream might read the other copy.
 const SINGLE_VALUED: [&str; 4] = ["model", "stream", "response_format", "file"];
@@ -256,54 +254,16 @@ where
     Ok((Payload::Json(JsonBody { raw, object }), read))
 }
 
-/// Turns multer's failures back into ours: its stream errors are the ones we raised.
-fn from_multer(e: multer::Error) -> IntakeError {
+/// The multipart reader's failures as ours: its read errors are the ones we raised.
+fn from_multipart(e: MultipartError<IntakeError>) -> IntakeError {
     match e {
-        multer::Error::StreamReadFailed(inner) => match inner.downcast::<IntakeError>() {
-            Ok(ours) => *ours,
-            Err(other) => IntakeError::ClientRead(other),
-        },
-        other => IntakeError::malformed(format!("malformed multipart body: {other}")),
-    }
-}
-
-/// The body as multer reads it, metered. multer drains its input for as long as it is
-/// ready, copying into one buffer, so a fast client could fill that buffer with a whole
-/// upload; this stream pauses (a self-woken `Pending`) once [`PAUSE_AFTER_BYTES`] went in
-/// without multer producing anything, which makes it hand out what it holds first. Bytes
-/// that still produce nothing past [`MAX_UNPARSED_BYTES`] are a header block or preamble
-/// that never ends: refused.
-struct Metered<S> {
-    inner: Pin<Box<S>>,
-    read: Arc<AtomicU64>,
-    /// Bytes handed to multer since it last produced a part or a chunk; reset by the reader.
-    unparsed: Arc<AtomicU64>,
-    paused: bool,
-}
-
-impl<S: Stream<Item = Result<Bytes, IntakeError>>> Stream for Metered<S> {
-    type Item = Result<Bytes, IntakeError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let held = self.unparsed.load(Ordering::Relaxed);
-        if held < PAUSE_AFTER_BYTES {
-            self.paused = false;
-        } else if !self.paused {
-            self.paused = true;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        } else if held > MAX_UNPARSED_BYTES {
-            return Poll::Ready(Some(Err(IntakeError::malformed(format!(
-                "multipart part headers or preamble longer than {MAX_UNPARSED_BYTES} bytes"
-            )))));
+        MultipartError::Read(ours) => ours,
+        MultipartError::Unparsed(limit) => IntakeError::malformed(format!(
+            "multipart part headers or preamble longer than {limit} bytes"
+        )),
+        MultipartError::Malformed(m) => {
+            IntakeError::malformed(format!("malformed multipart body: {m}"))
         }
-        let polled = self.inner.as_mut().poll_next(cx);
-        if let Poll::Ready(Some(Ok(chunk))) = &polled {
-            let n = chunk.len() as u64;
-            self.read.fetch_add(n, Ordering::Relaxed);
-            self.unparsed.fetch_add(n, Ordering::Relaxed);
-        }
-        polled
     }
 }
 
@@ -318,77 +278,87 @@ where
     B::Error: Into<BoxError>,
 {
     let ct = content_type(headers).unwrap_or_default();
-    let boundary = match multer::parse_boundary(ct) {
+    let boundary = match multipart::parse_boundary(ct) {
         Ok(b) => b,
-        Err(multer::Error::NoBoundary) => {
+        Err(BoundaryError::NoBoundary) => {
             return Err(IntakeError::malformed(
                 "multipart Content-Type has no boundary parameter",
             ))
         }
-        Err(_) => {
+        Err(BoundaryError::NotFormData) => {
             return Err(IntakeError::UnsupportedMediaType {
                 expected: "this endpoint takes a multipart/form-data upload",
             })
         }
     };
     let body = Limited::new(body, headers, limits.max_body_bytes, limits.idle_timeout)?;
-    let metered = Metered {
-        inner: Box::pin(body.into_stream()),
-        read: Arc::new(AtomicU64::new(0)),
-        unparsed: Arc::new(AtomicU64::new(0)),
-        paused: false,
-    };
-    let (read, unparsed) = (metered.read.clone(), metered.unparsed.clone());
-    let stream = metered;
-    let progress = || unparsed.store(0, Ordering::Relaxed);
-    let mut multipart = multer::Multipart::new(stream, boundary.clone());
+    let read = Arc::new(AtomicU64::new(0));
+    let counter = read.clone();
+    let stream = body.into_stream().inspect_ok(move |chunk| {
+        counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    });
+    let mut multipart = Multipart::new(stream, &boundary, MAX_UNPARSED_BYTES);
     let mut spool = SpoolWriter::new(limits.spool.clone());
     let mut parts: Vec<FormPart> = Vec::new();
     let mut text_total = 0usize;
-    while let Some(mut field) = multipart.next_field().await.map_err(from_multer)? {
-        progress();
+    // The part being read: its head, and its text when it is not a file.
+    let mut current: Option<(PartHead, Option<BytesMut>, u64)> = None;
+    loop {
+        let event = multipart.next().await.map_err(from_multipart)?;
+        if let Event::Data(chunk) = event {
+            match &mut current {
+                Some((_, None, _)) => spool.push(chunk).await.map_err(IntakeError::Spool)?,
+                Some((head, Some(text), _)) => {
+                    if text.len() + chunk.len() > MAX_TEXT_PART_BYTES {
+                        return Err(IntakeError::malformed(format!(
+                            "multipart text part `{}` is longer than {MAX_TEXT_PART_BYTES} bytes",
+                            head.name
+                        )));
+                    }
+                    text.extend_from_slice(&chunk);
+                }
+                // The reader hands out content only after a part's head.
+                None => {}
+            }
+            continue;
+        }
+        if let Some((head, text, start)) = current.take() {
+            let value = match text {
+                None => PartValue::File(start..spool.len()),
+                Some(text) => {
+                    text_total += text.len() + head.raw.len();
+                    if text_total > MAX_TEXT_TOTAL_BYTES {
+                        return Err(IntakeError::malformed(format!(
+                            "multipart text parts are longer than {MAX_TEXT_TOTAL_BYTES} bytes together"
+                        )));
+                    }
+                    PartValue::Text(text.freeze())
+                }
+            };
+            parts.push(FormPart {
+                name: head.name,
+                head: head.raw,
+                value,
+            });
+        }
+        let Event::Part(head) = event else {
+            break;
+        };
         if parts.len() == MAX_PARTS {
             return Err(IntakeError::malformed(format!(
                 "multipart body has more than {MAX_PARTS} parts"
             )));
         }
-        let name = field.name().unwrap_or_default().to_string();
-        if SINGLE_VALUED.contains(&name.as_str()) && parts.iter().any(|p| p.name == name) {
+        let name = head.name.as_str();
+        if SINGLE_VALUED.contains(&name) && parts.iter().any(|p| p.name == name) {
             return Err(IntakeError::Malformed {
                 message: format!("multipart body has more than one `{name}` part"),
                 param: SINGLE_VALUED.iter().copied().find(|p| *p == name),
             });
         }
-        let head = part_head(field.headers());
-        let value = if field.file_name().is_some() || name == "file" {
-            let start = spool.len();
-            while let Some(chunk) = field.chunk().await.map_err(from_multer)? {
-                progress();
-                spool.push(chunk).await.map_err(IntakeError::Spool)?;
-            }
-            PartValue::File(start..spool.len())
-        } else {
-            let mut text = BytesMut::new();
-            while let Some(chunk) = field.chunk().await.map_err(from_multer)? {
-                progress();
-                if text.len() + chunk.len() > MAX_TEXT_PART_BYTES {
-                    return Err(IntakeError::malformed(format!(
-                        "multipart text part `{name}` is longer than {MAX_TEXT_PART_BYTES} bytes"
-                    )));
-                }
-                text.extend_from_slice(&chunk);
-            }
-            text_total += text.len() + head.len();
-            if text_total > MAX_TEXT_TOTAL_BYTES {
-                return Err(IntakeError::malformed(format!(
-                    "multipart text parts are longer than {MAX_TEXT_TOTAL_BYTES} bytes together"
-                )));
-            }
-            PartValue::Text(text.freeze())
-        };
-        parts.push(FormPart { name, head, value });
+        let text = (head.file_name.is_none() && name != "file").then(BytesMut::new);
+        current = Some((head, text, spool.len()));
     }
-    drop(multipart);
     if !parts.iter().any(|p| p.name == "file") {
         return Err(IntakeError::Missing { param: "file" });
     }

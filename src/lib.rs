@@ -4,6 +4,7 @@
 //! - [`config`]   TOML → validated [`config::Config`], every error with file:line:col.
 //! - [`route`]    request facts and the ordered rule matcher.
 //! - [`intake`]   reading client bodies within limits into a [`payload::Payload`].
+//! - [`multipart`] a streaming multipart/form-data reader that hands out slices, not copies.
 //! - [`payload`]  JSON / multipart / raw bodies: what rules read, how rewrites re-send them.
 //! - [`spool`]    the replay store: memory within budgets, unlinked temp file beyond.
 //! - [`body`]     response and upstream-request body types.
@@ -35,6 +36,7 @@ pub mod error;
 pub mod forward;
 pub mod intake;
 pub mod kind;
+pub mod multipart;
 pub mod payload;
 pub mod pool;
 pub mod proxy;

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::HeaderMap;
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, Serializer};
 use serde_json::Value;
@@ -458,24 +457,6 @@ fn text_edit(name: &str, text: &[u8], edits: &Edits<'_>) -> Option<Vec<u8>> {
         (None, Some(s)) if s.as_bytes() != text => Some(s.into_bytes()),
         (None, _) => None,
     }
-}
-
-/// A part's header block as sent upstream, with the usual capitalisation.
-pub fn part_head(headers: &HeaderMap) -> Bytes {
-    let mut buf = BytesMut::new();
-    for (name, value) in headers {
-        let name = match name.as_str() {
-            "content-disposition" => "Content-Disposition",
-            "content-type" => "Content-Type",
-            other => other,
-        };
-        buf.put_slice(name.as_bytes());
-        buf.put_slice(b": ");
-        buf.put_slice(value.as_bytes());
-        buf.put_slice(b"\r\n");
-    }
-    buf.put_slice(b"\r\n");
-    buf.freeze()
 }
 
 #[cfg(test)]

@@ -78,9 +78,12 @@ pub struct SpoolLimits {
 
 /// Builds a [`Spool`] from the chunks of a body as they arrive.
 ///
-/// Chunks are copied into blocks of [`BLOCK`] bytes (spilled data: [`FILE_CHUNK`]) before
-/// they are kept: a body that arrives in many tiny chunks costs the same memory, and reads
-/// back as fast, as one that arrives in large ones, and no block pins a socket buffer.
+/// Chunks of [`KEEP_WHOLE`] bytes or more are kept as they are (a `Bytes` clone: an upload
+/// is not copied once more on its way through); smaller ones are copied into one staging
+/// block, so that a body arriving in many tiny chunks costs the same memory, and reads
+/// back as fast, as one arriving in large ones, and no tiny chunk pins a large socket
+/// buffer. Pending pieces are sealed together once they reach [`BLOCK`] bytes (spilled
+/// data: [`FILE_CHUNK`], one positional write per seal).
 #[derive(Debug)]
 pub struct SpoolWriter {
     limits: SpoolLimits,
@@ -88,8 +91,14 @@ pub struct SpoolWriter {
     reservation: Reservation,
     file: Option<Arc<File>>,
     file_len: u64,
+    /// Pieces not yet sealed, in order; the last may still be growing in `staging`.
+    pending: Vec<Bytes>,
+    pending_len: usize,
     staging: BytesMut,
 }
+
+/// Chunks at least this large are kept without copying.
+const KEEP_WHOLE: usize = 16 * 1024;
 
 impl SpoolWriter {
     pub fn new(limits: SpoolLimits) -> SpoolWriter {
@@ -103,53 +112,82 @@ impl SpoolWriter {
             reservation,
             file: None,
             file_len: 0,
+            pending: Vec::new(),
+            pending_len: 0,
             staging: BytesMut::new(),
         }
     }
 
     /// Bytes written so far.
     pub fn len(&self) -> u64 {
-        self.reservation.bytes + self.file_len + self.staging.len() as u64
+        self.reservation.bytes + self.file_len + (self.pending_len + self.staging.len()) as u64
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    fn seal_size(&self) -> usize {
+        if self.file.is_some() {
+            FILE_CHUNK
+        } else {
+            BLOCK
+        }
+    }
+
     pub async fn push(&mut self, chunk: Bytes) -> io::Result<()> {
-        let mut rest = &chunk[..];
-        while !rest.is_empty() {
-            let block = if self.file.is_some() {
-                FILE_CHUNK
-            } else {
-                BLOCK
-            };
-            if self.staging.capacity() == 0 {
-                self.staging.reserve(block);
+        if chunk.len() >= KEEP_WHOLE {
+            self.stage_end();
+            self.pending_len += chunk.len();
+            self.pending.push(chunk);
+        } else {
+            let mut rest = &chunk[..];
+            while !rest.is_empty() {
+                if self.staging.capacity() == 0 {
+                    self.staging.reserve(BLOCK);
+                }
+                let room = BLOCK - self.staging.len().min(BLOCK);
+                let take = room.min(rest.len());
+                self.staging.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if self.staging.len() >= BLOCK {
+                    self.stage_end();
+                    if self.pending_len >= self.seal_size() {
+                        self.seal().await?;
+                    }
+                }
             }
-            let take = (block - self.staging.len().min(block)).min(rest.len());
-            self.staging.extend_from_slice(&rest[..take]);
-            rest = &rest[take..];
-            if self.staging.len() >= block {
-                self.seal().await?;
-            }
+        }
+        if self.pending_len + self.staging.len() >= self.seal_size() {
+            self.stage_end();
+            self.seal().await?;
         }
         Ok(())
     }
 
-    /// Keeps the staged block: in memory if the budgets allow, else in the spill file.
+    /// Moves the staged small chunks to the pending pieces.
+    fn stage_end(&mut self) {
+        if !self.staging.is_empty() {
+            let block = self.staging.split().freeze();
+            self.pending_len += block.len();
+            self.pending.push(block);
+        }
+    }
+
+    /// Keeps the pending pieces: in memory if the budgets allow, else in the spill file.
     async fn seal(&mut self) -> io::Result<()> {
-        if self.staging.is_empty() {
+        if self.pending.is_empty() {
             return Ok(());
         }
-        let block = self.staging.split().freeze();
-        let n = block.len() as u64;
+        let n = self.pending_len as u64;
+        let pieces = std::mem::take(&mut self.pending);
+        self.pending_len = 0;
         if self.file.is_none()
             && self.reservation.bytes + n <= self.limits.memory_per_request
             && self.limits.budget.try_reserve(n)
         {
             self.reservation.bytes += n;
-            self.memory.push(block);
+            self.memory.extend(pieces);
             return Ok(());
         }
         let file = match &self.file {
@@ -168,14 +206,19 @@ impl SpoolWriter {
                 file
             }
         };
-        tokio::task::spawn_blocking(move || (&*file).write_all(&block))
-            .await
-            .map_err(io::Error::other)??;
+        tokio::task::spawn_blocking(move || {
+            pieces
+                .iter()
+                .try_for_each(|piece| (&*file).write_all(piece))
+        })
+        .await
+        .map_err(io::Error::other)??;
         self.file_len += n;
         Ok(())
     }
 
     pub async fn finish(mut self) -> io::Result<Spool> {
+        self.stage_end();
         self.seal().await?;
         let SpoolWriter {
             memory,
@@ -363,8 +406,59 @@ mod tests {
         let l = limits(1 << 20, 1 << 20);
         let mut w = SpoolWriter::new(l.clone());
         w.push(Bytes::from(vec![1u8; BLOCK + 3])).await.unwrap();
-        assert_eq!(l.budget.used(), BLOCK as u64);
+        assert_eq!(l.budget.used(), BLOCK as u64 + 3);
         drop(w);
         assert_eq!(l.budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn large_chunks_are_kept_without_a_copy() {
+        let l = limits(1 << 20, 1 << 20);
+        let mut w = SpoolWriter::new(l.clone());
+        let big = Bytes::from(noise(KEEP_WHOLE));
+        w.push(big.clone()).await.unwrap();
+        w.push(big.clone()).await.unwrap();
+        let s = Arc::new(w.finish().await.unwrap());
+        let pieces: Vec<Bytes> = s.stream(0..s.len()).try_collect().await.unwrap();
+        assert_eq!(pieces.len(), 2);
+        for piece in &pieces {
+            assert_eq!(piece.as_ptr(), big.as_ptr(), "the chunk itself, not a copy");
+        }
+    }
+
+    #[tokio::test]
+    async fn mixed_chunk_sizes_keep_their_order_in_memory_and_on_disk() {
+        // Small, large, small, … across the memory limit and into the spill file.
+        let l = limits(3 * BLOCK as u64, 1 << 22);
+        let mut w = SpoolWriter::new(l.clone());
+        let data = noise(9 * BLOCK + 1234);
+        let mut at = 0;
+        for (i, size) in [
+            100,
+            KEEP_WHOLE * 3,
+            7,
+            BLOCK,
+            5000,
+            FILE_CHUNK + 9,
+            1,
+            KEEP_WHOLE,
+        ]
+        .iter()
+        .cycle()
+        .enumerate()
+        {
+            if at == data.len() {
+                break;
+            }
+            let to = (at + size + i % 3).min(data.len());
+            w.push(Bytes::copy_from_slice(&data[at..to])).await.unwrap();
+            at = to;
+        }
+        assert_eq!(w.len(), data.len() as u64);
+        let s = Arc::new(w.finish().await.unwrap());
+        assert!(s.spilled());
+        assert!(l.budget.used() <= 3 * BLOCK as u64);
+        assert_eq!(read(&s, 0..s.len()).await, data);
+        assert_eq!(read(&s, 777..6 * BLOCK as u64).await, &data[777..6 * BLOCK]);
     }
 }
