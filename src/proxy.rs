@@ -121,6 +121,20 @@ fn decode_unreserved(path: &str) -> String {
 }
 
 fn classify(method: &Method, path: &str) -> Result<Target, ProxyError> {
+    // The common case, a POST to an audio endpoint spelled exactly, needs none of the
+    // checks below.
+    if *method == Method::POST {
+        let endpoint = match path {
+            "/v1/audio/speech" => Some(Endpoint::Speech),
+            "/v1/audio/transcriptions" => Some(Endpoint::Transcriptions),
+            "/v1/audio/translations" => Some(Endpoint::Translations),
+            _ => None,
+        };
+        if let Some(endpoint) = endpoint {
+            let path = path.to_string();
+            return Ok(Target::Api { endpoint, path });
+        }
+    }
     let dotted = path.split('/').any(|s| s == "." || s == "..");
     // Only a path with a `%` can hold an encoded dot or separator, or need decoding: the
     // common one is looked at as it is, without a lowercased or decoded copy.
