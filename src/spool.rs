@@ -16,8 +16,9 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{self, Stream};
 
-/// Spilled bytes are written and read in pieces of this size.
-const FILE_CHUNK: usize = 256 * 1024;
+/// Spilled bytes are written and read in pieces of this size: each piece is a round trip
+/// to a blocking thread, and at 256 KiB those wake-ups cost 8 % of an upload's CPU.
+const FILE_CHUNK: usize = 1024 * 1024;
 /// Bytes kept in memory are kept in blocks of this size.
 const BLOCK: usize = 64 * 1024;
 
