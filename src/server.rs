@@ -76,6 +76,7 @@ async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(server.header_read_timeout)
+        // Also bounds what request bytes kept without a copy hold alive (spool::KEEP_WHOLE).
         .max_buf_size(256 * 1024);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();

@@ -97,8 +97,13 @@ pub struct SpoolWriter {
     staging: BytesMut,
 }
 
-/// Chunks at least this large are kept without copying.
-const KEEP_WHOLE: usize = 16 * 1024;
+/// Chunks at least this large are kept without copying. A chunk is a slice of the
+/// server's read buffer and keeps all of it alive. hyper asks for at most 256 KiB (the
+/// server's `max_buf_size`) and `bytes` may round a reused buffer up to twice that, so a
+/// kept chunk holds at most 4 times its size alive (2 in the usual case), and the budgets
+/// hold to within that factor. Smaller chunks are copied, which lets their buffer go: a
+/// client that sends its body in small pieces cannot make many times its budget live.
+const KEEP_WHOLE: usize = 128 * 1024;
 
 impl SpoolWriter {
     pub fn new(limits: SpoolLimits) -> SpoolWriter {
@@ -420,7 +425,7 @@ mod tests {
         let l = limits(1 << 20, 1 << 20);
         let mut w = SpoolWriter::new(l.clone());
         w.push(Bytes::from(vec![1u8; BLOCK + 3])).await.unwrap();
-        assert_eq!(l.budget.used(), BLOCK as u64 + 3);
+        assert_eq!(l.budget.used(), BLOCK as u64);
         drop(w);
         assert_eq!(l.budget.used(), 0);
     }
@@ -474,5 +479,24 @@ mod tests {
         assert!(l.budget.used() <= 3 * BLOCK as u64);
         assert_eq!(read(&s, 0..s.len()).await, data);
         assert_eq!(read(&s, 777..6 * BLOCK as u64).await, &data[777..6 * BLOCK]);
+    }
+
+    #[tokio::test]
+    async fn chunks_under_the_threshold_are_copied_to_free_their_buffer() {
+        let l = limits(1 << 20, 1 << 20);
+        let mut w = SpoolWriter::new(l.clone());
+        let buffer = Bytes::from(noise(256 * 1024));
+        // 100 KiB of a 256 KiB read buffer: kept as a slice, it would hold 2.5 times its
+        // size alive.
+        let piece = buffer.slice(..100 * 1024);
+        w.push(piece.clone()).await.unwrap();
+        let s = Arc::new(w.finish().await.unwrap());
+        let kept: Vec<Bytes> = s.stream(0..s.len()).try_collect().await.unwrap();
+        assert_eq!(kept.concat(), piece);
+        let range = buffer.as_ptr_range();
+        assert!(
+            kept.iter().all(|k| !range.contains(&k.as_ptr())),
+            "a copy, not a slice that keeps the 256 KiB buffer alive"
+        );
     }
 }
