@@ -557,6 +557,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_epilogue_is_read_and_unnamed_parts_are_refused() {
+        // Everything after the closing boundary is read (and dropped), so the whole body
+        // is accounted for and the connection stays usable.
+        let mut body = form(&[("model", None, b"m"), ("file", Some("a.wav"), b"x")]);
+        body.extend(std::iter::repeat_n(b'e', 100_000));
+        let pieces: Vec<Vec<u8>> = body.chunks(4096).map(<[u8]>::to_vec).collect();
+        let (_, read) = read_form(chunked(pieces), &headers(FORM_CT), &limits(1 << 20))
+            .await
+            .unwrap();
+        assert_eq!(read, body.len() as u64);
+
+        let body = b"--B0UND\r\nContent-Type: text/plain\r\n\r\nm\r\n--B0UND--\r\n".to_vec();
+        let e = read_form(
+            Full::new(Bytes::from(body)),
+            &headers(FORM_CT),
+            &limits(1 << 20),
+        )
+        .await
+        .unwrap_err();
+        let api = e.api_error();
+        assert_eq!(api.status, 400);
+        assert!(
+            api.message.contains("malformed multipart body"),
+            "{}",
+            api.message
+        );
+    }
+
+    #[tokio::test]
     async fn endless_part_headers_and_too_much_text_are_refused() {
         let mut body =
             b"--B0UND\r\nContent-Disposition: form-data; name=\"model\"\r\nX-Pad: ".to_vec();
