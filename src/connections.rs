@@ -246,29 +246,20 @@ impl Connections {
         let mut unsent = 0;
         loop {
             let (sender, reused) = self.checkout(slot, reuse).await?;
-            match sender {
+            let sent = match sender {
                 Sender::H1(mut sender) => {
                     *request.uri_mut() = Uri::from(path.clone());
                     request
                         .headers_mut()
                         .insert(header::HOST, slot.host.clone());
-                    match sender.try_send_request(request).await {
-                        Ok(response) => {
-                            let recycle = Recycle {
-                                sender,
-                                slot: slot.clone(),
-                            };
-                            return Ok(response.map(|body| UpstreamBody::new(body, recycle)));
-                        }
-                        Err(mut e) => match e.take_message() {
-                            // Nothing was written: a kept connection closed under us.
-                            Some(message) if reused && unsent < UNSENT_RETRIES => {
-                                unsent += 1;
-                                request = message;
-                            }
-                            _ => return Err(failed(e.error(), reused)),
-                        },
-                    }
+                    let sent = sender.try_send_request(request).await;
+                    sent.map(|response| {
+                        let recycle = Recycle {
+                            sender,
+                            slot: slot.clone(),
+                        };
+                        response.map(|body| UpstreamBody::new(body, recycle))
+                    })
                 }
                 Sender::H2(mut sender) => {
                     let mut parts = http::uri::Parts::default();
@@ -279,17 +270,20 @@ impl Connections {
                         SendError::Connect(format!("cannot build the upstream URL: {e}"))
                     })?;
                     request.headers_mut().remove(header::HOST);
-                    match sender.try_send_request(request).await {
-                        Ok(response) => return Ok(response.map(UpstreamBody::shared)),
-                        Err(mut e) => match e.take_message() {
-                            Some(message) if reused && unsent < UNSENT_RETRIES => {
-                                unsent += 1;
-                                request = message;
-                            }
-                            _ => return Err(failed(e.error(), reused)),
-                        },
-                    }
+                    let sent = sender.try_send_request(request).await;
+                    sent.map(|response| response.map(UpstreamBody::shared))
                 }
+            };
+            match sent {
+                Ok(response) => return Ok(response),
+                Err(mut e) => match e.take_message() {
+                    // Nothing was written: a kept connection closed under us.
+                    Some(message) if reused && unsent < UNSENT_RETRIES => {
+                        unsent += 1;
+                        request = message;
+                    }
+                    _ => return Err(failed(e.error(), reused)),
+                },
             }
         }
     }

@@ -72,7 +72,7 @@ async fn fetch(
                 path,
                 &headers,
                 request_id,
-                Vec::new(),
+                Vec::new,
             )
             .await
             .ok()?;

@@ -321,7 +321,7 @@ pub async fn forward(
                 &path,
                 headers,
                 head.request_id,
-                payload.render(&edits),
+                || payload.render(&edits),
             )
             .await;
         let name = if upstream.pool.endpoints.len() > 1 {

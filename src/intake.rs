@@ -8,12 +8,11 @@
 //! (slices of the chunks as they arrived, not copies), and only the small text parts and
 //! JSON bodies are held in memory.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::stream::{self, Stream, TryStreamExt};
+use futures_util::stream::{self, Stream};
 use http::{header, HeaderMap, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -267,6 +266,14 @@ fn from_multipart(e: MultipartError<IntakeError>) -> IntakeError {
     }
 }
 
+/// The multipart part being read: its head, its text when it is not a file, and where
+/// its content starts in the spool when it is.
+struct Reading {
+    head: PartHead,
+    text: Option<BytesMut>,
+    start: u64,
+}
+
 /// Reads a transcription or translation upload.
 pub async fn read_form<B>(
     body: B,
@@ -292,37 +299,31 @@ where
         }
     };
     let body = Limited::new(body, headers, limits.max_body_bytes, limits.idle_timeout)?;
-    let read = Arc::new(AtomicU64::new(0));
-    let counter = read.clone();
-    let stream = body.into_stream().inspect_ok(move |chunk| {
-        counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-    });
-    let mut multipart = Multipart::new(stream, &boundary, MAX_UNPARSED_BYTES);
+    let mut multipart = Multipart::new(body.into_stream(), &boundary, MAX_UNPARSED_BYTES);
     let mut spool = SpoolWriter::new(limits.spool.clone());
     let mut parts: Vec<FormPart> = Vec::new();
     let mut text_total = 0usize;
-    // The part being read: its head, and its text when it is not a file.
-    let mut current: Option<(PartHead, Option<BytesMut>, u64)> = None;
+    let mut current: Option<Reading> = None;
     loop {
         let event = multipart.next().await.map_err(from_multipart)?;
         if let Event::Data(chunk) = event {
-            match &mut current {
-                Some((_, None, _)) => spool.push(chunk).await.map_err(IntakeError::Spool)?,
-                Some((head, Some(text), _)) => {
+            // The reader hands out content only after a part's head.
+            let Some(part) = &mut current else { continue };
+            match &mut part.text {
+                None => spool.push(chunk).await.map_err(IntakeError::Spool)?,
+                Some(text) => {
                     if text.len() + chunk.len() > MAX_TEXT_PART_BYTES {
                         return Err(IntakeError::malformed(format!(
                             "multipart text part `{}` is longer than {MAX_TEXT_PART_BYTES} bytes",
-                            head.name
+                            part.head.name
                         )));
                     }
                     text.extend_from_slice(&chunk);
                 }
-                // The reader hands out content only after a part's head.
-                None => {}
             }
             continue;
         }
-        if let Some((head, text, start)) = current.take() {
+        if let Some(Reading { head, text, start }) = current.take() {
             let value = match text {
                 None => PartValue::File(start..spool.len()),
                 Some(text) => {
@@ -357,7 +358,8 @@ where
             });
         }
         let text = (head.file_name.is_none() && name != "file").then(BytesMut::new);
-        current = Some((head, text, spool.len()));
+        let start = spool.len();
+        current = Some(Reading { head, text, start });
     }
     if !parts.iter().any(|p| p.name == "file") {
         return Err(IntakeError::Missing { param: "file" });
@@ -366,7 +368,7 @@ where
         return Err(IntakeError::Missing { param: "model" });
     }
     let spool = Arc::new(spool.finish().await.map_err(IntakeError::Spool)?);
-    let read = read.load(Ordering::Relaxed);
+    let read = multipart.bytes_read();
     Ok((
         Payload::Form(FormBody {
             boundary,
@@ -456,6 +458,17 @@ mod tests {
 
     const FORM_CT: &str = "multipart/form-data; boundary=B0UND";
 
+    /// How a whole multipart body, sent at once, is refused.
+    async fn form_error(body: Vec<u8>, max_body: u64) -> IntakeError {
+        read_form(
+            Full::new(Bytes::from(body)),
+            &headers(FORM_CT),
+            &limits(max_body),
+        )
+        .await
+        .unwrap_err()
+    }
+
     #[tokio::test]
     async fn form_fields_are_found_whatever_the_part_order() {
         let audio = vec![9u8; 300_000];
@@ -493,13 +506,7 @@ mod tests {
             ("model", None, b"whisper-1"),
             ("model", None, b"gpt-4o-transcribe"),
         ]);
-        let e = read_form(
-            Full::new(Bytes::from(body)),
-            &headers(FORM_CT),
-            &limits(1 << 20),
-        )
-        .await
-        .unwrap_err();
+        let e = form_error(body, 1 << 20).await;
         assert!(e.to_string().contains("more than one `model`"), "{e}");
         assert_eq!(e.api_error().status, 400);
     }
@@ -507,22 +514,10 @@ mod tests {
     #[tokio::test]
     async fn forms_without_file_or_model_are_refused() {
         let body = form(&[("model", None, b"whisper-1")]);
-        let e = read_form(
-            Full::new(Bytes::from(body)),
-            &headers(FORM_CT),
-            &limits(1 << 20),
-        )
-        .await
-        .unwrap_err();
+        let e = form_error(body, 1 << 20).await;
         assert_eq!(e.api_error().param.as_deref(), Some("file"));
         let body = form(&[("file", Some("a.wav"), b"x")]);
-        let e = read_form(
-            Full::new(Bytes::from(body)),
-            &headers(FORM_CT),
-            &limits(1 << 20),
-        )
-        .await
-        .unwrap_err();
+        let e = form_error(body, 1 << 20).await;
         assert_eq!(e.api_error().param.as_deref(), Some("model"));
     }
 
@@ -530,13 +525,7 @@ mod tests {
     async fn broken_multipart_is_a_400() {
         let mut body = form(&[("model", None, b"m"), ("file", Some("a.wav"), b"x")]);
         body.truncate(body.len() - 12); // no final boundary
-        let e = read_form(
-            Full::new(Bytes::from(body)),
-            &headers(FORM_CT),
-            &limits(1 << 20),
-        )
-        .await
-        .unwrap_err();
+        let e = form_error(body, 1 << 20).await;
         assert_eq!(e.api_error().status, 400, "{e}");
         let e = read_form(
             Full::new(Bytes::new()),
@@ -569,13 +558,7 @@ mod tests {
         assert_eq!(read, body.len() as u64);
 
         let body = b"--B0UND\r\nContent-Type: text/plain\r\n\r\nm\r\n--B0UND--\r\n".to_vec();
-        let e = read_form(
-            Full::new(Bytes::from(body)),
-            &headers(FORM_CT),
-            &limits(1 << 20),
-        )
-        .await
-        .unwrap_err();
+        let e = form_error(body, 1 << 20).await;
         let api = e.api_error();
         assert_eq!(api.status, 400);
         assert!(
@@ -604,13 +587,7 @@ mod tests {
             .collect();
         parts.push(("model", None, b"m"));
         parts.push(("file", Some("a.wav"), b"x"));
-        let e = read_form(
-            Full::new(Bytes::from(form(&parts))),
-            &headers(FORM_CT),
-            &limits(8 << 20),
-        )
-        .await
-        .unwrap_err();
+        let e = form_error(form(&parts), 8 << 20).await;
         assert!(e.to_string().contains("together"), "{e}");
         assert_eq!(e.api_error().status, 400);
     }

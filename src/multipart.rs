@@ -177,6 +177,8 @@ pub struct Multipart<S> {
     /// Bytes read since the parser last produced something, for `max_unparsed`.
     unparsed: u64,
     max_unparsed: u64,
+    /// Bytes taken from the stream so far.
+    read: u64,
 }
 
 impl<S, E> Multipart<S>
@@ -199,7 +201,13 @@ where
             held: b"\r\n".to_vec(),
             unparsed: 0,
             max_unparsed,
+            read: 0,
         }
+    }
+
+    /// Bytes taken from the body so far: all of it once [`Event::End`] was returned.
+    pub fn bytes_read(&self) -> u64 {
+        self.read
     }
 
     /// The next part, piece of content, or the end.
@@ -211,6 +219,7 @@ where
             if self.input.is_empty() {
                 match self.stream.next().await {
                     Some(Ok(chunk)) => {
+                        self.read += chunk.len() as u64;
                         self.input = chunk;
                         continue;
                     }
@@ -228,8 +237,9 @@ where
             }
             let event = match self.state {
                 State::Preamble => {
+                    // What a preamble holds is dropped; only its length counts.
                     let before = self.input.len() + self.held.len();
-                    let _dropped = self.scan();
+                    self.scan();
                     self.unparsed += (before - self.input.len() - self.held.len()) as u64;
                     self.check_unparsed()?;
                     None
@@ -340,7 +350,7 @@ where
     fn headers(&mut self) -> Result<Option<Event>, MultipartError<E>> {
         let raw = if self.held.is_empty() {
             // The common case: the whole block is in this chunk, and is cut out of it.
-            match block_end(&self.input) {
+            match block_end(&self.input, 0) {
                 Some(end) => self.input.split_to(end),
                 None => {
                     self.unparsed += self.input.len() as u64;
@@ -351,16 +361,12 @@ where
                 }
             }
         } else {
+            // The blank line may straddle the chunks: look from just before the new bytes.
             let from = self.held.len().saturating_sub(3);
             self.held.extend_from_slice(&self.input);
             self.unparsed += self.input.len() as u64;
             self.input.clear();
-            let end = if self.held.starts_with(b"\r\n") {
-                Some(2)
-            } else {
-                memmem::find(&self.held[from..], b"\r\n\r\n").map(|i| from + i + 4)
-            };
-            match end {
+            match block_end(&self.held, from) {
                 Some(end) => {
                     let mut held = Bytes::from(std::mem::take(&mut self.held));
                     self.input = held.split_off(end);
@@ -378,12 +384,13 @@ where
     }
 }
 
-/// Where a header block ends (just past its blank line), if it does in `buf`.
-fn block_end(buf: &[u8]) -> Option<usize> {
+/// Where a header block ends (just past its blank line), if it does in `buf`; the blank
+/// line is looked for from `from` on (a block without headers is the blank line alone).
+fn block_end(buf: &[u8], from: usize) -> Option<usize> {
     if buf.starts_with(b"\r\n") {
         return Some(2);
     }
-    memmem::find(buf, b"\r\n\r\n").map(|i| i + 4)
+    memmem::find(&buf[from..], b"\r\n\r\n").map(|i| from + i + 4)
 }
 
 /// Parses a part's header block: it must name the part in a `form-data` disposition.

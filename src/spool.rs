@@ -83,7 +83,7 @@ pub struct SpoolLimits {
 /// block, so that a body arriving in many tiny chunks costs the same memory, and reads
 /// back as fast, as one arriving in large ones, and no tiny chunk pins a large socket
 /// buffer. Pending pieces are sealed together once they reach [`BLOCK`] bytes (spilled
-/// data: [`FILE_CHUNK`], one positional write per seal).
+/// data: [`FILE_CHUNK`], one write per seal).
 #[derive(Debug)]
 pub struct SpoolWriter {
     limits: SpoolLimits,
@@ -146,16 +146,16 @@ impl SpoolWriter {
             self.pending_len += chunk.len();
             self.pending.push(chunk);
         } else {
+            // Copied in blocks of exactly BLOCK bytes, each sealed as soon as it is full.
             let mut rest = &chunk[..];
             while !rest.is_empty() {
                 if self.staging.capacity() == 0 {
                     self.staging.reserve(BLOCK);
                 }
-                let room = BLOCK - self.staging.len().min(BLOCK);
-                let take = room.min(rest.len());
+                let take = (BLOCK - self.staging.len()).min(rest.len());
                 self.staging.extend_from_slice(&rest[..take]);
                 rest = &rest[take..];
-                if self.staging.len() >= BLOCK {
+                if self.staging.len() == BLOCK {
                     self.stage_end();
                     if self.pending_len >= self.seal_size() {
                         self.seal().await?;
@@ -164,7 +164,6 @@ impl SpoolWriter {
             }
         }
         if self.pending_len + self.staging.len() >= self.seal_size() {
-            self.stage_end();
             self.seal().await?;
         }
         Ok(())
@@ -179,8 +178,10 @@ impl SpoolWriter {
         }
     }
 
-    /// Keeps the pending pieces: in memory if the budgets allow, else in the spill file.
+    /// Keeps the staged and pending pieces: in memory if the budgets allow, else in the
+    /// spill file.
     async fn seal(&mut self) -> io::Result<()> {
+        self.stage_end();
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -223,7 +224,6 @@ impl SpoolWriter {
     }
 
     pub async fn finish(mut self) -> io::Result<Spool> {
-        self.stage_end();
         self.seal().await?;
         let SpoolWriter {
             memory,

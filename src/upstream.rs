@@ -342,7 +342,9 @@ impl Upstream {
     }
 
     /// Sends one attempt to endpoint `index`; resolves when response headers arrive, or
-    /// the attempt fails, or `timeout` passes.
+    /// the attempt fails, or `timeout` passes. `body` makes the request body: called once,
+    /// and once more only if a kept connection turned out closed and the request is sent
+    /// again (so that no copy is kept for that rare case).
     #[allow(clippy::too_many_arguments)]
     pub async fn send(
         &self,
@@ -352,26 +354,25 @@ impl Upstream {
         path_and_query: &str,
         client_headers: &HeaderMap,
         request_id: &HeaderValue,
-        body: Vec<Segment>,
+        body: impl Fn() -> Vec<Segment>,
     ) -> Result<Response<UpstreamBody>, AttemptError> {
-        let request = |body: Vec<Segment>| {
-            let body = OutBody::new(body);
+        let request = || {
+            let body = OutBody::new(body());
             let len = http_body::Body::size_hint(&body).exact().unwrap_or(0);
             let mut request = Request::new(body);
             *request.method_mut() = method.clone();
             *request.headers_mut() = self.headers(client_headers, request_id, len);
             request
         };
-        let again = body.clone(); // a Vec of shared pieces: the bytes are not copied
         let sent = async {
-            let first = request(body);
+            let first = request();
             match self
                 .connections
                 .send(index, path_and_query, first, Reuse::Kept)
                 .await
             {
                 Err(SendError::Stale(_)) => {
-                    let second = request(again);
+                    let second = request();
                     // Boxed: rare, and it would double the size of every attempt's future.
                     Box::pin(
                         self.connections
@@ -468,7 +469,7 @@ mod tests {
                     "/v1/audio/speech",
                     &HeaderMap::new(),
                     &id,
-                    vec![Segment::Bytes("{}".into())],
+                    || vec![Segment::Bytes("{}".into())],
                 )
                 .await
                 .unwrap_or_else(|e| panic!("round {round}: {e}"));
