@@ -6,15 +6,16 @@
 //! the connection back once it is ready: together about a tenth of the instructions of a
 //! small proxied request (benches/README.md). Here each endpoint has its own list of idle
 //! HTTP/1 connections (an index, no key), and a connection goes back on that list from
-//! the response body itself, when the body ends. An https endpoint whose server agrees
-//! to HTTP/2 (ALPN) gets one shared, multiplexed connection instead.
+//! the response body itself, when the body ends. HTTP/1 exchanges are voxgate's own
+//! ([`crate::h1`]), run by the request's task; an https endpoint whose server agrees to
+//! HTTP/2 (ALPN) gets one shared, multiplexed hyper connection instead.
 //!
 //! Idle connections are closed after `keepalive_timeout`, by a sweep that runs while the
-//! upstream exists. A server may close a kept connection just as a request goes out on it
-//! (its own keep-alive timeout: uvicorn's is 5 s). When hyper has written nothing of the
-//! request, it is sent again here on another connection; when it has, and the connection
-//! closed before any response, [`SendError::Stale`] tells the caller to send it again on
-//! a new connection (voxgate's requests are replayable: fallback sends them again too).
+//! upstream exists; one the server closed is dropped when the sweep or a checkout sees
+//! it. A server may also close a kept connection just as a request goes out on it (its
+//! own keep-alive timeout: uvicorn's is 5 s). When that request got no byte of an answer,
+//! it is sent once more, on a new connection (voxgate's requests are replayable: fallback
+//! sends them again too).
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -23,22 +24,27 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
+use http::{Method, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_rustls::HttpsConnector;
+use hyper::client::conn::http2;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 use tower_service::Service;
 
-use crate::body::OutBody;
+use crate::body::{OutBody, Segment};
+use crate::h1::{self, Conn, Decoder, ExchangeError, HeaderSource};
 
-/// A request hyper could not even start on a kept connection (closed under it) is given
-/// to another connection at most this many times.
-const UNSENT_RETRIES: usize = 4;
+/// An upstream connection's byte stream: TCP, or TLS over TCP.
+type Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
+
+/// A kept HTTP/1 connection. Boxed: with its TLS state inline it is over a kilobyte,
+/// and it moves from the idle list to a request to its response body and back.
+type H1 = Box<Conn<Io>>;
 
 /// Why a request got no response.
 #[derive(Debug)]
@@ -62,17 +68,26 @@ impl SendError {
 
 /// Which connection a request may take.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Reuse {
+enum Reuse {
     /// A kept one if there is one ready, otherwise a new one.
     Kept,
     /// Always a new one (HTTP/2: the shared one, if it is up).
     Fresh,
 }
 
+/// A request to send: the path, query and method from the client's request, the headers
+/// to send (each given to the callback; not Host, not framing: those come from here),
+/// and the body, which is made again if the request has to be sent again.
+pub struct Outgoing<'a> {
+    pub method: &'a Method,
+    pub path_and_query: &'a str,
+    pub headers: &'a HeaderSource<'a>,
+    pub body: &'a (dyn Fn() -> Vec<Segment> + Sync),
+}
+
 /// The connections to one upstream's endpoints (in the order of its pool's endpoints).
 pub struct Connections {
     connector: HttpsConnector<HttpConnector>,
-    h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
     keepalive: Duration,
     slots: Box<[Arc<Slot>]>,
@@ -94,7 +109,7 @@ struct Slot {
 }
 
 struct Idle {
-    sender: http1::SendRequest<OutBody>,
+    conn: H1,
     since: Instant,
 }
 
@@ -128,31 +143,22 @@ impl Slot {
         })
     }
 
-    /// The most recently used idle connection that is ready for a request; closed ones
-    /// found on the way are dropped.
-    fn take_idle(&self) -> Option<http1::SendRequest<OutBody>> {
-        let mut idle = locked(&self.idle);
-        let mut i = idle.len();
-        while i > 0 {
-            i -= 1;
-            if idle[i].sender.is_ready() {
-                return Some(idle.remove(i).sender);
+    /// The most recently used idle connection that is still open; closed ones found on
+    /// the way are dropped. (Checked outside the lock: the check may read the socket.)
+    fn take_idle(&self) -> Option<H1> {
+        loop {
+            let mut idle = locked(&self.idle).pop()?;
+            if idle.conn.is_open() {
+                return Some(idle.conn);
             }
-            if idle[i].sender.is_closed() {
-                idle.remove(i);
-            }
-            // Otherwise it is still finishing its last exchange: left for later.
         }
-        None
     }
 
-    fn put_idle(&self, sender: http1::SendRequest<OutBody>) {
-        if !sender.is_closed() {
-            locked(&self.idle).push(Idle {
-                sender,
-                since: Instant::now(),
-            });
-        }
+    fn put_idle(&self, conn: H1) {
+        locked(&self.idle).push(Idle {
+            conn,
+            since: Instant::now(),
+        });
     }
 
     fn shared(&self) -> Option<http2::SendRequest<OutBody>> {
@@ -160,12 +166,11 @@ impl Slot {
         shared.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
-    /// Closes what has been idle for `keepalive` or more, and forgets closed connections.
+    /// Closes what has been idle for `keepalive` or more, and what the server closed.
     fn sweep(&self, keepalive: Duration) {
         let now = Instant::now();
-        locked(&self.idle).retain(|c| {
-            !c.sender.is_closed() && now.saturating_duration_since(c.since) < keepalive
-        });
+        locked(&self.idle)
+            .retain_mut(|c| now.saturating_duration_since(c.since) < keepalive && c.conn.is_open());
         let mut shared = locked(&self.shared);
         if shared.as_ref().is_some_and(|s| s.is_closed()) {
             *shared = None;
@@ -180,7 +185,7 @@ impl Slot {
 
 /// A connection a request can go on.
 enum Sender {
-    H1(http1::SendRequest<OutBody>),
+    H1(H1),
     H2(http2::SendRequest<OutBody>),
 }
 
@@ -200,7 +205,6 @@ impl Connections {
         h2.timer(TokioTimer::new());
         Ok(Connections {
             connector,
-            h1: http1::Builder::new(),
             h2,
             keepalive,
             slots,
@@ -224,66 +228,96 @@ impl Connections {
         }
     }
 
-    /// Sends `request` to endpoint `index`. The request's URI holds only the path and
-    /// query (the endpoint's own path prefix is put in front here); `Host`, or the
-    /// HTTP/2 scheme and authority, come from the endpoint.
+    /// Sends `request` to endpoint `index`, on a kept connection if one is open; if that
+    /// connection turns out to have been closed before any answer, once more on a new
+    /// one. The endpoint's own path prefix is put in front of the request's path;
+    /// `Host`, or the HTTP/2 scheme and authority, come from the endpoint.
     pub async fn send(
         &self,
         index: usize,
-        path_and_query: &str,
-        mut request: Request<OutBody>,
-        reuse: Reuse,
+        request: &Outgoing<'_>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let slot = self
             .slots
             .get(index)
             .ok_or_else(|| SendError::Connect(format!("no endpoint {index}")))?;
-        let path = match slot.prefix.as_str() {
-            "" => PathAndQuery::try_from(path_and_query),
-            prefix => PathAndQuery::try_from(format!("{prefix}{path_and_query}")),
+        match self.send_once(slot, request, Reuse::Kept).await {
+            // Boxed: rare, and it would double the size of every request's future.
+            Err(SendError::Stale(_)) => Box::pin(self.send_once(slot, request, Reuse::Fresh)).await,
+            other => other,
         }
-        .map_err(|e| SendError::Connect(format!("cannot build the upstream URL: {e}")))?;
-        let mut unsent = 0;
-        loop {
-            let (sender, reused) = self.checkout(slot, reuse).await?;
-            let sent = match sender {
-                Sender::H1(mut sender) => {
-                    *request.uri_mut() = Uri::from(path.clone());
-                    request
-                        .headers_mut()
-                        .insert(header::HOST, slot.host.clone());
-                    let sent = sender.try_send_request(request).await;
-                    sent.map(|response| {
-                        let recycle = Recycle {
-                            sender,
-                            slot: slot.clone(),
-                        };
-                        response.map(|body| UpstreamBody::new(body, recycle))
-                    })
-                }
-                Sender::H2(mut sender) => {
-                    let mut parts = http::uri::Parts::default();
-                    parts.scheme = Some(slot.scheme.clone());
-                    parts.authority = slot.origin.authority().cloned();
-                    parts.path_and_query = Some(path.clone());
-                    *request.uri_mut() = Uri::from_parts(parts).map_err(|e| {
-                        SendError::Connect(format!("cannot build the upstream URL: {e}"))
-                    })?;
-                    request.headers_mut().remove(header::HOST);
-                    let sent = sender.try_send_request(request).await;
-                    sent.map(|response| response.map(UpstreamBody::shared))
-                }
-            };
-            match sent {
-                Ok(response) => return Ok(response),
-                Err(mut e) => match e.take_message() {
-                    // Nothing was written: a kept connection closed under us.
-                    Some(message) if reused && unsent < UNSENT_RETRIES => {
-                        unsent += 1;
-                        request = message;
+    }
+
+    async fn send_once(
+        &self,
+        slot: &Arc<Slot>,
+        request: &Outgoing<'_>,
+        reuse: Reuse,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        if !h1::is_request_target(request.path_and_query) {
+            return Err(SendError::Connect(format!(
+                "cannot build the upstream URL from `{}`",
+                request.path_and_query.escape_debug()
+            )));
+        }
+        let (sender, reused) = self.checkout(slot, reuse).await?;
+        let segments = (request.body)();
+        let len = segments.iter().map(Segment::len).sum();
+        match sender {
+            Sender::H1(mut conn) => {
+                let head = h1::request_head(
+                    request.method,
+                    &slot.prefix,
+                    request.path_and_query,
+                    slot.host.as_bytes(),
+                    request.headers,
+                    len,
+                );
+                let head_request = *request.method == Method::HEAD;
+                match conn.exchange(head, segments, head_request).await {
+                    Ok(answer) => {
+                        let home = answer.reusable.then(|| slot.clone());
+                        let body = UpstreamBody::h1(conn, answer.decoder, home);
+                        let mut response = Response::new(body);
+                        *response.status_mut() = answer.status;
+                        *response.version_mut() = answer.version;
+                        *response.headers_mut() = answer.headers;
+                        Ok(response)
                     }
-                    _ => return Err(failed(e.error(), reused)),
-                },
+                    Err(ExchangeError::Unanswered(e)) if reused => Err(SendError::Stale(e)),
+                    Err(e) => Err(SendError::Reset(e.to_string())),
+                }
+            }
+            Sender::H2(mut sender) => {
+                let path =
+                    PathAndQuery::try_from(format!("{}{}", slot.prefix, request.path_and_query))
+                        .map_err(|e| {
+                            SendError::Connect(format!("cannot build the upstream URL: {e}"))
+                        })?;
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(slot.scheme.clone());
+                parts.authority = slot.origin.authority().cloned();
+                parts.path_and_query = Some(path);
+                let uri = Uri::from_parts(parts).map_err(|e| {
+                    SendError::Connect(format!("cannot build the upstream URL: {e}"))
+                })?;
+                let mut headers = HeaderMap::new();
+                (request.headers)(&mut |name, value| {
+                    headers.append(name.clone(), value.clone());
+                });
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                let mut outgoing = http::Request::new(OutBody::new(segments));
+                *outgoing.method_mut() = request.method.clone();
+                *outgoing.uri_mut() = uri;
+                *outgoing.headers_mut() = headers;
+                match sender.try_send_request(outgoing).await {
+                    Ok(response) => Ok(response.map(UpstreamBody::h2)),
+                    // Nothing was written: the shared connection closed under us.
+                    Err(e) if reused && e.message().is_some() => {
+                        Err(SendError::Stale(describe(e.error())))
+                    }
+                    Err(e) => Err(failed(e.error(), reused)),
+                }
             }
         }
     }
@@ -326,13 +360,7 @@ impl Connections {
             *locked(&slot.shared) = Some(sender.clone());
             Ok(Sender::H2(sender))
         } else {
-            let (sender, connection) = self.h1.handshake(io).await.map_err(|e| describe(&e))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-            });
-            Ok(Sender::H1(sender))
+            Ok(Sender::H1(Box::new(Conn::new(TokioIo::new(io)))))
         }
     }
 
@@ -342,7 +370,7 @@ impl Connections {
     }
 }
 
-/// A send that failed once the request was handed to hyper.
+/// An HTTP/2 send that failed once the request was handed to hyper.
 fn failed(e: &hyper::Error, reused: bool) -> SendError {
     if reused && (e.is_incomplete_message() || e.is_canceled()) {
         SendError::Stale(describe(e))
@@ -365,73 +393,106 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-/// An HTTP/1 connection to put back when its response has been read to the end.
-struct Recycle {
-    sender: http1::SendRequest<OutBody>,
-    slot: Arc<Slot>,
-}
+/// An upstream's response body. An HTTP/1 body read to its end puts its connection back
+/// on the idle list (when the exchange left it fit to carry another request); dropped
+/// before that, the connection is closed with it.
+pub struct UpstreamBody(Source);
 
-/// An upstream's response body. Read to its end, it puts its HTTP/1 connection back on
-/// the idle list; dropped before that, the connection is closed with it (hyper cannot
-/// reuse a connection with an unread response on it).
-pub struct UpstreamBody {
-    inner: Incoming,
-    recycle: Option<Recycle>,
+enum Source {
+    H1 {
+        /// `None` once the body has ended or failed.
+        conn: Option<H1>,
+        decoder: Decoder,
+        /// Where the connection goes back to; `None` if it cannot be kept.
+        home: Option<Arc<Slot>>,
+    },
+    H2(Incoming),
 }
 
 impl UpstreamBody {
-    fn new(inner: Incoming, recycle: Recycle) -> UpstreamBody {
-        let mut body = UpstreamBody {
-            inner,
-            recycle: Some(recycle),
-        };
+    fn h1(conn: H1, decoder: Decoder, home: Option<Arc<Slot>>) -> UpstreamBody {
+        let mut body = UpstreamBody(Source::H1 {
+            conn: Some(conn),
+            decoder,
+            home,
+        });
         // No body at all (204, 304, a HEAD answer): nothing will poll for its end.
-        if body.inner.is_end_stream() {
-            body.put_back();
+        if decoder.is_done() {
+            body.finish();
         }
         body
     }
 
-    fn shared(inner: Incoming) -> UpstreamBody {
-        UpstreamBody {
-            inner,
-            recycle: None,
-        }
+    fn h2(inner: Incoming) -> UpstreamBody {
+        UpstreamBody(Source::H2(inner))
     }
 
-    fn put_back(&mut self) {
-        if let Some(Recycle { sender, slot }) = self.recycle.take() {
-            slot.put_idle(sender);
+    /// The body has ended: the connection goes back if it can carry another request.
+    fn finish(&mut self) {
+        if let Source::H1 { conn, home, .. } = &mut self.0 {
+            if let (Some(conn), Some(home)) = (conn.take(), home.take()) {
+                if conn.is_clean() {
+                    home.put_idle(conn);
+                }
+            }
         }
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.put_back(),
-            // Readers stop at is_end_stream, without polling for the None.
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.put_back(),
-            Poll::Ready(Some(Err(_))) => this.recycle = None,
-            _ => {}
+        match &mut this.0 {
+            Source::H2(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map_err(std::io::Error::other),
+            Source::H1 { conn, decoder, .. } => {
+                let Some(live) = conn else {
+                    return Poll::Ready(None);
+                };
+                match live.poll_data(decoder, cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Some(Ok(data))) => {
+                        // Readers stop at is_end_stream, without polling for the end.
+                        if decoder.is_done() {
+                            this.finish();
+                        }
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    Poll::Ready(None) => {
+                        this.finish();
+                        Poll::Ready(None)
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        *conn = None;
+                        Poll::Ready(Some(Err(e)))
+                    }
+                }
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.0 {
+            Source::H1 { decoder, .. } => decoder.is_done(),
+            Source::H2(inner) => inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.0 {
+            Source::H1 { decoder, .. } => match decoder.exact_len() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
+            Source::H2(inner) => inner.size_hint(),
+        }
     }
 }
 
@@ -500,8 +561,19 @@ pub(crate) mod tests {
         (url, accepted)
     }
 
-    fn get() -> Request<OutBody> {
-        Request::new(OutBody::new(Vec::new()))
+    /// A GET of `path`, sent once, on a kept connection or not as `reuse` says.
+    async fn get(
+        c: &Connections,
+        path: &str,
+        reuse: Reuse,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let request = Outgoing {
+            method: &Method::GET,
+            path_and_query: path,
+            headers: &|_| {},
+            body: &Vec::new,
+        };
+        c.send_once(&c.slots[0], &request, reuse).await
     }
 
     async fn read(response: Response<UpstreamBody>) -> (String, String) {
@@ -515,7 +587,7 @@ pub(crate) mod tests {
         let (url, accepted) = server("hello").await;
         let c = connections(&url, Duration::from_secs(60));
         for _ in 0..5 {
-            let response = c.send(0, "/v1/x?q=1", get(), Reuse::Kept).await.unwrap();
+            let response = get(&c, "/v1/x?q=1", Reuse::Kept).await.unwrap();
             let (head, body) = read(response).await;
             assert_eq!(body, "hello");
             assert!(head.starts_with("GET /prefix/v1/x?q=1 HTTP/1.1|"), "{head}");
@@ -531,15 +603,16 @@ pub(crate) mod tests {
         let (url, accepted) = server("hello").await;
         let c = connections(&url, Duration::from_secs(60));
         for _ in 0..3 {
-            drop(c.send(0, "/", get(), Reuse::Kept).await.unwrap());
+            drop(get(&c, "/", Reuse::Kept).await.unwrap());
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
         assert_eq!(c.idle_count(0), 0);
     }
 
-    /// A server on its own thread that answers one request per connection with `ok`,
-    /// then closes the connection 30 ms later without a word, as a server's keep-alive
-    /// timeout does; counts the connections it accepted. Takes two connections.
+    /// A server on its own thread that answers the first request on a connection with
+    /// `ok`, and closes the connection without a word when the next one arrives, as a
+    /// server whose keep-alive timeout ran out just then does; counts the connections it
+    /// accepted. Takes two connections.
     pub(crate) fn closing_server() -> (Uri, Arc<AtomicUsize>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url: Uri = format!("http://{}", listener.local_addr().unwrap())
@@ -556,31 +629,54 @@ pub(crate) mod tests {
                 let _ = socket.read(&mut buf);
                 let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-head: -\r\n\r\nok";
                 let _ = socket.write_all(answer);
-                std::thread::sleep(Duration::from_millis(30));
+                let _ = socket.read(&mut buf);
             }
         });
         (url, accepted)
     }
 
-    /// The race a kept connection can lose: the server closes it while it is idle, and
-    /// the next request takes it before the close has been seen. The runtime is held
-    /// (a blocking sleep) while the server closes, so the close is seen only once the
-    /// request is already on its way: that is reported as stale, for the caller to send
-    /// again on a fresh connection.
+    /// The race a kept connection can lose: the server closes it just as the next
+    /// request arrives on it. That is reported as stale, for the caller to send again on
+    /// a fresh connection.
     #[tokio::test]
     async fn a_kept_connection_closed_as_the_request_goes_out_is_stale() {
         let (url, accepted) = closing_server();
         let c = connections(&url, Duration::from_secs(60));
-        let (_, body) = read(c.send(0, "/", get(), Reuse::Kept).await.unwrap()).await;
+        let (_, body) = read(get(&c, "/", Reuse::Kept).await.unwrap()).await;
         assert_eq!(body, "ok");
-        std::thread::sleep(Duration::from_millis(150));
-        match c.send(0, "/", get(), Reuse::Kept).await {
+        match get(&c, "/", Reuse::Kept).await {
             Err(SendError::Stale(_)) => {}
             other => panic!("{:?}", other.map(|r| r.status())),
         }
-        let (_, body) = read(c.send(0, "/", get(), Reuse::Fresh).await.unwrap()).await;
+        let (_, body) = read(get(&c, "/", Reuse::Fresh).await.unwrap()).await;
         assert_eq!(body, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A kept connection the server has closed while it was idle is not used: the
+    /// request goes on a new one, and nothing is reported.
+    #[tokio::test]
+    async fn a_kept_connection_seen_closed_is_not_used() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url: Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for socket in listener.incoming().take(2) {
+                let Ok(mut socket) = socket else { return };
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf);
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-head: -\r\n\r\nok");
+                // Closed while idle.
+            }
+        });
+        let c = connections(&url, Duration::from_secs(60));
+        read(get(&c, "/", Reuse::Kept).await.unwrap()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (_, body) = read(get(&c, "/", Reuse::Kept).await.unwrap()).await;
+        assert_eq!(body, "ok");
     }
 
     #[tokio::test]
@@ -591,7 +687,7 @@ pub(crate) mod tests {
             Arc::downgrade(&c),
             Duration::from_millis(200),
         ));
-        read(c.send(0, "/", get(), Reuse::Kept).await.unwrap()).await;
+        read(get(&c, "/", Reuse::Kept).await.unwrap()).await;
         assert_eq!(c.idle_count(0), 1);
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(c.idle_count(0), 0);
@@ -605,7 +701,7 @@ pub(crate) mod tests {
             .unwrap();
         drop(listener);
         let c = connections(&url, Duration::from_secs(60));
-        match c.send(0, "/", get(), Reuse::Kept).await {
+        match get(&c, "/", Reuse::Kept).await {
             Err(SendError::Connect(text)) => assert!(text.contains("refused"), "{text}"),
             other => panic!("{:?}", other.map(|r| r.status())),
         }

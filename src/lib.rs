@@ -34,6 +34,7 @@ pub mod dialect;
 pub mod discovery;
 pub mod error;
 pub mod forward;
+pub mod h1;
 pub mod intake;
 pub mod kind;
 pub mod multipart;

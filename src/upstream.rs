@@ -10,12 +10,12 @@
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response};
+use http::{Method, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use crate::body::{OutBody, Segment};
+use crate::body::Segment;
 use crate::config::{HealthCheck, UpstreamConfig};
-use crate::connections::{describe, Connections, Reuse, SendError, UpstreamBody};
+use crate::connections::{describe, Connections, Outgoing, SendError, UpstreamBody};
 use crate::pool::Pool;
 use http_body_util::BodyExt;
 use std::sync::{Arc, Weak};
@@ -23,6 +23,7 @@ use std::sync::{Arc, Weak};
 /// Response header naming the upstream that answered.
 pub const UPSTREAM_HEADER: &str = "x-voxgate-upstream";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+static REQUEST_ID_HEADER_NAME: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 static HOP_BY_HOP: [HeaderName; 8] = [
@@ -165,16 +166,20 @@ async fn run_checks(
         if pool.strong_count() == 0 {
             return;
         }
-        let mut request = Request::new(OutBody::empty());
-        *request.method_mut() = check.method.clone();
-        if let Some(auth) = &authorization {
-            request
-                .headers_mut()
-                .insert(header::AUTHORIZATION, auth.clone());
-        }
+        let headers = |emit: &mut dyn FnMut(&HeaderName, &HeaderValue)| {
+            if let Some(auth) = &authorization {
+                emit(&header::AUTHORIZATION, auth);
+            }
+        };
+        let request = Outgoing {
+            method: &check.method,
+            path_and_query: &check.path,
+            headers: &headers,
+            body: &Vec::new,
+        };
         let probe = async {
             let response = connections
-                .send(index, &check.path, request, Reuse::Kept)
+                .send(index, &request)
                 .await
                 .map_err(SendError::text)?;
             let status = response.status().as_u16();
@@ -308,17 +313,21 @@ impl Upstream {
         self.name_header.as_ref()
     }
 
-    /// The headers this upstream gets: the client's end-to-end headers, with
-    /// Authorization replaced by ours, passed on, or removed, as configured.
+    /// The headers this upstream gets, each given to `emit`: the client's end-to-end
+    /// headers, with Authorization replaced by ours, passed on, or removed, as
+    /// configured. (Host and Content-Length come from the connection.)
     ///
-    /// Built by copying what travels, in the client's order, rather than by cloning the
-    /// client's map and removing from it: each removal hashes and probes, and there are a
-    /// dozen of them.
-    fn headers(&self, client: &HeaderMap, request_id: &HeaderValue, len: u64) -> HeaderMap {
+    /// What travels is picked in one pass, in the client's order; for HTTP/1 it is
+    /// written straight into the request head, with no header map built.
+    fn headers(
+        &self,
+        client: &HeaderMap,
+        request_id: &HeaderValue,
+        emit: &mut dyn FnMut(&HeaderName, &HeaderValue),
+    ) {
         let named = connection_named(client);
         let ours = self.authorization.as_ref();
         let drop_authorization = ours.is_some() || !self.config.pass_client_key;
-        let mut headers = HeaderMap::with_capacity(client.keys_len() + 3);
         for (name, value) in client {
             let stays = !(is_hop_by_hop(name)
                 || name == header::HOST
@@ -330,15 +339,13 @@ impl Upstream {
                 || (ours.is_some() && (name == "openai-organization" || name == "openai-project"))
                 || named.contains(name));
             if stays {
-                headers.append(name.clone(), value.clone());
+                emit(name, value);
             }
         }
         if let Some(ours) = ours {
-            headers.insert(header::AUTHORIZATION, ours.clone());
+            emit(&header::AUTHORIZATION, ours);
         }
-        headers.insert(REQUEST_ID_HEADER, request_id.clone());
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        headers
+        emit(&REQUEST_ID_HEADER_NAME, request_id);
     }
 
     /// Sends one attempt to endpoint `index`; resolves when response headers arrive, or
@@ -354,36 +361,18 @@ impl Upstream {
         path_and_query: &str,
         client_headers: &HeaderMap,
         request_id: &HeaderValue,
-        body: impl Fn() -> Vec<Segment>,
+        body: impl Fn() -> Vec<Segment> + Sync,
     ) -> Result<Response<UpstreamBody>, AttemptError> {
-        let request = || {
-            let body = OutBody::new(body());
-            let len = http_body::Body::size_hint(&body).exact().unwrap_or(0);
-            let mut request = Request::new(body);
-            *request.method_mut() = method.clone();
-            *request.headers_mut() = self.headers(client_headers, request_id, len);
-            request
+        let headers = |emit: &mut dyn FnMut(&HeaderName, &HeaderValue)| {
+            self.headers(client_headers, request_id, emit)
         };
-        let sent = async {
-            let first = request();
-            match self
-                .connections
-                .send(index, path_and_query, first, Reuse::Kept)
-                .await
-            {
-                Err(SendError::Stale(_)) => {
-                    let second = request();
-                    // Boxed: rare, and it would double the size of every attempt's future.
-                    Box::pin(
-                        self.connections
-                            .send(index, path_and_query, second, Reuse::Fresh),
-                    )
-                    .await
-                }
-                other => other,
-            }
+        let request = Outgoing {
+            method,
+            path_and_query,
+            headers: &headers,
+            body: &body,
         };
-        match tokio::time::timeout(timeout, sent).await {
+        match tokio::time::timeout(timeout, self.connections.send(index, &request)).await {
             Err(_) => Err(AttemptError::Timeout(timeout)),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(SendError::Connect(e))) => Err(AttemptError::Connect(e)),
@@ -406,6 +395,15 @@ mod tests {
         config.api_key = key.map(Secret::new);
         config.pass_client_key = pass;
         Upstream::new(config)
+    }
+
+    /// What `headers` gives, as a map.
+    fn sent(u: &Upstream, client: &HeaderMap, id: &HeaderValue) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        u.headers(client, id, &mut |name, value| {
+            map.append(name.clone(), value.clone());
+        });
+        map
     }
 
     fn client_headers() -> HeaderMap {
@@ -438,16 +436,20 @@ mod tests {
     #[test]
     fn authorization_is_replaced_stripped_or_passed() {
         let id = HeaderValue::from_static("req-1");
-        let h = upstream("http://a", Some("sk-up"), false).headers(&client_headers(), &id, 5);
+        let h = sent(
+            &upstream("http://a", Some("sk-up"), false),
+            &client_headers(),
+            &id,
+        );
         assert_eq!(h[header::AUTHORIZATION], "Bearer sk-up");
         assert!(h[header::AUTHORIZATION].is_sensitive());
         assert!(
             h.get("openai-organization").is_none(),
             "goes with the client's key"
         );
-        let h = upstream("http://a", None, false).headers(&client_headers(), &id, 5);
+        let h = sent(&upstream("http://a", None, false), &client_headers(), &id);
         assert!(h.get(header::AUTHORIZATION).is_none());
-        let h = upstream("http://a", None, true).headers(&client_headers(), &id, 5);
+        let h = sent(&upstream("http://a", None, true), &client_headers(), &id);
         assert_eq!(h[header::AUTHORIZATION], "Bearer client");
         assert_eq!(h["openai-organization"], "org-client");
     }
@@ -483,12 +485,15 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_do_not_travel() {
         let id = HeaderValue::from_static("req-1");
-        let h = upstream("http://a", None, false).headers(&client_headers(), &id, 5);
+        let h = sent(&upstream("http://a", None, false), &client_headers(), &id);
         for gone in ["connection", "x-private", "transfer-encoding", "host"] {
             assert!(h.get(gone).is_none(), "{gone}");
         }
         assert_eq!(h[header::ACCEPT], "application/octet-stream");
-        assert_eq!(h[header::CONTENT_LENGTH], "5");
+        assert!(
+            h.get(header::CONTENT_LENGTH).is_none(),
+            "framing is the connection's"
+        );
         assert_eq!(h[REQUEST_ID_HEADER], "req-1");
     }
 }

@@ -1,0 +1,950 @@
+//! voxgate's own HTTP/1.1 client connection: one request at a time, driven by the task
+//! that proxies the request.
+//!
+//! hyper's client runs every connection in a task of its own. The request goes to it
+//! through a channel, the response head comes back through a oneshot, and every chunk of
+//! the body is handed over once more from the connection's task to the request's. For a
+//! small request those hand-offs, their wake-ups and hyper's header maps were a quarter of
+//! voxgate's instructions (benches/README.md), and each streamed chunk waited for one
+//! extra task switch. Here the request's own task writes the request, reads the answer's
+//! head, and reads the body when the client's connection asks for more: the path nginx
+//! and HAProxy take.
+//!
+//! What it does and does not do:
+//! - the request head is written in one piece with the small parts of the body (a
+//!   JSON speech request is one `write`); spooled upload bytes follow as they are read;
+//! - the answer may start before the request has been written in full (an upstream that
+//!   refuses an upload early): it is taken, and the connection is not kept;
+//! - bodies are framed by Content-Length, by chunked encoding, or by the end of the
+//!   connection (RFC 9112 §6.3); 1xx answers other than 101 are skipped;
+//! - a body's data is handed on as slices of the read buffer, without a copy;
+//! - a connection is kept only when its answer was read to the end, the request was
+//!   written in full, nothing came after the answer, and neither side asked to close.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::stream::{BoxStream, StreamExt};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::body::Segment;
+
+/// The most an answer's head (status line and headers) may take.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// The most headers an answer may have.
+const MAX_HEADERS: usize = 128;
+/// The most a chunk-size line or a trailer section may take.
+const MAX_LINE: usize = 4 * 1024;
+/// Body bytes under this, in a run right after the head, are copied next to it so the
+/// whole request goes out in one write; larger ones are written from where they are.
+const COALESCE: usize = 16 * 1024;
+/// Read sizes: the first read of an answer, and the most one read asks for.
+/// The buffer is kept with the connection and used again once the data given out from
+/// it has been written and dropped, so in the steady state reads allocate nothing.
+const FIRST_READ: usize = 64 * 1024;
+const MAX_READ: usize = 64 * 1024;
+const MIN_READ: usize = 4 * 1024;
+
+/// An HTTP/1.1 connection to an upstream, between exchanges or during one.
+pub struct Conn<T> {
+    io: T,
+    /// Bytes read and not yet handed on. Data is split off it and frozen, so the
+    /// allocation is shared with the chunks given out until they are dropped.
+    buf: BytesMut,
+}
+
+/// The head of an answer, and how to read its body.
+pub struct Answer {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub decoder: Decoder,
+    /// Whether the connection can carry another request once the body is read.
+    pub reusable: bool,
+}
+
+/// Why an exchange failed before an answer's head.
+#[derive(Debug)]
+pub enum ExchangeError {
+    /// The connection closed or failed before any byte of an answer: on a kept
+    /// connection, most likely closed by the upstream as the request went out.
+    Unanswered(String),
+    /// Anything else: a broken or invalid answer head, or the request body could not be
+    /// read back.
+    Failed(String),
+}
+
+impl std::fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExchangeError::Unanswered(e) | ExchangeError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+/// A failure while writing a request.
+enum WriteError {
+    /// The connection failed.
+    Io(io::Error),
+    /// The body's bytes could not be read back from the replay store.
+    Local(io::Error),
+}
+
+/// How an answer's body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoder {
+    /// This many bytes are left.
+    Length(u64),
+    /// Chunked transfer coding, in this state.
+    Chunked(Chunk),
+    /// The body is everything until the upstream closes the connection.
+    UntilClose,
+    /// The body has been read to its end.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// This many bytes of chunk data are left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one; this many bytes seen.
+    Trailers(usize),
+}
+
+impl Decoder {
+    pub fn is_done(&self) -> bool {
+        *self == Decoder::Done
+    }
+
+    /// The exact number of body bytes left, when the framing tells it.
+    pub fn exact_len(&self) -> Option<u64> {
+        match self {
+            Decoder::Length(n) => Some(*n),
+            Decoder::Done => Some(0),
+            _ => None,
+        }
+    }
+}
+
+fn invalid(message: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message.into())
+}
+
+fn cut_short() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the upstream closed the connection before the body was complete",
+    )
+}
+
+/// Something that gives a request's headers, one by one, to the callback it is handed.
+pub type HeaderSource<'a> = dyn Fn(&mut dyn FnMut(&HeaderName, &HeaderValue)) + Sync + 'a;
+
+/// Writes a request head: request line, `Host`, the headers `emit` gives, and
+/// `Content-Length`. The path must already have been checked to be a request target.
+pub fn request_head(
+    method: &Method,
+    prefix: &str,
+    path_and_query: &str,
+    host: &[u8],
+    headers: &HeaderSource<'_>,
+    content_length: u64,
+) -> Vec<u8> {
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(prefix.as_bytes());
+    head.extend_from_slice(path_and_query.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    head.extend_from_slice(host);
+    head.extend_from_slice(b"\r\n");
+    headers(&mut |name, value| {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    });
+    head.extend_from_slice(b"content-length: ");
+    head.extend_from_slice(content_length.to_string().as_bytes());
+    head.extend_from_slice(b"\r\n\r\n");
+    head
+}
+
+/// Whether `target` can go on a request line as it is: visible ASCII only, so no space,
+/// CR or LF can end the line early.
+pub fn is_request_target(target: &str) -> bool {
+    !target.is_empty() && target.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The request being written: the piece in hand, then the segments still to go.
+struct Outgoing {
+    pending: Bytes,
+    segments: std::vec::IntoIter<Segment>,
+    spool: Option<BoxStream<'static, io::Result<Bytes>>>,
+    flushed: bool,
+}
+
+impl Outgoing {
+    fn new(mut head: Vec<u8>, segments: Vec<Segment>) -> Outgoing {
+        let mut segments = segments.into_iter();
+        // Small pieces right after the head go with it.
+        let mut rest = segments.as_slice();
+        let mut taken = 0;
+        while let Some(Segment::Bytes(b)) = rest.first() {
+            if b.len() >= COALESCE {
+                break;
+            }
+            head.extend_from_slice(b);
+            taken += 1;
+            rest = &rest[1..];
+        }
+        if taken > 0 {
+            segments.nth(taken - 1);
+        }
+        Outgoing {
+            pending: Bytes::from(head),
+            segments,
+            spool: None,
+            flushed: false,
+        }
+    }
+
+    /// Writes until all is written (`Ready(Ok)`), the socket is full or a spooled piece
+    /// is being read (`Pending`), or writing fails.
+    fn poll_write<T: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut T,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), WriteError>> {
+        loop {
+            if !self.pending.is_empty() {
+                let n = ready!(Pin::new(&mut *io).poll_write(cx, &self.pending))
+                    .map_err(WriteError::Io)?;
+                if n == 0 {
+                    return Poll::Ready(Err(WriteError::Io(io::ErrorKind::WriteZero.into())));
+                }
+                self.pending.advance(n);
+                continue;
+            }
+            if let Some(spool) = &mut self.spool {
+                match ready!(spool.poll_next_unpin(cx)) {
+                    Some(Ok(bytes)) => self.pending = bytes,
+                    Some(Err(e)) => return Poll::Ready(Err(WriteError::Local(e))),
+                    None => self.spool = None,
+                }
+                continue;
+            }
+            match self.segments.next() {
+                Some(Segment::Bytes(bytes)) => self.pending = bytes,
+                Some(Segment::Spool(spool, range)) => {
+                    self.spool = Some(spool.stream(range).boxed())
+                }
+                None => {
+                    if !self.flushed {
+                        ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(WriteError::Io)?;
+                        self.flushed = true;
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
+    pub fn new(io: T) -> Conn<T> {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether a kept connection can take a request: between exchanges the upstream has
+    /// nothing to say, so anything readable (its close, above all) means it cannot.
+    /// Never waits.
+    pub fn is_open(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        Pin::new(&mut self.io)
+            .poll_read(&mut cx, &mut probe)
+            .is_pending()
+    }
+
+    /// Reads more into the buffer, asking for about `want` bytes; `Ok(0)` is the end of
+    /// the connection.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        let want = want.clamp(MIN_READ, MAX_READ);
+        if self.buf.capacity() - self.buf.len() < want {
+            self.buf.reserve(want);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// Sends a request (`head` from [`request_head`], then `body`) and reads the answer's
+    /// head. `head_request` says the method was HEAD (whose answer has no body).
+    pub async fn exchange(
+        &mut self,
+        head: Vec<u8>,
+        body: Vec<Segment>,
+        head_request: bool,
+    ) -> Result<Answer, ExchangeError> {
+        let mut outgoing = Outgoing::new(head, body);
+        let mut written = false;
+        let mut write_error: Option<io::Error> = None;
+        let mut read_any = false;
+        let answer = poll_fn(|cx| {
+            if !written && write_error.is_none() {
+                match outgoing.poll_write(&mut self.io, cx) {
+                    Poll::Ready(Ok(())) => written = true,
+                    // The upstream may have answered and closed: read what it said.
+                    Poll::Ready(Err(WriteError::Io(e))) => write_error = Some(e),
+                    Poll::Ready(Err(WriteError::Local(e))) => {
+                        let e = format!("the request body could not be read back: {e}");
+                        return Poll::Ready(Err(ExchangeError::Failed(e)));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            loop {
+                if !self.buf.is_empty() {
+                    read_any = true;
+                    match parse_answer(&mut self.buf, head_request) {
+                        Ok(Some(answer)) => return Poll::Ready(Ok(answer)),
+                        Ok(None) => {}
+                        Err(e) => return Poll::Ready(Err(ExchangeError::Failed(e))),
+                    }
+                }
+                let closed = |detail: String| {
+                    Poll::Ready(Err(if read_any {
+                        ExchangeError::Failed(format!(
+                            "the upstream closed the connection in the middle of the answer's head{detail}"
+                        ))
+                    } else {
+                        ExchangeError::Unanswered(format!(
+                            "the upstream closed the connection before answering{detail}"
+                        ))
+                    }))
+                };
+                match ready!(self.poll_fill(cx, FIRST_READ)) {
+                    Ok(0) => {
+                        let detail = write_error
+                            .as_ref()
+                            .map(|e| format!(" (sending: {e})"))
+                            .unwrap_or_default();
+                        return closed(detail);
+                    }
+                    Ok(_) => {}
+                    Err(e) => return closed(format!(": {e}")),
+                }
+            }
+        })
+        .await?;
+        let mut answer = answer;
+        if !written {
+            // Answered before the request was written in full: what is left of it is
+            // not sent, so the connection cannot carry another request.
+            answer.reusable = false;
+        }
+        Ok(answer)
+    }
+
+    /// The next piece of the body, or `None` at its end.
+    pub fn poll_data(
+        &mut self,
+        decoder: &mut Decoder,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<io::Result<Bytes>>> {
+        loop {
+            if let Err(e) = skip_framing(decoder, &mut self.buf) {
+                return Poll::Ready(Some(Err(e)));
+            }
+            let want = match *decoder {
+                Decoder::Done => return Poll::Ready(None),
+                Decoder::Length(left) | Decoder::Chunked(Chunk::Data(left)) => {
+                    if !self.buf.is_empty() {
+                        let take = left.min(self.buf.len() as u64);
+                        let data = self.buf.split_to(take as usize).freeze();
+                        *decoder = match *decoder {
+                            Decoder::Length(_) if left == take => Decoder::Done,
+                            Decoder::Length(_) => Decoder::Length(left - take),
+                            _ if left == take => Decoder::Chunked(Chunk::DataEnd),
+                            _ => Decoder::Chunked(Chunk::Data(left - take)),
+                        };
+                        // So that the end is seen with the last data when it is here.
+                        if let Err(e) = skip_framing(decoder, &mut self.buf) {
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    usize::try_from(left).unwrap_or(MAX_READ)
+                }
+                Decoder::UntilClose => {
+                    if !self.buf.is_empty() {
+                        return Poll::Ready(Some(Ok(self.buf.split().freeze())));
+                    }
+                    FIRST_READ
+                }
+                // Framing that needs more bytes than are here.
+                Decoder::Chunked(_) => FIRST_READ,
+            };
+            match ready!(self.poll_fill(cx, want)) {
+                Ok(0) if *decoder == Decoder::UntilClose => {
+                    *decoder = Decoder::Done;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return Poll::Ready(Some(Err(cut_short()))),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
+        }
+    }
+
+    /// Whether nothing is left over from the exchange (bytes after the answer mean the
+    /// upstream does not speak HTTP/1.1 as we do: the connection is not kept).
+    pub fn is_clean(&self) -> bool {
+        self.buf.is_empty()
+    }
+}
+
+/// Consumes chunked framing (size lines, CRLF after data, trailers) as far as the
+/// buffered bytes allow; stops at data, at the end, or when more bytes are needed.
+fn skip_framing(decoder: &mut Decoder, buf: &mut BytesMut) -> io::Result<()> {
+    loop {
+        let Decoder::Chunked(state) = *decoder else {
+            return Ok(());
+        };
+        match state {
+            Chunk::Data(_) => return Ok(()),
+            Chunk::DataEnd => {
+                if buf.len() < 2 {
+                    return Ok(());
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(invalid("a chunk's data is not followed by CRLF"));
+                }
+                buf.advance(2);
+                *decoder = Decoder::Chunked(Chunk::Size);
+            }
+            Chunk::Size => {
+                let Some(line) = take_line(buf)? else {
+                    return Ok(());
+                };
+                let size = chunk_size(&line)?;
+                *decoder = Decoder::Chunked(if size == 0 {
+                    Chunk::Trailers(0)
+                } else {
+                    Chunk::Data(size)
+                });
+            }
+            Chunk::Trailers(seen) => {
+                let Some(line) = take_line(buf)? else {
+                    return Ok(());
+                };
+                let seen = seen + line.len();
+                if line.len() == 2 {
+                    *decoder = Decoder::Done;
+                } else if seen > MAX_LINE {
+                    return Err(invalid("the upstream's trailers are too large"));
+                } else {
+                    // Trailers are not passed on: the answer's head has gone already.
+                    *decoder = Decoder::Chunked(Chunk::Trailers(seen));
+                }
+            }
+        }
+    }
+}
+
+/// A CRLF-ended line from the front of `buf` (with its CRLF), if it is all there.
+fn take_line(buf: &mut BytesMut) -> io::Result<Option<BytesMut>> {
+    match memchr::memchr(b'\n', buf) {
+        Some(end) if end == 0 || buf[end - 1] != b'\r' => {
+            Err(invalid("a line of chunked framing does not end with CRLF"))
+        }
+        Some(end) if end >= MAX_LINE => Err(invalid("a chunk-size line is too long")),
+        Some(end) => Ok(Some(buf.split_to(end + 1))),
+        None if buf.len() >= MAX_LINE => Err(invalid("a chunk-size line is too long")),
+        None => Ok(None),
+    }
+}
+
+/// The size on a chunk-size line (`1a2b;ext=1\r\n`).
+fn chunk_size(line: &[u8]) -> io::Result<u64> {
+    let line = &line[..line.len() - 2];
+    let digits = line
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii_end();
+    if digits.is_empty() || digits.len() > 15 {
+        return Err(invalid("a chunk size is missing or too large"));
+    }
+    let mut size = 0u64;
+    for &d in digits {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            b'A'..=b'F' => d - b'A' + 10,
+            _ => return Err(invalid("a chunk size is not hexadecimal")),
+        };
+        size = size * 16 + u64::from(v);
+    }
+    Ok(size)
+}
+
+/// The answer at the front of `buf`, once its head is all there (1xx interim answers are
+/// skipped); its head is taken off `buf`.
+fn parse_answer(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>, String> {
+    loop {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut slots);
+        let len = match parsed.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+                return Err(format!(
+                    "the upstream's answer head is over {} KiB",
+                    MAX_HEAD / 1024
+                ))
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(format!("the upstream's answer is not HTTP/1: {e}")),
+        };
+        let code = parsed.code.unwrap_or_default();
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| format!("the upstream answered with status {code}"))?;
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err("the upstream switched protocols".into());
+            }
+            buf.advance(len);
+            continue;
+        }
+        let version = if parsed.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        // Header values become slices of the head, without a copy: their places are
+        // noted, then the head is split off and frozen.
+        let base = buf.as_ptr() as usize;
+        let places: Vec<(HeaderName, usize, usize)> = parsed
+            .headers
+            .iter()
+            .map(|h| {
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| format!("the upstream sent a bad header name `{}`", h.name))?;
+                let start = h.value.as_ptr() as usize - base;
+                Ok((name, start, start + h.value.len()))
+            })
+            .collect::<Result<_, String>>()?;
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(places.len());
+        for (name, start, end) in places {
+            let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+                .map_err(|_| format!("the upstream sent a bad value for `{name}`"))?;
+            headers.append(name, value);
+        }
+        let (decoder, framed) = framing(&headers, status, head_request)?;
+        let reusable =
+            framed && version == Version::HTTP_11 && !has_token(&headers, "connection", "close");
+        return Ok(Some(Answer {
+            status,
+            version,
+            headers,
+            decoder,
+            reusable,
+        }));
+    }
+}
+
+/// How the body is framed (RFC 9112 §6.3), and whether its end is known without the
+/// connection closing.
+fn framing(
+    headers: &HeaderMap,
+    status: StatusCode,
+    head_request: bool,
+) -> Result<(Decoder, bool), String> {
+    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok((Decoder::Done, true));
+    }
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        let last = headers
+            .get_all(http::header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|coding| !coding.is_empty());
+        return Ok(match last {
+            Some(coding) if coding.eq_ignore_ascii_case("chunked") => {
+                // With a Content-Length too, the message could be read two ways: chunked
+                // wins, and the connection is not kept (RFC 9112 §6.3, rule 3).
+                let clean = !headers.contains_key(http::header::CONTENT_LENGTH);
+                (Decoder::Chunked(Chunk::Size), clean)
+            }
+            _ => (Decoder::UntilClose, false),
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(http::header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            let n = std::str::from_utf8(part)
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or("the upstream sent a bad Content-Length")?;
+            if length.is_some_and(|l| l != n) {
+                return Err("the upstream sent two different Content-Lengths".into());
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (Decoder::Done, true),
+        Some(n) => (Decoder::Length(n), true),
+        None => (Decoder::UntilClose, false),
+    })
+}
+
+/// Whether a comma-separated header lists `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: &str, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    fn head(content_length: u64) -> Vec<u8> {
+        let accept = HeaderValue::from_static("audio/pcm");
+        request_head(
+            &Method::POST,
+            "/prefix",
+            "/v1/audio/speech?x=1",
+            b"kokoro:8880",
+            &|emit| emit(&http::header::ACCEPT, &accept),
+            content_length,
+        )
+    }
+
+    /// A connection, and the upstream's end of it.
+    fn pair() -> (Conn<DuplexStream>, DuplexStream) {
+        let (ours, theirs) = duplex(1 << 20);
+        (Conn::new(ours), theirs)
+    }
+
+    async fn body(conn: &mut Conn<DuplexStream>, decoder: &mut Decoder) -> io::Result<Vec<u8>> {
+        let mut all = Vec::new();
+        while let Some(piece) = poll_fn(|cx| conn.poll_data(decoder, cx)).await {
+            all.extend_from_slice(&piece?);
+        }
+        Ok(all)
+    }
+
+    #[test]
+    fn the_request_head_is_what_goes_on_the_wire() {
+        assert_eq!(
+            String::from_utf8(head(12)).unwrap(),
+            "POST /prefix/v1/audio/speech?x=1 HTTP/1.1\r\nhost: kokoro:8880\r\n\
+             accept: audio/pcm\r\ncontent-length: 12\r\n\r\n"
+        );
+        assert!(is_request_target("/v1/audio/speech?x=%20"));
+        for bad in ["", "/a b", "/a\r\nx: y", "/\u{e9}"] {
+            assert!(!is_request_target(bad), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_small_request_is_one_write_and_a_length_framed_answer_is_read() {
+        let (mut conn, mut upstream) = pair();
+        let server = tokio::spawn(async move {
+            let mut request = vec![0u8; 4096];
+            let n = upstream.read(&mut request).await.unwrap();
+            upstream
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: audio/pcm\r\ncontent-length: 5\r\n\r\nhello",
+                )
+                .await
+                .unwrap();
+            (String::from_utf8(request[..n].to_vec()).unwrap(), upstream)
+        });
+        let body_parts = vec![
+            Segment::Bytes(Bytes::from_static(b"{\"a\":")),
+            Segment::Bytes(Bytes::from_static(b"1}")),
+        ];
+        let mut answer = conn.exchange(head(7), body_parts, false).await.unwrap();
+        let (request, _upstream) = server.await.unwrap();
+        assert!(request.ends_with("\r\n\r\n{\"a\":1}"), "{request}");
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.headers["content-type"], "audio/pcm");
+        assert!(answer.reusable);
+        assert_eq!(answer.decoder, Decoder::Length(5));
+        assert_eq!(
+            body(&mut conn, &mut answer.decoder).await.unwrap(),
+            b"hello"
+        );
+        assert!(answer.decoder.is_done());
+        assert!(conn.is_clean());
+        assert!(conn.is_open());
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_are_decoded_whatever_the_pieces() {
+        let wire: &[u8] =
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+            5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: 1\r\n\r\n";
+        for piece in [1, 2, 3, 7, wire.len()] {
+            let (mut conn, mut upstream) = pair();
+            let writer = tokio::spawn(async move {
+                for part in wire.chunks(piece) {
+                    upstream.write_all(part).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+                upstream
+            });
+            let mut answer = conn.exchange(head(0), Vec::new(), false).await.unwrap();
+            assert_eq!(answer.status, StatusCode::OK);
+            let data = body(&mut conn, &mut answer.decoder).await.unwrap();
+            assert_eq!(
+                data, b"helloabcdefghijklmnopqrstuvwxyz",
+                "pieces of {piece}"
+            );
+            assert!(conn.is_clean());
+            let _upstream = writer.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_chunked_body_is_seen_with_its_last_data() {
+        let (mut conn, mut upstream) = pair();
+        upstream
+            .write_all(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut answer = conn.exchange(head(0), Vec::new(), false).await.unwrap();
+        let data = poll_fn(|cx| conn.poll_data(&mut answer.decoder, cx)).await;
+        assert_eq!(&data.unwrap().unwrap()[..], b"abc");
+        assert!(answer.decoder.is_done());
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_error_but_one_read_to_close_is_not() {
+        let cases: [(&[u8], Option<&[u8]>); 4] = [
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello", None),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                None,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\n\r\nuntil the end",
+                Some(b"until the end"),
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\ntransfer-encoding: gzip\r\n\r\nraw",
+                Some(b"raw"),
+            ),
+        ];
+        for (wire, expected) in cases {
+            let (mut conn, mut upstream) = pair();
+            upstream.write_all(wire).await.unwrap();
+            drop(upstream);
+            let mut answer = conn.exchange(head(0), Vec::new(), false).await.unwrap();
+            let read = body(&mut conn, &mut answer.decoder).await;
+            match expected {
+                Some(expected) => {
+                    assert_eq!(read.unwrap(), expected);
+                    assert!(!answer.reusable);
+                }
+                None => {
+                    let e = read.unwrap_err();
+                    assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_answers_are_refused_with_a_reason() {
+        let cases: [(&[u8], &str); 6] = [
+            (b"SSH-2.0-OpenSSH\r\n\r\n", "not HTTP/1"),
+            (b"HTTP/1.1 101 Switching\r\n\r\n", "switched protocols"),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+                "two different",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+                "bad Content-Length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\n",
+                "two different",
+            ),
+            (b"HTTP/1.1 200 OK\r\nx: \x01\r\n\r\n", "not HTTP/1"),
+        ];
+        for (wire, reason) in cases {
+            let (mut conn, mut upstream) = pair();
+            upstream.write_all(wire).await.unwrap();
+            match conn.exchange(head(0), Vec::new(), false).await {
+                Err(ExchangeError::Failed(e)) => assert!(e.contains(reason), "{e}"),
+                Err(other) => panic!("{other}"),
+                Ok(a) => panic!("accepted {:?}", a.status),
+            }
+        }
+        let (mut conn, mut upstream) = pair();
+        let huge = format!("HTTP/1.1 200 OK\r\nx: {}\r\n", "a".repeat(MAX_HEAD));
+        let writer = tokio::spawn(async move { upstream.write_all(huge.as_bytes()).await });
+        match conn.exchange(head(0), Vec::new(), false).await {
+            Err(ExchangeError::Failed(e)) => assert!(e.contains("over 64 KiB"), "{e}"),
+            _ => panic!("an endless head was accepted"),
+        }
+        drop(conn);
+        let _ = writer.await;
+    }
+
+    #[tokio::test]
+    async fn bad_chunked_framing_is_an_error() {
+        for framing in [
+            &b"zz\r\n"[..],
+            b"5\r\nhelloXX",
+            b"5\nhello",
+            b"12345678901234567\r\n",
+        ] {
+            let (mut conn, mut upstream) = pair();
+            let mut wire = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            wire.extend_from_slice(framing);
+            upstream.write_all(&wire).await.unwrap();
+            drop(upstream);
+            let mut answer = conn.exchange(head(0), Vec::new(), false).await.unwrap();
+            let e = body(&mut conn, &mut answer.decoder).await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{framing:?}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_without_a_body_and_answers_that_close() {
+        let cases: [(&[u8], bool, bool); 5] = [
+            (b"HTTP/1.1 204 No Content\r\n\r\n", false, true),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", true, true),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n", false, false),
+            (b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", false, false),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n0\r\n\r\n",
+                false,
+                false,
+            ),
+        ];
+        for (wire, head_request, reusable) in cases {
+            let (mut conn, mut upstream) = pair();
+            upstream.write_all(wire).await.unwrap();
+            let mut answer = conn
+                .exchange(head(0), Vec::new(), head_request)
+                .await
+                .unwrap();
+            assert_eq!(
+                answer.reusable,
+                reusable,
+                "{}",
+                String::from_utf8_lossy(wire)
+            );
+            assert!(body(&mut conn, &mut answer.decoder)
+                .await
+                .unwrap()
+                .is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_request_is_written_is_taken_and_the_connection_not_kept() {
+        // A small pipe, so the request cannot be written before the upstream reads it.
+        let (ours, mut upstream) = duplex(1024);
+        let mut conn = Conn::new(ours);
+        upstream
+            .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!")
+            .await
+            .unwrap();
+        let big = Segment::Bytes(Bytes::from(vec![b'x'; 1 << 20]));
+        let mut answer = conn
+            .exchange(head(1 << 20), vec![big], false)
+            .await
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(!answer.reusable);
+        assert_eq!(body(&mut conn, &mut answer.decoder).await.unwrap(), b"big!");
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_an_answer_says_so() {
+        let (mut conn, upstream) = pair();
+        drop(upstream);
+        match conn.exchange(head(0), Vec::new(), false).await {
+            Err(ExchangeError::Unanswered(e)) => assert!(e.contains("before answering"), "{e}"),
+            other => panic!("{:?}", other.map(|a| a.status)),
+        }
+        let (mut conn, mut upstream) = pair();
+        upstream.write_all(b"HTTP/1.1 200 O").await.unwrap();
+        drop(upstream);
+        match conn.exchange(head(0), Vec::new(), false).await {
+            Err(ExchangeError::Failed(e)) => assert!(e.contains("middle"), "{e}"),
+            other => panic!("{:?}", other.map(|a| a.status)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_that_was_closed_or_spoke_out_of_turn_is_not_open() {
+        let (mut conn, upstream) = pair();
+        assert!(conn.is_open());
+        drop(upstream);
+        tokio::task::yield_now().await;
+        assert!(!conn.is_open());
+        let (mut conn, mut upstream) = pair();
+        upstream.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        assert!(!conn.is_open());
+    }
+
+    #[tokio::test]
+    async fn a_big_length_framed_body_comes_in_pieces_without_a_copy_of_the_head() {
+        let (mut conn, mut upstream) = pair();
+        let payload: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        let expected = payload.clone();
+        let writer = tokio::spawn(async move {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                payload.len()
+            );
+            upstream.write_all(head.as_bytes()).await.unwrap();
+            for piece in payload.chunks(70_000) {
+                upstream.write_all(piece).await.unwrap();
+            }
+            upstream
+        });
+        let mut answer = conn.exchange(head(0), Vec::new(), false).await.unwrap();
+        assert_eq!(answer.decoder.exact_len(), Some(600_000));
+        assert_eq!(
+            body(&mut conn, &mut answer.decoder).await.unwrap(),
+            expected
+        );
+        let _upstream = writer.await.unwrap();
+    }
+}
