@@ -115,10 +115,18 @@ impl Body for OutBody {
 
 /// A body that fails if no frame arrives for `limit`: a stalled upstream stream becomes an
 /// error, which aborts the client connection instead of leaving it hanging.
+///
+/// The clock runs only while the body is waiting for its inner body: it starts at the
+/// first `Pending` after a frame. A body whose frames are ready when asked for (a small
+/// answer read in one go) never arms a timer, and a client that is slow to take the
+/// frames is not counted against the upstream.
 pub struct IdleTimeout<B> {
     inner: B,
     limit: Duration,
-    deadline: Pin<Box<Sleep>>,
+    /// The deadline, made on the first wait and armed again for each later one.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// Whether the deadline is running for the current wait.
+    waiting: bool,
 }
 
 impl<B> IdleTimeout<B> {
@@ -126,7 +134,8 @@ impl<B> IdleTimeout<B> {
         IdleTimeout {
             inner,
             limit,
-            deadline: Box::pin(tokio::time::sleep(limit)),
+            deadline: None,
+            waiting: false,
         }
     }
 }
@@ -151,14 +160,23 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let next = Instant::now() + this.limit;
-                this.deadline.as_mut().reset(next);
+                this.waiting = false;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(this.limit))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let limit = this.limit;
+                let deadline = this
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if !this.waiting {
+                    this.waiting = true;
+                    deadline.as_mut().reset(Instant::now() + limit);
+                }
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(limit))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -214,5 +232,26 @@ mod tests {
         assert!(body.frame().await.unwrap().is_ok());
         let e = body.frame().await.unwrap().unwrap_err();
         assert!(e.is::<Stalled>(), "{e}");
+    }
+
+    /// The clock runs while the body waits for the upstream, not while the client takes
+    /// its time: a frame that comes 8 s after it was asked for is in time, even when it
+    /// was asked for 5 s after the frame before (10 s limit).
+    #[tokio::test(start_paused = true)]
+    async fn time_the_client_takes_is_not_counted_against_the_upstream() {
+        use futures_util::StreamExt as _;
+        use http_body_util::StreamBody;
+        let pieces = stream::iter([0u64, 8]).then(|wait| async move {
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            Ok::<_, io::Error>(Frame::data(Bytes::from_static(b"x")))
+        });
+        let mut body = IdleTimeout::new(StreamBody::new(Box::pin(pieces)), Duration::from_secs(10));
+        assert!(body.frame().await.unwrap().is_ok());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            body.frame().await.unwrap().is_ok(),
+            "counted from the frame before"
+        );
+        assert!(body.frame().await.is_none());
     }
 }

@@ -23,6 +23,7 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 
@@ -36,8 +37,8 @@ use crate::body::Segment;
 
 /// The most an answer's head (status line and headers) may take.
 pub const MAX_HEAD: usize = 64 * 1024;
-/// The most headers an answer may have.
-const MAX_HEADERS: usize = 128;
+/// The most headers an answer may have (hyper's limit too).
+const MAX_HEADERS: usize = 100;
 /// The most a chunk-size line or a trailer section may take.
 const MAX_LINE: usize = 4 * 1024;
 /// Body bytes under this, in a run right after the head, are copied next to it so the
@@ -174,9 +175,24 @@ pub fn request_head(
         head.extend_from_slice(b"\r\n");
     });
     head.extend_from_slice(b"content-length: ");
-    head.extend_from_slice(content_length.to_string().as_bytes());
+    push_decimal(&mut head, content_length);
     head.extend_from_slice(b"\r\n\r\n");
     head
+}
+
+/// Appends `n` in decimal (no `fmt` machinery, no allocation).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// Whether `target` can go on a request line as it is: visible ASCII only, so no space,
@@ -548,9 +564,15 @@ fn chunk_size(line: &[u8]) -> io::Result<u64> {
 /// skipped); its head is taken off `buf`.
 fn parse_answer(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>, String> {
     loop {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut slots);
-        let len = match parsed.parse(buf) {
+        // Uninitialised slots: an initialised array of 100 would be written in full
+        // before every parse.
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut slots,
+        ) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
                 return Err(format!(
@@ -576,23 +598,32 @@ fn parse_answer(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>
         } else {
             Version::HTTP_11
         };
-        // Header values become slices of the head, without a copy: their places are
-        // noted, then the head is split off and frozen.
+        // Header names and values become slices of the head, without a copy: their
+        // places are noted, then the head is split off and frozen.
         let base = buf.as_ptr() as usize;
-        let places: Vec<(HeaderName, usize, usize)> = parsed
-            .headers
-            .iter()
-            .map(|h| {
-                let name = HeaderName::from_bytes(h.name.as_bytes())
-                    .map_err(|_| format!("the upstream sent a bad header name `{}`", h.name))?;
-                let start = h.value.as_ptr() as usize - base;
-                Ok((name, start, start + h.value.len()))
-            })
-            .collect::<Result<_, String>>()?;
+        let count = parsed.headers.len();
+        let mut places = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        for (place, h) in places.iter_mut().zip(parsed.headers.iter()) {
+            let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+            let name = h.name.as_bytes();
+            *place = (
+                at(name),
+                at(name) + name.len() as u32,
+                at(h.value),
+                at(h.value) + h.value.len() as u32,
+            );
+        }
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(places.len());
-        for (name, start, end) in places {
-            let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+        let mut headers = HeaderMap::with_capacity(count);
+        for &(name_start, name_end, start, end) in &places[..count] {
+            let name = &head[name_start as usize..name_end as usize];
+            let name = HeaderName::from_bytes(name).map_err(|_| {
+                format!(
+                    "the upstream sent a bad header name `{}`",
+                    String::from_utf8_lossy(name)
+                )
+            })?;
+            let value = HeaderValue::from_maybe_shared(head.slice(start as usize..end as usize))
                 .map_err(|_| format!("the upstream sent a bad value for `{name}`"))?;
             headers.append(name, value);
         }
@@ -707,6 +738,11 @@ mod tests {
             "POST /prefix/v1/audio/speech?x=1 HTTP/1.1\r\nhost: kokoro:8880\r\n\
              accept: audio/pcm\r\ncontent-length: 12\r\n\r\n"
         );
+        for n in [0, 7, 10, 1234567890, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
         assert!(is_request_target("/v1/audio/speech?x=%20"));
         for bad in ["", "/a b", "/a\r\nx: y", "/\u{e9}"] {
             assert!(!is_request_target(bad), "{bad:?}");
@@ -851,6 +887,14 @@ mod tests {
                 Err(other) => panic!("{other}"),
                 Ok(a) => panic!("accepted {:?}", a.status),
             }
+        }
+        let (mut conn, mut upstream) = pair();
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: 1\r\n")).collect();
+        let wire = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+        upstream.write_all(wire.as_bytes()).await.unwrap();
+        match conn.exchange(head(0), Vec::new(), false).await {
+            Err(ExchangeError::Failed(e)) => assert!(e.contains("too many headers"), "{e}"),
+            _ => panic!("{} headers were accepted", MAX_HEADERS + 1),
         }
         let (mut conn, mut upstream) = pair();
         let huge = format!("HTTP/1.1 200 OK\r\nx: {}\r\n", "a".repeat(MAX_HEAD));
