@@ -762,6 +762,29 @@ async fn https_upstreams_are_verified_and_can_trust_a_ca_file_or_be_told_not_to_
     let _ = std::fs::remove_file(ca);
 }
 
+/// An https upstream without HTTP/2 gets voxgate's own HTTP/1.1 over TLS, and its
+/// connection is kept between requests.
+#[tokio::test]
+async fn https_upstreams_without_http2_get_http1_on_a_kept_connection() {
+    let tls = tls_upstream_speaking(&[b"http/1.1"]).await;
+    let url = format!("https://{}", tls.addr);
+    let proxy = Proxy::start(&single_upstream(&url, "tls_verify = false")).await;
+    for round in 0..3 {
+        let r = speech_via(&proxy).await;
+        assert_eq!(
+            (r.status, &r.body[..]),
+            (200, &b"tls-ok"[..]),
+            "round {round}"
+        );
+        assert_eq!(r.header("x-version"), Some("HTTP/1.1"));
+    }
+    assert_eq!(
+        tls.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one connection, kept"
+    );
+}
+
 #[tokio::test]
 async fn a_client_that_leaves_mid_response_cancels_the_upstream_request() {
     let a = Scripted::always(Reply::Chunks {

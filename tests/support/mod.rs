@@ -314,13 +314,19 @@ pub struct TlsUpstream {
 }
 
 pub async fn tls_upstream() -> TlsUpstream {
+    tls_upstream_speaking(&[b"h2", b"http/1.1"]).await
+}
+
+/// The same, offering only these protocols in ALPN (`http/1.1` alone: a server without
+/// HTTP/2).
+pub async fn tls_upstream_speaking(protocols: &[&[u8]]) -> TlsUpstream {
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(vec![cert.cert.der().clone()], key)
         .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
