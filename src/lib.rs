@@ -10,6 +10,7 @@
 //! - [`body`]     response and upstream-request body types.
 //! - [`upstream`] an upstream: how a request is sent to it; header hygiene and auth.
 //! - [`connections`] kept-alive connections to an upstream's endpoints.
+//! - [`h1`]       voxgate's own HTTP/1.1 client exchange, run by the request's task.
 //! - [`pool`]     an upstream's endpoints: balancing, health checks, ejection.
 //! - [`kind`]     upstream kinds (openai, kokoro, whisper-cpp, …): what each engine accepts.
 //! - [`dialect`]  upstream answers made to read like OpenAI's (errors, text types, SSE).

@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -122,13 +123,21 @@ async fn serve(
         let deadline = first_request_deadline(server.header_read_timeout);
         tokio::spawn(async move {
             tokio::pin!(connection);
-            let result = tokio::select! {
-                result = &mut connection => Some(result),
-                () = tokio::time::sleep(deadline) => None,
-            };
+            let mut first_deadline = std::pin::pin!(tokio::time::sleep(deadline));
+            // The deadline is looked at only until the first request has come: after
+            // that, a wake-up of the connection costs no timer poll.
+            let result = std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                    return Poll::Ready(Some(result));
+                }
+                if asked.load(Ordering::Relaxed) {
+                    return Poll::Pending;
+                }
+                first_deadline.as_mut().poll(cx).map(|()| None)
+            })
+            .await;
             let result = match result {
                 Some(result) => result,
-                None if asked.load(Ordering::Relaxed) => connection.await,
                 None => {
                     tracing::debug!(%peer, "no request within the header timeout; closed");
                     Ok(())
