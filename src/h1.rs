@@ -147,6 +147,10 @@ fn cut_short() -> io::Error {
     )
 }
 
+fn miscounted() -> io::Error {
+    io::Error::other("the body's pieces did not add up to its Content-Length")
+}
+
 /// Something that gives a request's headers, one by one, to the callback it is handed.
 pub type HeaderSource<'a> = dyn Fn(&mut dyn FnMut(&HeaderName, &HeaderValue)) + Sync + 'a;
 
@@ -174,9 +178,17 @@ pub fn request_head(
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     });
-    head.extend_from_slice(b"content-length: ");
-    push_decimal(&mut head, content_length);
-    head.extend_from_slice(b"\r\n\r\n");
+    // A GET, HEAD, DELETE or OPTIONS without a body says nothing of one (RFC 9110 §8.6).
+    let bodiless = matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+    );
+    if content_length > 0 || !bodiless {
+        head.extend_from_slice(b"content-length: ");
+        push_decimal(&mut head, content_length);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
     head
 }
 
@@ -210,6 +222,9 @@ struct Outgoing {
     next: Option<Bytes>,
     segments: std::vec::IntoIter<Segment>,
     spool: Option<BoxStream<'static, io::Result<Bytes>>>,
+    /// Body bytes still to come from the segments: what the Content-Length promised.
+    /// A segment that yields more or fewer is an error, not a desynchronised connection.
+    left: u64,
     /// No pieces are left to read.
     ended: bool,
     flushed: bool,
@@ -232,9 +247,11 @@ impl Outgoing {
         if taken > 0 {
             segments.nth(taken - 1);
         }
+        let left = segments.as_slice().iter().map(Segment::len).sum();
         Outgoing {
             pending: Bytes::from(head),
             next: None,
+            left,
             segments,
             spool: None,
             ended: false,
@@ -272,7 +289,17 @@ impl Outgoing {
         loop {
             if self.next.is_none() && !self.ended {
                 match self.poll_piece(cx) {
-                    Poll::Ready(Ok(Some(piece))) => self.next = Some(piece),
+                    Poll::Ready(Ok(Some(piece))) => match self.left.checked_sub(piece.len() as u64)
+                    {
+                        Some(left) => {
+                            self.left = left;
+                            self.next = Some(piece);
+                        }
+                        None => return Poll::Ready(Err(WriteError::Local(miscounted()))),
+                    },
+                    Poll::Ready(Ok(None)) if self.left > 0 => {
+                        return Poll::Ready(Err(WriteError::Local(miscounted())))
+                    }
                     Poll::Ready(Ok(None)) => self.ended = true,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(WriteError::Local(e))),
                     // Being read; its waker is set.
@@ -361,6 +388,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         let mut written = false;
         let mut write_error: Option<io::Error> = None;
         let mut read_any = false;
+        // A success that came before the request was written in full: the upstream may
+        // still be reading the rest (a server that flushes its head early), so the rest
+        // is written before the answer is handed on.
+        let mut early: Option<Answer> = None;
         let answer = poll_fn(|cx| {
             if !written && write_error.is_none() {
                 match outgoing.poll_write(&mut self.io, cx) {
@@ -368,16 +399,32 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                     // The upstream may have answered and closed: read what it said.
                     Poll::Ready(Err(WriteError::Io(e))) => write_error = Some(e),
                     Poll::Ready(Err(WriteError::Local(e))) => {
-                        let e = format!("the request body could not be read back: {e}");
+                        let e = format!("the request body could not be sent: {e}");
                         return Poll::Ready(Err(ExchangeError::Failed(e)));
                     }
                     Poll::Pending => {}
                 }
             }
+            if let Some(answer) = early.take() {
+                if written || write_error.is_some() {
+                    return Poll::Ready(Ok(answer));
+                }
+                early = Some(answer);
+                return Poll::Pending;
+            }
             loop {
                 if !self.buf.is_empty() {
                     read_any = true;
                     match parse_answer(&mut self.buf, head_request) {
+                        Ok(Some(answer))
+                            if !written
+                                && write_error.is_none()
+                                && !answer.status.is_client_error()
+                                && !answer.status.is_server_error() =>
+                        {
+                            early = Some(answer);
+                            return Poll::Pending;
+                        }
                         Ok(Some(answer)) => return Poll::Ready(Ok(answer)),
                         Ok(None) => {}
                         Err(e) => return Poll::Ready(Err(ExchangeError::Failed(e))),
@@ -403,6 +450,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                         return closed(detail);
                     }
                     Ok(_) => {}
+                    // A reset after the whole request went out may come from an upstream
+                    // that worked on it: not a reason to send it again.
+                    Err(e) if written => {
+                        return Poll::Ready(Err(ExchangeError::Failed(format!(
+                            "the connection failed before an answer: {e}"
+                        ))))
+                    }
                     Err(e) => return closed(format!(": {e}")),
                 }
             }
@@ -410,8 +464,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         .await?;
         let mut answer = answer;
         if !written {
-            // Answered before the request was written in full: what is left of it is
-            // not sent, so the connection cannot carry another request.
+            // Answered with an error before the request was written in full: what is
+            // left of it is not sent, so the connection cannot carry another request.
             answer.reusable = false;
         }
         Ok(answer)
@@ -544,11 +598,12 @@ fn chunk_size(line: &[u8]) -> io::Result<u64> {
         .next()
         .unwrap_or_default()
         .trim_ascii_end();
-    if digits.is_empty() || digits.len() > 15 {
+    let significant = &digits[digits.iter().take_while(|&&d| d == b'0').count()..];
+    if digits.is_empty() || significant.len() > 15 {
         return Err(invalid("a chunk size is missing or too large"));
     }
     let mut size = 0u64;
-    for &d in digits {
+    for &d in significant {
         let v = match d {
             b'0'..=b'9' => d - b'0',
             b'a'..=b'f' => d - b'a' + 10,
@@ -573,7 +628,13 @@ fn parse_answer(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>
             buf,
             &mut slots,
         ) {
-            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+            Ok(httparse::Status::Complete(_)) => {
+                return Err(format!(
+                    "the upstream's answer head is over {} KiB",
+                    MAX_HEAD / 1024
+                ))
+            }
             Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
                 return Err(format!(
                     "the upstream's answer head is over {} KiB",
@@ -651,8 +712,12 @@ fn framing(
         return Ok((Decoder::Done, true));
     }
     if headers.contains_key(http::header::TRANSFER_ENCODING) {
-        let last = headers
-            .get_all(http::header::TRANSFER_ENCODING)
+        let codings = headers.get_all(http::header::TRANSFER_ENCODING);
+        if codings.iter().any(|v| v.to_str().is_err()) {
+            // Unreadable codings: the end is only known when the connection ends.
+            return Ok((Decoder::UntilClose, false));
+        }
+        let last = codings
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
@@ -690,14 +755,13 @@ fn framing(
     })
 }
 
-/// Whether a comma-separated header lists `token` (case-insensitive).
+/// Whether a comma-separated header lists `token` (case-insensitive); a value that is not
+/// text counts as listing it (for `Connection: close`, the safe reading).
 fn has_token(headers: &HeaderMap, name: &str, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    headers.get_all(name).iter().any(|v| match v.to_str() {
+        Ok(v) => v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)),
+        Err(_) => true,
+    })
 }
 
 #[cfg(test)]
@@ -1042,6 +1106,120 @@ mod tests {
         let got = upstream.await.unwrap();
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "the body arrived changed");
+    }
+
+    /// A server that sends a success head before it has read the upload (and its body
+    /// only after) still gets the whole upload; then the answer is handed on.
+    #[tokio::test]
+    async fn an_early_success_gets_the_rest_of_the_upload_first() {
+        let (ours, mut upstream) = duplex(1024);
+        let mut conn = Conn::new(ours);
+        let size = 1 << 20;
+        let server = tokio::spawn(async move {
+            upstream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+                .await
+                .unwrap();
+            let mut got = 0;
+            let mut piece = vec![0u8; 8192];
+            while got < size + head(size as u64).len() {
+                let n = upstream.read(&mut piece).await.unwrap();
+                assert!(n > 0);
+                got += n;
+            }
+            upstream.write_all(b"ok").await.unwrap();
+            upstream
+        });
+        let big = Segment::Bytes(Bytes::from(vec![b'x'; size]));
+        let exchange = conn.exchange(head(size as u64), vec![big], false);
+        let mut answer = tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
+            .await
+            .expect("the upload was not finished")
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(answer.reusable, "the request was written in full");
+        assert_eq!(body(&mut conn, &mut answer.decoder).await.unwrap(), b"ok");
+        let _upstream = server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn framing_headers_that_are_not_text_are_read_the_safe_way() {
+        let cases: [&[u8]; 2] = [
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: \xffgzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close, \xff\r\n\r\n",
+        ];
+        for wire in cases {
+            let (mut conn, mut upstream) = pair();
+            upstream.write_all(wire).await.unwrap();
+            let answer = conn.exchange(head(0), Vec::new(), false).await.unwrap();
+            assert!(!answer.reusable, "{}", String::from_utf8_lossy(wire));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_over_the_limit_is_refused_even_when_it_arrives_whole() {
+        let (mut conn, mut upstream) = pair();
+        let value = "a".repeat(MAX_HEAD / 2 + 100);
+        let wire = format!("HTTP/1.1 200 OK\r\nx: {value}\r\ny: {value}\r\n\r\n");
+        let (first, second) = wire.as_bytes().split_at(MAX_HEAD - 10);
+        let (first, second) = (first.to_vec(), second.to_vec());
+        let writer = tokio::spawn(async move {
+            upstream.write_all(&first).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            upstream.write_all(&second).await.unwrap();
+            upstream
+        });
+        match conn.exchange(head(0), Vec::new(), false).await {
+            Err(ExchangeError::Failed(e)) => assert!(e.contains("over 64 KiB"), "{e}"),
+            _ => panic!("a head over the limit was accepted"),
+        }
+        let _upstream = writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn chunk_sizes_with_leading_zeros_are_read() {
+        let (mut conn, mut upstream) = pair();
+        upstream
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n00000000000000005\r\nhello\r\n0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = conn.exchange(head(0), Vec::new(), false).await.unwrap();
+        assert_eq!(
+            body(&mut conn, &mut answer.decoder).await.unwrap(),
+            b"hello"
+        );
+    }
+
+    /// A body whose pieces fall short of the Content-Length sent is an error, not a
+    /// request the upstream waits on for the rest.
+    #[tokio::test]
+    async fn a_body_that_does_not_match_its_length_fails_at_once() {
+        use crate::spool::{MemoryBudget, SpoolLimits, SpoolWriter};
+        use std::sync::Arc;
+        let mut writer = SpoolWriter::new(SpoolLimits {
+            memory_per_request: 1 << 20,
+            budget: Arc::new(MemoryBudget::new(1 << 20)),
+            spill_dir: None,
+        });
+        writer
+            .push(Bytes::from_static(b"0123456789"))
+            .await
+            .unwrap();
+        let spool = Arc::new(writer.finish().await.unwrap());
+        let (mut conn, _upstream) = pair();
+        let short = Segment::Spool(spool, 0..100);
+        match conn.exchange(head(100), vec![short], false).await {
+            Err(ExchangeError::Failed(e)) => assert!(e.contains("did not add up"), "{e}"),
+            other => panic!("{:?}", other.map(|a| a.status)),
+        }
+    }
+
+    #[test]
+    fn a_get_without_a_body_says_nothing_of_one() {
+        let get = request_head(&Method::GET, "", "/health", b"h", &|_| {}, 0);
+        assert_eq!(get, b"GET /health HTTP/1.1\r\nhost: h\r\n\r\n");
+        let post = request_head(&Method::POST, "", "/x", b"h", &|_| {}, 0);
+        assert!(post.ends_with(b"content-length: 0\r\n\r\n"));
     }
 
     #[tokio::test]
