@@ -13,9 +13,9 @@
 //! Idle connections are closed after `keepalive_timeout`, by a sweep that runs while the
 //! upstream exists; one the server closed is dropped when the sweep or a checkout sees
 //! it. A server may also close a kept connection just as a request goes out on it (its
-//! own keep-alive timeout: uvicorn's is 5 s). When that request got no byte of an answer,
-//! it is sent once more, on a new connection (voxgate's requests are replayable: fallback
-//! sends them again too).
+//! own keep-alive timeout: uvicorn's is 5 s). When the connection closed before any byte
+//! of an answer, the request is sent once more, on a new connection (voxgate's requests
+//! are replayable: fallback sends them again too).
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -609,15 +609,21 @@ pub(crate) mod tests {
         assert_eq!(c.idle_count(0), 0);
     }
 
+    /// A listener for a server on a thread of its own, and its URL.
+    fn blocking_listener() -> (std::net::TcpListener, Uri) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        (listener, url)
+    }
+
     /// A server on its own thread that answers the first request on a connection with
     /// `ok`, and closes the connection without a word when the next one arrives, as a
     /// server whose keep-alive timeout ran out just then does; counts the connections it
     /// accepted. Takes two connections.
     pub(crate) fn closing_server() -> (Uri, Arc<AtomicUsize>) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url: Uri = format!("http://{}", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
+        let (listener, url) = blocking_listener();
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
         std::thread::spawn(move || {
@@ -657,10 +663,7 @@ pub(crate) mod tests {
     /// request goes on a new one, and nothing is reported.
     #[tokio::test]
     async fn a_kept_connection_seen_closed_is_not_used() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url: Uri = format!("http://{}", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
+        let (listener, url) = blocking_listener();
         std::thread::spawn(move || {
             use std::io::{Read, Write};
             for socket in listener.incoming().take(2) {

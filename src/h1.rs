@@ -147,10 +147,6 @@ fn cut_short() -> io::Error {
     )
 }
 
-fn miscounted() -> io::Error {
-    io::Error::other("the body's pieces did not add up to its Content-Length")
-}
-
 /// Something that gives a request's headers, one by one, to the callback it is handed.
 pub type HeaderSource<'a> = dyn Fn(&mut dyn FnMut(&HeaderName, &HeaderValue)) + Sync + 'a;
 
@@ -261,6 +257,22 @@ impl Outgoing {
 
     /// The piece after the last one taken; `None` when there are no more.
     fn poll_piece(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        let piece = ready!(self.poll_segments(cx))?;
+        // Counted against the Content-Length sent, so that a miscount fails here instead
+        // of leaving the upstream waiting, or reading our extra bytes as a request.
+        let len = piece.as_ref().map_or(0, |p| p.len() as u64);
+        match self.left.checked_sub(len) {
+            Some(left) if piece.is_some() || left == 0 => {
+                self.left = left;
+                Poll::Ready(Ok(piece))
+            }
+            _ => Poll::Ready(Err(io::Error::other(
+                "the body's pieces did not add up to its Content-Length",
+            ))),
+        }
+    }
+
+    fn poll_segments(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
         loop {
             if let Some(spool) = &mut self.spool {
                 match ready!(spool.poll_next_unpin(cx)) {
@@ -289,17 +301,7 @@ impl Outgoing {
         loop {
             if self.next.is_none() && !self.ended {
                 match self.poll_piece(cx) {
-                    Poll::Ready(Ok(Some(piece))) => match self.left.checked_sub(piece.len() as u64)
-                    {
-                        Some(left) => {
-                            self.left = left;
-                            self.next = Some(piece);
-                        }
-                        None => return Poll::Ready(Err(WriteError::Local(miscounted()))),
-                    },
-                    Poll::Ready(Ok(None)) if self.left > 0 => {
-                        return Poll::Ready(Err(WriteError::Local(miscounted())))
-                    }
+                    Poll::Ready(Ok(Some(piece))) => self.next = Some(piece),
                     Poll::Ready(Ok(None)) => self.ended = true,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(WriteError::Local(e))),
                     // Being read; its waker is set.
@@ -787,6 +789,22 @@ mod tests {
         (Conn::new(ours), theirs)
     }
 
+    /// A replay store of these pieces, 1 MiB of it in memory and the rest spilled.
+    async fn spool_of<'a>(
+        pieces: impl IntoIterator<Item = &'a [u8]>,
+    ) -> std::sync::Arc<crate::spool::Spool> {
+        use crate::spool::{MemoryBudget, SpoolLimits, SpoolWriter};
+        let mut writer = SpoolWriter::new(SpoolLimits {
+            memory_per_request: 1 << 20,
+            budget: std::sync::Arc::new(MemoryBudget::new(1 << 20)),
+            spill_dir: None,
+        });
+        for piece in pieces {
+            writer.push(Bytes::copy_from_slice(piece)).await.unwrap();
+        }
+        std::sync::Arc::new(writer.finish().await.unwrap())
+    }
+
     async fn body(conn: &mut Conn<DuplexStream>, decoder: &mut Decoder) -> io::Result<Vec<u8>> {
         let mut all = Vec::new();
         while let Some(piece) = poll_fn(|cx| conn.poll_data(decoder, cx)).await {
@@ -1047,18 +1065,8 @@ mod tests {
     /// at a time).
     #[tokio::test]
     async fn every_kind_of_segment_arrives_in_order_over_tcp() {
-        use crate::spool::{MemoryBudget, SpoolLimits, SpoolWriter};
-        use std::sync::Arc;
         let audio: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
-        let mut writer = SpoolWriter::new(SpoolLimits {
-            memory_per_request: 1 << 20,
-            budget: Arc::new(MemoryBudget::new(1 << 20)),
-            spill_dir: None,
-        });
-        for piece in audio.chunks(200_000) {
-            writer.push(Bytes::copy_from_slice(piece)).await.unwrap();
-        }
-        let spool = Arc::new(writer.finish().await.unwrap());
+        let spool = spool_of(audio.chunks(200_000)).await;
         let big = Bytes::from(vec![b'B'; COALESCE * 2]);
         let segments = vec![
             Segment::Bytes(Bytes::from_static(b"<small>")),
@@ -1194,18 +1202,7 @@ mod tests {
     /// request the upstream waits on for the rest.
     #[tokio::test]
     async fn a_body_that_does_not_match_its_length_fails_at_once() {
-        use crate::spool::{MemoryBudget, SpoolLimits, SpoolWriter};
-        use std::sync::Arc;
-        let mut writer = SpoolWriter::new(SpoolLimits {
-            memory_per_request: 1 << 20,
-            budget: Arc::new(MemoryBudget::new(1 << 20)),
-            spill_dir: None,
-        });
-        writer
-            .push(Bytes::from_static(b"0123456789"))
-            .await
-            .unwrap();
-        let spool = Arc::new(writer.finish().await.unwrap());
+        let spool = spool_of([&b"0123456789"[..]]).await;
         let (mut conn, _upstream) = pair();
         let short = Segment::Spool(spool, 0..100);
         match conn.exchange(head(100), vec![short], false).await {
