@@ -81,6 +81,8 @@ pub struct ServerConfig {
     pub max_connections: u32,
     /// Requests being read or forwarded beyond this get 503 at once.
     pub max_in_flight: u32,
+    /// Threads that serve requests; by default one per core this process may run on.
+    pub threads: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -413,6 +415,7 @@ struct RawServer {
     retry_budget_min: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
     max_in_flight: Option<Spanned<i64>>,
+    threads: Option<Spanned<i64>>,
     admin_listen: Option<Spanned<String>>,
 }
 
@@ -1235,6 +1238,10 @@ fn validate(
             (1, 1_000_000),
             1024,
         ),
+        threads: raw
+            .server
+            .threads
+            .map(|n| v.count(Some(n), "threads", (1, 1024), 1)),
         admin_listen: raw
             .server
             .admin_listen
@@ -1417,6 +1424,19 @@ to = ["a"]
         assert_eq!(c.upstreams[0].connect_timeout, Duration::from_secs(5));
         assert_eq!(c.routes[0].fallback, FallbackPolicy::default());
         assert_eq!(c.routes[0].line, 5);
+        assert_eq!(c.server.threads, None, "one per core unless set");
+    }
+
+    #[test]
+    fn server_threads_is_a_count_from_1() {
+        let c = load(&format!("{MINIMAL}\n[server]\nthreads = 1\n")).unwrap();
+        assert_eq!(c.server.threads, Some(1));
+        let e = errors(&format!("{MINIMAL}\n[server]\nthreads = 0\n"));
+        assert_eq!((e[0].0, e[0].1), (9, 11));
+        assert!(
+            e[0].2.contains("`threads` must be a whole number from 1"),
+            "{e:?}"
+        );
     }
 
     #[test]

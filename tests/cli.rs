@@ -1,9 +1,10 @@
 //! The command line as scripts and docs rely on it: `check`, `print-config`, and serving
 //! until SIGTERM. Also loads every shipped config so the examples cannot rot.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use voxgate::config::{Config, DEFAULT_TOML};
@@ -46,6 +47,57 @@ fn shipped_configs() -> Vec<PathBuf> {
     }
     files.sort();
     files
+}
+
+/// Starts the daemon on `config` with an ephemeral port; returns it, its address, the rest
+/// of its log as it comes, and the lines read so far.
+fn start(config: &Path) -> (Child, String, Receiver<String>, Vec<String>) {
+    let mut child = voxgate()
+        .args(["--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the log on a thread, so a missing line fails the test instead of hanging it.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let address = loop {
+        let line = match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let mut stderr = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut stderr);
+                }
+                panic!("voxgate logged no address within 10 s: {seen:?} {stderr}");
+            }
+        };
+        seen.push(line.clone());
+        if let Some(rest) = line.split("address=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    (child, address, rx, seen)
+}
+
+fn assert_healthy(address: &str) {
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
 #[test]
@@ -145,46 +197,9 @@ fn the_daemon_serves_and_stops_cleanly_on_sigterm() {
          [[routes]]\nto = [\"a\", \"insecure\"]\n",
     );
     let started = Instant::now();
-    let mut child = voxgate()
-        .args(["--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Read the log on a thread, so a missing line fails the test instead of hanging it.
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let address = loop {
-        let line = match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("voxgate logged no address within 10 s: {seen:?}");
-            }
-        };
-        seen.push(line.clone());
-        if let Some(rest) = line.split("address=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+    let (mut child, address, rx, mut seen) = start(&config);
     assert!(started.elapsed() < Duration::from_secs(10));
-    let mut stream = std::net::TcpStream::connect(&address).unwrap();
-    use std::io::{Read, Write};
-    stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_healthy(&address);
 
     let kill = Command::new("kill")
         .arg("-TERM")
@@ -209,4 +224,33 @@ fn the_daemon_serves_and_stops_cleanly_on_sigterm() {
         "turning TLS verification off is logged at start: {log}"
     );
     assert!(!log.contains("sk-never-logged"), "{log}");
+}
+
+/// `server.threads = 1` runs everything on the main thread (tokio's current-thread
+/// scheduler); `threads = 3` gives three workers beside it. Counted in /proc.
+#[cfg(target_os = "linux")]
+#[test]
+fn server_threads_sets_the_threads_that_serve() {
+    for (threads, expected) in [(1, 1), (3, 4)] {
+        let config = temp_file(
+            &format!("threads-{threads}.toml"),
+            &format!(
+                "[server]\nthreads = {threads}\n[upstreams.a]\nurl = \"http://127.0.0.1:9\"\n\
+                 [[routes]]\nto = [\"a\"]\n"
+            ),
+        );
+        let (mut child, address, _log, seen) = start(&config);
+        assert_healthy(&address);
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+            .unwrap()
+            .count();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(tasks, expected, "threads = {threads}");
+        assert!(
+            seen.iter()
+                .any(|l| l.contains(&format!("threads={threads}"))),
+            "{seen:?}"
+        );
+    }
 }
