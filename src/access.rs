@@ -16,9 +16,14 @@ use crate::body::BoxError;
 use crate::forward::Attempt;
 use crate::pool::Picked;
 
-/// The client's address, put in the request's extensions by the server.
+/// Where a request came from, put in its extensions by the server (one extension: each
+/// costs an allocation).
 #[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub std::net::SocketAddr);
+pub struct Origin {
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+    pub listener: Listener,
+}
 
 /// Which listener a request came in on, put in the request's extensions by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

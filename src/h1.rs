@@ -39,6 +39,8 @@ use crate::body::Segment;
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The most headers an answer may have (hyper's limit too).
 const MAX_HEADERS: usize = 100;
+/// Headers a proxied answer may gain on its way to the client.
+const ADDED_HEADERS: usize = 4;
 /// The most a chunk-size line or a trailer section may take.
 const MAX_LINE: usize = 4 * 1024;
 /// Body bytes under this, in a run right after the head, are copied next to it so the
@@ -677,7 +679,9 @@ fn parse_answer(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>
             );
         }
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
+        // Room for the few headers the proxy adds (request id, upstream name): a map
+        // built to the exact count grows, and rehashes, on the first of them.
+        let mut headers = HeaderMap::with_capacity(count + ADDED_HEADERS);
         for &(name_start, name_end, start, end) in &places[..count] {
             let name = &head[name_start as usize..name_end as usize];
             let name = HeaderName::from_bytes(name).map_err(|_| {

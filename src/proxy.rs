@@ -23,7 +23,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 
-use crate::access::{AccessRecord, ClientAddr, Listener, ObservedBody};
+use crate::access::{AccessRecord, Listener, ObservedBody, Origin};
 use crate::body::{full, BoxError, IdleTimeout, ProxyBody};
 use crate::config::Config;
 use crate::dialect;
@@ -34,7 +34,9 @@ use crate::intake::{read_form, read_json, read_raw, IntakeError, IntakeLimits};
 use crate::kind::Convert;
 use crate::route::{Endpoint, RequestFacts, Router};
 use crate::spool::{MemoryBudget, SpoolLimits};
-use crate::upstream::{strip_hop_by_hop, Upstream, REQUEST_ID_HEADER, UPSTREAM_HEADER};
+use crate::upstream::{
+    strip_hop_by_hop, Upstream, REQUEST_ID_HEADER, REQUEST_ID_HEADER_NAME, UPSTREAM_HEADER_NAME,
+};
 
 /// Everything a request can be refused for, each with its one status.
 #[derive(Debug, thiserror::Error)]
@@ -389,11 +391,13 @@ impl Gateway {
             request.method().clone(),
             request.uri().path().to_string(),
         );
-        record.client = request.extensions().get::<ClientAddr>().map(|c| c.0);
+        record.client = request.extensions().get::<Origin>().map(|o| o.peer);
         let limit = runtime.config.server.max_in_flight as usize;
         let Some(_admitted) = InFlight::enter(&self.in_flight, limit) else {
             let mut response = overloaded("too many requests in flight").into_response();
-            response.headers_mut().insert(REQUEST_ID_HEADER, id);
+            response
+                .headers_mut()
+                .insert(REQUEST_ID_HEADER_NAME.clone(), id);
             record.status = response.status().as_u16();
             record.error = Some("shed: too many requests in flight".into());
             record.finish(0);
@@ -413,7 +417,9 @@ impl Gateway {
                 api.into_response()
             }
         };
-        response.headers_mut().insert(REQUEST_ID_HEADER, id);
+        response
+            .headers_mut()
+            .insert(REQUEST_ID_HEADER_NAME.clone(), id);
         record.status = response.status().as_u16();
         record.finish(response.body().size_hint().exact().unwrap_or(0));
         response
@@ -432,7 +438,7 @@ impl Gateway {
     {
         // classify
         let (parts, body) = request.into_parts();
-        let listener = parts.extensions.get::<Listener>().copied();
+        let listener = parts.extensions.get::<Origin>().map(|o| o.listener);
         let target = classify(&parts.method, parts.uri.path())?;
         let operational = matches!(target, Target::Health | Target::Ready | Target::Status);
         let admin_elsewhere = runtime.config.server.admin_listen.is_some();
@@ -536,14 +542,18 @@ impl Gateway {
         let upstream = &runtime.upstreams[index];
         let (mut parts, body) = upstream_response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if let Some(theirs) = parts.headers.remove(REQUEST_ID_HEADER) {
+        if let Some(theirs) = parts.headers.remove(&REQUEST_ID_HEADER_NAME) {
             if theirs != *id {
                 parts.headers.insert("x-upstream-request-id", theirs);
             }
         }
-        parts.headers.insert(REQUEST_ID_HEADER, id.clone());
+        parts
+            .headers
+            .insert(REQUEST_ID_HEADER_NAME.clone(), id.clone());
         if let Some(name) = upstream.name_header() {
-            parts.headers.insert(UPSTREAM_HEADER, name.clone());
+            parts
+                .headers
+                .insert(UPSTREAM_HEADER_NAME.clone(), name.clone());
         }
         record.upstream = Some(upstream.name().to_string());
         let idle = upstream.config.idle_timeout;

@@ -19,7 +19,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::access::{ClientAddr, Listener};
+use crate::access::{Listener, Origin};
 use crate::proxy::{overloaded, Gateway};
 use tokio::sync::Semaphore;
 
@@ -111,8 +111,10 @@ async fn serve(
         let first_request = asked.clone();
         let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             first_request.store(true, Ordering::Relaxed);
-            request.extensions_mut().insert(ClientAddr(peer));
-            request.extensions_mut().insert(role);
+            request.extensions_mut().insert(Origin {
+                peer,
+                listener: role,
+            });
             let gateway = gateway.clone();
             async move { Ok::<_, Infallible>(gateway.handle(request).await) }
         });
