@@ -116,7 +116,9 @@ async fn serve(
                 listener: role,
             });
             let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(gateway.handle(request).await) }
+            // Boxed: the request's future is about 4 KiB, and hyper moves the future it
+            // is given into its own slot; a box moves as a pointer.
+            Box::pin(async move { Ok::<_, Infallible>(gateway.handle(request).await) })
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)

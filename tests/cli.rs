@@ -90,6 +90,28 @@ fn start(config: &Path) -> (Child, String, Receiver<String>, Vec<String>) {
     (child, address, rx, seen)
 }
 
+/// Sends SIGTERM and waits (10 s at most) for a clean exit.
+fn stop_with_sigterm(child: &mut Child) {
+    let kill = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("voxgate did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
 fn assert_healthy(address: &str) {
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     stream
@@ -201,21 +223,7 @@ fn the_daemon_serves_and_stops_cleanly_on_sigterm() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_healthy(&address);
 
-    let kill = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "voxgate did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{status:?}");
+    stop_with_sigterm(&mut child);
     seen.extend(rx.iter());
     let log = seen.join("\n");
     assert!(log.contains("shutting down"), "{log}");
@@ -227,7 +235,8 @@ fn the_daemon_serves_and_stops_cleanly_on_sigterm() {
 }
 
 /// `server.threads = 1` runs everything on the main thread (tokio's current-thread
-/// scheduler); `threads = 3` gives three workers beside it. Counted in /proc.
+/// scheduler); `threads = 3` gives three workers beside it. Counted in /proc. Both stop
+/// cleanly on SIGTERM.
 #[cfg(target_os = "linux")]
 #[test]
 fn server_threads_sets_the_threads_that_serve() {
@@ -239,18 +248,20 @@ fn server_threads_sets_the_threads_that_serve() {
                  [[routes]]\nto = [\"a\"]\n"
             ),
         );
-        let (mut child, address, _log, seen) = start(&config);
+        let (mut child, address, log, mut seen) = start(&config);
         assert_healthy(&address);
         let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id()))
             .unwrap()
             .count();
-        let _ = child.kill();
-        let _ = child.wait();
+        // Either scheduler stops cleanly on a signal.
+        stop_with_sigterm(&mut child);
+        seen.extend(log.iter());
         assert_eq!(tasks, expected, "threads = {threads}");
         assert!(
             seen.iter()
                 .any(|l| l.contains(&format!("threads={threads}"))),
             "{seen:?}"
         );
+        assert!(seen.iter().any(|l| l.contains("shutting down")), "{seen:?}");
     }
 }
