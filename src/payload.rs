@@ -98,7 +98,16 @@ pub struct JsonObject(Vec<(String, Value)>);
 impl JsonObject {
     /// Parses a JSON text: `Ok(None)` when it is valid JSON but not an object.
     pub fn parse(raw: &[u8]) -> Result<Option<JsonObject>, serde_json::Error> {
-        serde_json::from_slice::<MaybeObject>(raw).map(|m| m.0)
+        // One UTF-8 check of the whole text (JSON is UTF-8, RFC 8259 §8.1): parsing from
+        // bytes, serde_json checks each string on its own, which cost more than the
+        // whole check on a speech body; from a `str` it need not.
+        let text = std::str::from_utf8(raw).map_err(|e| {
+            serde::de::Error::custom(format_args!(
+                "the text is not UTF-8 (at byte {})",
+                e.valid_up_to()
+            ))
+        })?;
+        serde_json::from_str::<MaybeObject>(text).map(|m| m.0)
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -490,6 +499,16 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn json_that_is_not_utf8_is_refused_with_where() {
+        let e = JsonObject::parse(b"{\"model\": \"tts-1\", \"input\": \"caf\xe9\"}").unwrap_err();
+        assert!(e.to_string().contains("not UTF-8 (at byte 32)"), "{e}");
+        let ok = JsonObject::parse("{\"input\": \"café\"}".as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(ok.get("input"), Some(&Value::from("café")));
     }
 
     #[tokio::test]

@@ -489,6 +489,14 @@ async fn malformed_bodies_get_400_and_unknown_routes_404() {
     let r = send(post(&url, "application/json", full_body("{not json"))).await;
     assert_eq!(r.status, 400);
     assert!(r.error_message().contains("not valid JSON"));
+    let not_utf8 = b"{\"model\": \"tts-1\", \"voice\": \"alloy\", \"input\": \"caf\xe9\"}";
+    let r = send(post(&url, "application/json", full_body(&not_utf8[..]))).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.error_message().contains("not UTF-8"),
+        "{}",
+        r.error_message()
+    );
     let r = send(speech_request(
         &url,
         json!({"model": "tts-1", "input": "x"}),

@@ -183,6 +183,16 @@ impl Scripted {
         self.received().pop().expect("upstream received a request")
     }
 
+    /// The last request for `path`: an upstream with health checks also gets GETs of its
+    /// health path, at any time, so its last request may be one of those.
+    pub fn last_to(&self, path: &str) -> Received {
+        self.received()
+            .into_iter()
+            .rev()
+            .find(|r| r.path == path)
+            .unwrap_or_else(|| panic!("upstream received no request for {path}"))
+    }
+
     pub fn count(&self) -> usize {
         self.received.lock().unwrap().len()
     }
