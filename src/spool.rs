@@ -225,21 +225,43 @@ impl SpoolWriter {
 
     pub async fn finish(mut self) -> io::Result<Spool> {
         self.seal().await?;
-        let SpoolWriter {
-            memory,
-            reservation,
-            file,
-            file_len,
-            ..
-        } = self;
-        let memory_len = reservation.bytes;
+        let reservation = Reservation {
+            budget: self.limits.budget.clone(),
+            bytes: std::mem::take(&mut self.reservation.bytes),
+        };
         Ok(Spool {
-            memory,
-            memory_len,
-            file,
-            file_len,
+            memory: std::mem::take(&mut self.memory),
+            memory_len: reservation.bytes,
+            file: self.file.take(),
+            file_len: self.file_len,
             _reservation: reservation,
         })
+    }
+}
+
+impl Drop for SpoolWriter {
+    fn drop(&mut self) {
+        close_off_thread(self.file.take());
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        close_off_thread(self.file.take());
+    }
+}
+
+/// Closing a spill file frees its blocks, which takes a while for a large one: that is
+/// done on a blocking thread, not on the thread serving requests (with `threads = 1`,
+/// the one thread serving all of them). Only the last holder closes the file; a read in
+/// flight on a blocking thread may be it.
+fn close_off_thread(file: Option<Arc<File>>) {
+    let Some(Ok(file)) = file.map(Arc::try_unwrap) else {
+        return;
+    };
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        // On a runtime shutting down the task is dropped, and the file closed, here.
+        drop(runtime.spawn_blocking(move || drop(file)));
     }
 }
 
@@ -342,6 +364,48 @@ mod tests {
             budget: Arc::new(MemoryBudget::new(total)),
             spill_dir: None,
         }
+    }
+
+    /// What an open file descriptor of this process points at.
+    fn fd_target(fd: i32) -> Option<PathBuf> {
+        std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()
+    }
+
+    /// Dropping a spilled spool does not close its file on the dropping thread: with the
+    /// only blocking thread held up, the file stays open until that thread is free.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_spill_file_is_closed_on_a_blocking_thread() {
+        use std::os::fd::AsRawFd;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let spool = fill(&limits(0, 0), &[&noise(3000)]).await;
+            assert!(spool.spilled());
+            let fd = spool.file.as_ref().unwrap().as_raw_fd();
+            let target = fd_target(fd).expect("the spill file is open");
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            let busy = tokio::task::spawn_blocking(move || held.recv());
+            drop(spool);
+            assert_eq!(
+                fd_target(fd),
+                Some(target.clone()),
+                "closed on the dropping thread"
+            );
+            release.send(()).unwrap();
+            busy.await.unwrap().unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while fd_target(fd).as_ref() == Some(&target) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the spill file was never closed"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        });
     }
 
     async fn fill(limits: &SpoolLimits, chunks: &[&[u8]]) -> Arc<Spool> {

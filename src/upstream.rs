@@ -26,18 +26,8 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub static REQUEST_ID_HEADER_NAME: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 pub static UPSTREAM_HEADER_NAME: HeaderName = HeaderName::from_static(UPSTREAM_HEADER);
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
-
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1; Upgrade and
+/// the old Keep-Alive and Proxy-Connection too).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     // One match on the name's text instead of nine comparisons, two of them with custom
     // names: this runs for every header of every request and answer.
@@ -74,11 +64,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let named = connection_named(headers);
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    let mut gone = connection_named(headers);
+    gone.extend(headers.keys().filter(|name| is_hop_by_hop(name)).cloned());
+    for name in &gone {
         headers.remove(name);
     }
-    headers.remove(header::UPGRADE);
 }
 
 /// Why an attempt produced no response.
@@ -412,20 +402,48 @@ mod tests {
     }
 
     #[test]
-    fn the_hop_by_hop_test_and_the_list_that_is_stripped_agree() {
-        for name in HOP_BY_HOP.iter().chain([&header::UPGRADE]) {
-            assert!(is_hop_by_hop(name), "{name}");
+    fn hop_by_hop_names_are_exactly_these() {
+        let hop = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ];
+        for name in hop {
+            assert!(is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
         }
-        for name in [
+        let others = [
             "host",
             "content-type",
             "authorization",
             "x-request-id",
             "tea",
             "t",
-        ] {
+        ];
+        for name in others {
             assert!(!is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
         }
+        // Answers lose the same names, and those their Connection header lists.
+        let mut answer = HeaderMap::new();
+        for name in hop.iter().chain(&others) {
+            answer.insert(HeaderName::from_static(name), HeaderValue::from_static("x"));
+        }
+        answer.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-private"),
+        );
+        answer.insert("x-private", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut answer);
+        let mut left: Vec<&str> = answer.keys().map(|n| n.as_str()).collect();
+        left.sort_unstable();
+        let mut expected = others.to_vec();
+        expected.sort_unstable();
+        assert_eq!(left, expected);
     }
 
     /// What `headers` gives, as a map.

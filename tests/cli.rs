@@ -10,7 +10,11 @@ use std::time::{Duration, Instant};
 use voxgate::config::{Config, DEFAULT_TOML};
 
 fn voxgate() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_voxgate"));
+    without_our_env(Command::new(env!("CARGO_BIN_EXE_voxgate")))
+}
+
+/// The command without the environment variables voxgate reads.
+fn without_our_env(mut c: Command) -> Command {
     c.env_remove("VOXGATE_CONFIG").env_remove("RUST_LOG");
     c
 }
@@ -51,14 +55,49 @@ fn shipped_configs() -> Vec<PathBuf> {
 
 /// Starts the daemon on `config` with an ephemeral port; returns it, its address, the rest
 /// of its log as it comes, and the lines read so far.
-fn start(config: &Path) -> (Child, String, Receiver<String>, Vec<String>) {
-    let mut child = voxgate()
-        .args(["--listen", "127.0.0.1:0", "--config"])
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+fn start(config: &Path) -> (Daemon, String, Receiver<String>, Vec<String>) {
+    start_with(voxgate(), config)
+}
+
+/// The daemon, killed when dropped: a failed assertion leaves no process behind.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+/// [`start`] with the command that runs voxgate given (to run it under `taskset`, say).
+fn start_with(
+    mut command: Command,
+    config: &Path,
+) -> (Daemon, String, Receiver<String>, Vec<String>) {
+    let mut child = Daemon(
+        command
+            .args(["--listen", "127.0.0.1:0", "--config"])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     // Read the log on a thread, so a missing line fails the test instead of hanging it.
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -91,7 +130,7 @@ fn start(config: &Path) -> (Child, String, Receiver<String>, Vec<String>) {
 }
 
 /// Sends SIGTERM and waits (10 s at most) for a clean exit.
-fn stop_with_sigterm(child: &mut Child) {
+fn stop_with_sigterm(child: &mut Daemon) {
     let kill = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
@@ -235,20 +274,32 @@ fn the_daemon_serves_and_stops_cleanly_on_sigterm() {
 }
 
 /// `server.threads = 1` runs everything on the main thread (tokio's current-thread
-/// scheduler); `threads = 3` gives three workers beside it. Counted in /proc. Both stop
-/// cleanly on SIGTERM.
+/// scheduler); `threads = 3` gives three workers beside it; unset, it follows the CPU
+/// affinity. Counted in /proc. Both schedulers stop cleanly on SIGTERM.
 #[cfg(target_os = "linux")]
 #[test]
 fn server_threads_sets_the_threads_that_serve() {
-    for (threads, expected) in [(1, 1), (3, 4)] {
+    // Unset, it is the number of cores voxgate may run on: one under `taskset -c 0`.
+    for (threads, expected) in [(Some(1), 1), (Some(3), 4), (None, 1)] {
+        let setting = threads
+            .map(|n| format!("threads = {n}\n"))
+            .unwrap_or_default();
         let config = temp_file(
-            &format!("threads-{threads}.toml"),
+            &format!("threads-{threads:?}.toml"),
             &format!(
-                "[server]\nthreads = {threads}\n[upstreams.a]\nurl = \"http://127.0.0.1:9\"\n\
+                "[server]\n{setting}[upstreams.a]\nurl = \"http://127.0.0.1:9\"\n\
                  [[routes]]\nto = [\"a\"]\n"
             ),
         );
-        let (mut child, address, log, mut seen) = start(&config);
+        let command = if threads.is_some() {
+            voxgate()
+        } else {
+            let mut c = without_our_env(Command::new("taskset"));
+            c.args(["-c", "0", env!("CARGO_BIN_EXE_voxgate")]);
+            c
+        };
+        let threads = threads.unwrap_or(1);
+        let (mut child, address, log, mut seen) = start_with(command, &config);
         assert_healthy(&address);
         let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id()))
             .unwrap()
