@@ -378,8 +378,9 @@ impl Gateway {
         self.budget.used()
     }
 
-    /// Answers one request. Never fails: every error becomes an OpenAI-shaped response.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<ProxyBody>
+    /// Answers one request, which came from `origin`. Never fails: every error becomes an
+    /// OpenAI-shaped response.
+    pub async fn handle<B>(&self, request: Request<B>, origin: Origin) -> Response<ProxyBody>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -391,7 +392,7 @@ impl Gateway {
             request.method().clone(),
             request.uri().path().to_string(),
         );
-        record.client = request.extensions().get::<Origin>().map(|o| o.peer);
+        record.client = Some(origin.peer);
         let limit = runtime.config.server.max_in_flight as usize;
         let Some(_admitted) = InFlight::enter(&self.in_flight, limit) else {
             let mut response = overloaded("too many requests in flight").into_response();
@@ -403,7 +404,10 @@ impl Gateway {
             record.finish(0);
             return response;
         };
-        let mut response = match self.proxy(&runtime, request, &id, &mut record).await {
+        let mut response = match self
+            .proxy(&runtime, request, origin.listener, &id, &mut record)
+            .await
+        {
             Ok(Reply::Upstream(response)) => {
                 // The record travels with the body, which writes it when the response ends.
                 let (parts, body) = response.into_parts();
@@ -429,6 +433,7 @@ impl Gateway {
         &self,
         runtime: &Runtime,
         request: Request<B>,
+        listener: Listener,
         id: &HeaderValue,
         record: &mut AccessRecord,
     ) -> Result<Reply, ProxyError>
@@ -438,13 +443,12 @@ impl Gateway {
     {
         // classify
         let (parts, body) = request.into_parts();
-        let listener = parts.extensions.get::<Origin>().map(|o| o.listener);
         let target = classify(&parts.method, parts.uri.path())?;
         let operational = matches!(target, Target::Health | Target::Ready | Target::Status);
         let admin_elsewhere = runtime.config.server.admin_listen.is_some();
         let allowed = match listener {
-            Some(Listener::Admin) => operational,
-            Some(Listener::Public) | None => {
+            Listener::Admin => operational,
+            Listener::Public => {
                 !(admin_elsewhere && matches!(target, Target::Ready | Target::Status))
             }
         };

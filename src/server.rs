@@ -109,16 +109,16 @@ async fn serve(
         let gateway = gateway.clone();
         let asked = Arc::new(AtomicBool::new(false));
         let first_request = asked.clone();
-        let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        let origin = Origin {
+            peer,
+            listener: role,
+        };
+        let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             first_request.store(true, Ordering::Relaxed);
-            request.extensions_mut().insert(Origin {
-                peer,
-                listener: role,
-            });
             let gateway = gateway.clone();
             // Boxed: the request's future is about 4 KiB, and hyper moves the future it
             // is given into its own slot; a box moves as a pointer.
-            Box::pin(async move { Ok::<_, Infallible>(gateway.handle(request).await) })
+            Box::pin(async move { Ok::<_, Infallible>(gateway.handle(request, origin).await) })
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
