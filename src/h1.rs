@@ -682,6 +682,9 @@ fn parse_answer(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>
         // Room for the few headers the proxy adds (request id, upstream name): a map
         // built to the exact count grows, and rehashes, on the first of them.
         let mut headers = HeaderMap::with_capacity(count + ADDED_HEADERS);
+        // Whether a Transfer-Encoding or Connection header came, seen as the map is built:
+        // most answers have neither, and then neither is looked up in the map.
+        let (mut coded, mut connection) = (false, false);
         for &(name_start, name_end, start, end) in &places[..count] {
             let name = &head[name_start as usize..name_end as usize];
             let name = HeaderName::from_bytes(name).map_err(|_| {
@@ -692,11 +695,14 @@ fn parse_answer(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>
             })?;
             let value = HeaderValue::from_maybe_shared(head.slice(start as usize..end as usize))
                 .map_err(|_| format!("the upstream sent a bad value for `{name}`"))?;
+            coded |= name == http::header::TRANSFER_ENCODING;
+            connection |= name == http::header::CONNECTION;
             headers.append(name, value);
         }
-        let (decoder, framed) = framing(&headers, status, head_request)?;
-        let reusable =
-            framed && version == Version::HTTP_11 && !has_token(&headers, "connection", "close");
+        let (decoder, framed) = framing(&headers, status, head_request, coded)?;
+        let reusable = framed
+            && version == Version::HTTP_11
+            && !(connection && has_token(&headers, "connection", "close"));
         return Ok(Some(Answer {
             status,
             version,
@@ -708,16 +714,17 @@ fn parse_answer(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>
 }
 
 /// How the body is framed (RFC 9112 §6.3), and whether its end is known without the
-/// connection closing.
+/// connection closing. `coded`: the answer has a Transfer-Encoding header.
 fn framing(
     headers: &HeaderMap,
     status: StatusCode,
     head_request: bool,
+    coded: bool,
 ) -> Result<(Decoder, bool), String> {
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok((Decoder::Done, true));
     }
-    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+    if coded {
         let codings = headers.get_all(http::header::TRANSFER_ENCODING);
         if codings.iter().any(|v| v.to_str().is_err()) {
             // Unreadable codings: the end is only known when the connection ends.
