@@ -34,9 +34,7 @@ use crate::intake::{read_form, read_json, read_raw, IntakeError, IntakeLimits};
 use crate::kind::Convert;
 use crate::route::{Endpoint, RequestFacts, Router};
 use crate::spool::{MemoryBudget, SpoolLimits};
-use crate::upstream::{
-    strip_hop_by_hop, Upstream, REQUEST_ID_HEADER, REQUEST_ID_HEADER_NAME, UPSTREAM_HEADER_NAME,
-};
+use crate::upstream::{strip_hop_by_hop, Upstream, REQUEST_ID_HEADER_NAME, UPSTREAM_HEADER_NAME};
 
 /// Everything a request can be refused for, each with its one status.
 #[derive(Debug, thiserror::Error)]
@@ -204,7 +202,7 @@ fn push_hex(out: &mut Vec<u8>, value: u64, width: u32) {
 fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     static SEED: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
-    if let Some(v) = headers.get(REQUEST_ID_HEADER) {
+    if let Some(v) = headers.get(&REQUEST_ID_HEADER_NAME) {
         let ok = (1..=128).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
         if ok {
             return v.clone();
@@ -620,6 +618,7 @@ enum Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::REQUEST_ID_HEADER;
 
     fn target(method: Method, path: &str) -> Result<Target, u16> {
         classify(&method, path).map_err(|e| e.api_error().status.as_u16())

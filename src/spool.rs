@@ -89,7 +89,7 @@ pub struct SpoolWriter {
     limits: SpoolLimits,
     memory: Vec<Bytes>,
     reservation: Reservation,
-    file: Option<Arc<File>>,
+    file: Option<Arc<SpillFile>>,
     file_len: u64,
     /// Pieces not yet sealed, in order; the last may still be growing in `staging`.
     pending: Vec<Bytes>,
@@ -207,7 +207,7 @@ impl SpoolWriter {
                 let file = tokio::task::spawn_blocking(move || tempfile::tempfile_in(dir))
                     .await
                     .map_err(io::Error::other)??;
-                let file = Arc::new(file);
+                let file = Arc::new(SpillFile(Some(file)));
                 self.file = Some(file.clone());
                 file
             }
@@ -215,7 +215,7 @@ impl SpoolWriter {
         tokio::task::spawn_blocking(move || {
             pieces
                 .iter()
-                .try_for_each(|piece| (&*file).write_all(piece))
+                .try_for_each(|piece| (&**file).write_all(piece))
         })
         .await
         .map_err(io::Error::other)??;
@@ -225,43 +225,48 @@ impl SpoolWriter {
 
     pub async fn finish(mut self) -> io::Result<Spool> {
         self.seal().await?;
-        let reservation = Reservation {
-            budget: self.limits.budget.clone(),
-            bytes: std::mem::take(&mut self.reservation.bytes),
-        };
+        let SpoolWriter {
+            memory,
+            reservation,
+            file,
+            file_len,
+            ..
+        } = self;
+        let memory_len = reservation.bytes;
         Ok(Spool {
-            memory: std::mem::take(&mut self.memory),
-            memory_len: reservation.bytes,
-            file: self.file.take(),
-            file_len: self.file_len,
+            memory,
+            memory_len,
+            file,
+            file_len,
             _reservation: reservation,
         })
     }
 }
 
-impl Drop for SpoolWriter {
-    fn drop(&mut self) {
-        close_off_thread(self.file.take());
+/// A spill file, shared by the writer, the finished spool and reads in flight. Closing
+/// it frees its blocks, which takes a while for a large one: the last holder to let go
+/// hands the close to a blocking thread instead of the thread serving requests (with
+/// `threads = 1`, the one thread serving all of them).
+#[derive(Debug)]
+struct SpillFile(Option<File>);
+
+impl std::ops::Deref for SpillFile {
+    type Target = File;
+
+    fn deref(&self) -> &File {
+        self.0
+            .as_ref()
+            .expect("a spill file is taken only when dropped")
     }
 }
 
-impl Drop for Spool {
+impl Drop for SpillFile {
     fn drop(&mut self) {
-        close_off_thread(self.file.take());
-    }
-}
-
-/// Closing a spill file frees its blocks, which takes a while for a large one: that is
-/// done on a blocking thread, not on the thread serving requests (with `threads = 1`,
-/// the one thread serving all of them). Only the last holder closes the file; a read in
-/// flight on a blocking thread may be it.
-fn close_off_thread(file: Option<Arc<File>>) {
-    let Some(Ok(file)) = file.map(Arc::try_unwrap) else {
-        return;
-    };
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        // On a runtime shutting down the task is dropped, and the file closed, here.
-        drop(runtime.spawn_blocking(move || drop(file)));
+        let Some(file) = self.0.take() else { return };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // On a runtime shutting down the task is dropped, and the file closed, here.
+            drop(runtime.spawn_blocking(move || drop(file)));
+        }
     }
 }
 
@@ -270,7 +275,7 @@ fn close_off_thread(file: Option<Arc<File>>) {
 pub struct Spool {
     memory: Vec<Bytes>,
     memory_len: u64,
-    file: Option<Arc<File>>,
+    file: Option<Arc<SpillFile>>,
     file_len: u64,
     _reservation: Reservation,
 }

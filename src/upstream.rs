@@ -337,7 +337,7 @@ impl Upstream {
                 || name == header::HOST
                 || name == header::CONTENT_LENGTH
                 || name == header::EXPECT
-                || name == REQUEST_ID_HEADER
+                || *name == REQUEST_ID_HEADER_NAME
                 || (drop_authorization && name == header::AUTHORIZATION)
                 // The client's organization and project belong to the client's key, not ours.
                 || (ours.is_some() && (name == "openai-organization" || name == "openai-project"))
