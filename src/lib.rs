@@ -20,6 +20,7 @@
 //! - [`error`]    OpenAI-shaped error responses.
 //! - [`proxy`]    the request phases: classify → intake → route → forward → respond.
 //! - [`server`]   accept loop, HTTP/1.1 + HTTP/2, graceful shutdown.
+//! - [`prompt`]   a connection's wake-ups to itself taken at once, not at the back of the queue.
 //!
 //! A request flows: [`server::run`] accepts it and calls [`proxy::Gateway::handle`], which
 //! classifies the path, reads the body into a payload (spooling uploads), picks the first
@@ -41,6 +42,7 @@ pub mod kind;
 pub mod multipart;
 pub mod payload;
 pub mod pool;
+pub mod prompt;
 pub mod proxy;
 pub mod route;
 pub mod server;

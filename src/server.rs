@@ -20,6 +20,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::access::{Listener, Origin};
+use crate::prompt::Prompt;
 use crate::proxy::{overloaded, Gateway};
 use tokio::sync::Semaphore;
 
@@ -127,11 +128,12 @@ async fn serve(
         let deadline = first_request_deadline(server.header_read_timeout);
         tokio::spawn(async move {
             tokio::pin!(connection);
+            let prompt = Prompt::new();
             let mut first_deadline = std::pin::pin!(tokio::time::sleep(deadline));
             // The deadline is looked at only until the first request has come: after
             // that, a wake-up of the connection costs no timer poll.
             let result = std::future::poll_fn(|cx| {
-                if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                if let Poll::Ready(result) = prompt.poll(connection.as_mut(), cx) {
                     return Poll::Ready(Some(result));
                 }
                 if asked.load(Ordering::Relaxed) {

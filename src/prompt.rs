@@ -1,0 +1,242 @@
+//! A connection's own wake-ups, taken at once instead of at the back of the run queue.
+//!
+//! hyper hands a request body to the service through a channel that the connection fills
+//! only once the service has asked for it. So the service's first look at the body wakes
+//! the connection's own task, and the connection returns `Pending`. tokio puts a woken
+//! task at the back of its run queue, so under load every request waits a whole turn of
+//! the queue between its head being read and its body being forwarded. nginx does the
+//! same work in one go. That turn widened voxgate's latency spread: its p99 was behind
+//! nginx's at the same throughput (benches/README.md).
+//!
+//! [`Prompt`] polls a future with a waker of its own. A wake-up that arrives *while* the
+//! future is being polled is noted instead of scheduling the task, and the future is
+//! polled again at once. Only [`REPOLLS`] more polls are made in a row; a future that
+//! keeps waking itself (hyper yields that way after 16 pipelined requests) is then
+//! scheduled like any other task, so other connections still get their turn. A wake-up
+//! at any other time goes to the task as usual.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use futures_util::task::AtomicWaker;
+
+/// How many times in a row a future woken during its poll is polled again at once.
+/// One is enough for hyper's body hand-over; a second wake-up in the same poll (the body
+/// arriving in the channel the service is already reading) costs a wasted poll if taken
+/// at once, so it goes to the scheduler, where it often finds the upstream's answer ready.
+pub const REPOLLS: usize = 1;
+
+/// Not being polled.
+const IDLE: u8 = 0;
+/// Being polled; no wake-up yet.
+const POLLING: u8 = 1;
+/// Woken while being polled.
+const WOKEN: u8 = 2;
+
+/// Polls one future (a connection), taking the wake-ups it gives itself at once.
+pub struct Prompt {
+    signal: Arc<Signal>,
+    /// The waker the future sees: `signal`'s.
+    waker: Waker,
+}
+
+struct Signal {
+    state: AtomicU8,
+    /// The task's own waker, for wake-ups outside a poll.
+    task: AtomicWaker,
+}
+
+impl Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        match self
+            .state
+            .compare_exchange(POLLING, WOKEN, Ordering::AcqRel, Ordering::Acquire)
+        {
+            // Noted: the poll under way will poll again (or hand it to the task).
+            Ok(_) | Err(WOKEN) => {}
+            Err(_) => self.task.wake(),
+        }
+    }
+}
+
+impl Default for Prompt {
+    fn default() -> Self {
+        Prompt::new()
+    }
+}
+
+impl Prompt {
+    pub fn new() -> Prompt {
+        let signal = Arc::new(Signal {
+            state: AtomicU8::new(IDLE),
+            task: AtomicWaker::new(),
+        });
+        let waker = Waker::from(signal.clone());
+        Prompt { signal, waker }
+    }
+
+    /// Polls `future` once, and up to [`REPOLLS`] more times if it woke itself meanwhile.
+    pub fn poll<F: Future + ?Sized>(
+        &self,
+        mut future: Pin<&mut F>,
+        cx: &mut Context<'_>,
+    ) -> Poll<F::Output> {
+        self.signal.task.register(cx.waker());
+        let mut own = Context::from_waker(&self.waker);
+        for _ in 0..=REPOLLS {
+            self.signal.state.store(POLLING, Ordering::Release);
+            let poll = future.as_mut().poll(&mut own);
+            let woken = self.signal.state.swap(IDLE, Ordering::AcqRel) == WOKEN;
+            if poll.is_ready() || !woken {
+                return poll;
+            }
+        }
+        // Still waking itself: back of the queue, behind the other connections.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+
+    /// A waker that counts its wake-ups.
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
+    /// Wakes itself `wakes` times (one per poll), then is ready; counts its polls and keeps
+    /// the waker of its last poll.
+    struct SelfWaking {
+        wakes: usize,
+        polls: usize,
+        last: Option<Waker>,
+    }
+
+    impl Future for SelfWaking {
+        type Output = usize;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+            self.polls += 1;
+            self.last = Some(cx.waker().clone());
+            if self.polls > self.wakes {
+                return Poll::Ready(self.polls);
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    fn self_waking(wakes: usize) -> SelfWaking {
+        SelfWaking {
+            wakes,
+            polls: 0,
+            last: None,
+        }
+    }
+
+    #[test]
+    fn a_wake_up_during_the_poll_is_taken_at_once() {
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        let prompt = Prompt::new();
+        let mut future = self_waking(REPOLLS);
+        let poll = prompt.poll(Pin::new(&mut future), &mut cx);
+        assert_eq!(poll, Poll::Ready(REPOLLS + 1));
+        // The task was never scheduled again: it did not have to wait its turn.
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_future_that_keeps_waking_itself_goes_back_to_the_scheduler() {
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        let prompt = Prompt::new();
+        let mut future = self_waking(usize::MAX);
+        assert!(prompt.poll(Pin::new(&mut future), &mut cx).is_pending());
+        assert_eq!(
+            future.polls,
+            REPOLLS + 1,
+            "polled a bounded number of times"
+        );
+        // Not lost: the task is scheduled again.
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(prompt.poll(Pin::new(&mut future), &mut cx).is_pending());
+        assert_eq!(future.polls, 2 * (REPOLLS + 1));
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_wake_up_between_polls_goes_to_the_current_task() {
+        let (first, first_waker) = counting();
+        let (second, second_waker) = counting();
+        let prompt = Prompt::new();
+        // Waits for someone else: keeps the waker and stays pending.
+        let kept: Arc<Mutex<Option<Waker>>> = Arc::default();
+        let store = kept.clone();
+        let mut future = std::future::poll_fn(move |cx| {
+            *store.lock().expect("not poisoned") = Some(cx.waker().clone());
+            Poll::<()>::Pending
+        });
+        let mut future = Pin::new(&mut future);
+        let poll = prompt.poll(future.as_mut(), &mut Context::from_waker(&first_waker));
+        assert!(poll.is_pending());
+        let wake = || {
+            kept.lock()
+                .expect("not poisoned")
+                .as_ref()
+                .expect("kept")
+                .wake_by_ref()
+        };
+        wake();
+        assert_eq!(first.0.load(Ordering::SeqCst), 1);
+        // The future moved to another task (another worker thread, say): the next
+        // wake-up reaches the new one, not the old.
+        let poll = prompt.poll(future.as_mut(), &mut Context::from_waker(&second_waker));
+        assert!(poll.is_pending());
+        wake();
+        assert_eq!(first.0.load(Ordering::SeqCst), 1);
+        assert_eq!(second.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_wake_up_from_another_thread_during_the_poll_is_not_lost() {
+        let (count, waker) = counting();
+        let prompt = Prompt::new();
+        // Wakes itself from another thread and waits for that wake-up to have happened
+        // before returning: the wake lands inside the poll.
+        let mut polls = 0;
+        let mut future = std::future::poll_fn(|cx| {
+            polls += 1;
+            if polls > 1 {
+                return Poll::Ready(polls);
+            }
+            let waker = cx.waker().clone();
+            std::thread::spawn(move || waker.wake())
+                .join()
+                .expect("the waking thread ran");
+            Poll::Pending
+        });
+        let poll = prompt.poll(Pin::new(&mut future), &mut Context::from_waker(&waker));
+        assert_eq!(poll, Poll::Ready(2));
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+    }
+}
