@@ -303,6 +303,7 @@ class Bench:
         }
         self.running = {}  # proxy name -> Popen
         self.results = {}  # figure -> target -> value
+        self.per_run = {}  # figure -> [{target: value} for each run], for the paired ratios
         self.notes = []
         self.noise = []  # per kept proxy run: share of the proxy core taken by other processes
         self.reruns_left = 6
@@ -472,6 +473,14 @@ class Bench:
     def put(self, figure, target, value):
         self.results.setdefault(figure, {})[target] = value
 
+    def put_runs(self, figure, per, key, scale=1.0):
+        """The median of `key` over the runs in `per` (target -> [run result]) as the figure,
+        and each run's values kept for the paired ratio."""
+        for t, rs in per.items():
+            self.put(figure, t, statistics.median(r[key] for r in rs) * scale)
+        runs = len(next(iter(per.values())))
+        self.per_run[figure] = [{t: per[t][i][key] * scale for t in per} for i in range(runs)]
+
     def startup(self):
         """Start-to-ready and idle RSS: fresh starts, before the long-lived instances."""
         runs = self.args.start_runs
@@ -540,14 +549,11 @@ class Bench:
                 per[t].append(r)
                 cpu = f"{r['cpu_us_per_req']:.1f} µs/req" if r["cpu_us_per_req"] else ""
                 log(f"  run {run + 1} {t}: {r['rps']:.0f} req/s p50 {r['p50_us']} µs p99 {r['p99_us']} µs {cpu}")
-        for t in TARGETS:
-            rs = per[t]
-            self.put("small TTS: requests/s", t, statistics.median(r["rps"] for r in rs))
-            self.put("small TTS: p50 latency, ms", t, statistics.median(r["p50_us"] for r in rs) / 1e3)
-            self.put("small TTS: p99 latency, ms", t, statistics.median(r["p99_us"] for r in rs) / 1e3)
-            if t != "direct":
-                self.put("small TTS: proxy CPU per request, µs", t,
-                         statistics.median(r["cpu_us_per_req"] for r in rs))
+        self.put_runs("small TTS: requests/s", per, "rps")
+        self.put_runs("small TTS: p50 latency, ms", per, "p50_us", 1e-3)
+        self.put_runs("small TTS: p99 latency, ms", per, "p99_us", 1e-3)
+        proxies = {t: rs for t, rs in per.items() if t != "direct"}
+        self.put_runs("small TTS: proxy CPU per request, µs", proxies, "cpu_us_per_req")
 
     def ttfb_samples(self, target):
         """Times to first body byte, threads × requests on keep-alive connections."""
@@ -610,8 +616,8 @@ class Bench:
                 per[t].append(r)
                 peak = f", peak RSS {r['peak_kib'] / 1024:.1f} MiB" if r["peak_kib"] else ""
                 log(f"  run {run + 1} {t}: {r['mibs']:.0f} MiB/s ({r['requests']} uploads){peak}")
+        self.put_runs("10 MiB uploads ×8: MiB/s", per, "mibs")
         for t in TARGETS:
-            self.put("10 MiB uploads ×8: MiB/s", t, statistics.median(r["mibs"] for r in per[t]))
             if t != "direct":
                 self.put("10 MiB uploads ×8: peak RSS, MiB", t,
                          statistics.median(r["peak_kib"] for r in per[t]) / 1024)
@@ -712,6 +718,24 @@ class Bench:
                 lines.append("|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|")
         return "\n".join(lines)
 
+    def paired(self):
+        """voxgate / best peer within each run (the peers measured seconds before or after
+        voxgate), then the median over the runs: steadier than a ratio of medians on a host
+        whose speed changes from one minute to the next."""
+        lines = []
+        for figure, runs in self.per_run.items():
+            higher = any(h in figure for h in self.HIGHER_IS_BETTER)
+            ratios = []
+            for by in runs:
+                peers = [by[p] for p in ("nginx", "haproxy") if by.get(p)]
+                if by.get("voxgate") is None or not peers:
+                    continue
+                ratios.append(by["voxgate"] / (max(peers) if higher else min(peers)))
+            if ratios:
+                lines.append(f"  {figure:<40} {statistics.median(ratios):.2f}×  "
+                             f"(runs {min(ratios):.2f}–{max(ratios):.2f}×)")
+        return lines
+
     def run(self):
         t0 = time.time()
         self.check_ports_free()
@@ -764,6 +788,11 @@ class Bench:
         print()
         print(self.table())
         print()
+        paired = self.paired()
+        if paired:
+            print("voxgate / best peer, run by run (median of the per-run ratios):")
+            print("\n".join(paired))
+            print()
         for n in self.notes:
             print(f"note: {n}")
         if self.noise:
@@ -772,7 +801,8 @@ class Bench:
                   f"{self.reruns} noisy run(s) repeated")
         print(f"({time.time() - t0:.0f} s of measuring; medians of {self.args.runs} runs unless the README says otherwise)")
         with open(os.path.join(self.work, "results.json"), "w") as f:
-            json.dump({"results": self.results, "notes": self.notes, "noise": self.noise}, f, indent=1)
+            json.dump({"results": self.results, "per_run": self.per_run, "notes": self.notes,
+                       "noise": self.noise}, f, indent=1)
 
 
 def main():
