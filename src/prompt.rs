@@ -17,24 +17,34 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
 
 /// How many times in a row a future woken during its poll is polled again at once.
-/// One is enough for hyper's body hand-over; a second wake-up in the same poll (the body
-/// arriving in the channel the service is already reading) costs a wasted poll if taken
-/// at once, so it goes to the scheduler, where it often finds the upstream's answer ready.
+/// One is enough for hyper's body hand-over. A wake-up during that second poll (in
+/// hyper's case, the body arriving in the channel the service is already reading) would
+/// cost a wasted poll if taken at once, so it goes to the scheduler; under load, by the
+/// time the task's turn comes, the upstream's answer has usually arrived too.
 pub const REPOLLS: usize = 1;
 
-/// Not being polled.
-const IDLE: u8 = 0;
-/// Being polled; no wake-up yet.
+/// State bits. `POLLING`: the future is being polled. `WOKEN`: a wake-up came since the
+/// poll began. Every wake-up sets `WOKEN` with a read-modify-write (never a bare read), so
+/// the `swap` that ends the poll sees every wake-up that came before it, along with the
+/// writes the waker made first; one that comes after it sees `POLLING` clear.
 const POLLING: u8 = 1;
-/// Woken while being polled.
 const WOKEN: u8 = 2;
+
+/// Immediate polls made, process-wide (tests check that the server's connections take
+/// hyper's body hand-over this way).
+static TAKEN: AtomicU64 = AtomicU64::new(0);
+
+/// How many wake-ups have been taken at once, process-wide, since the start.
+pub fn taken() -> u64 {
+    TAKEN.load(Ordering::Relaxed)
+}
 
 /// Polls one future (a connection), taking the wake-ups it gives itself at once.
 pub struct Prompt {
@@ -55,13 +65,10 @@ impl Wake for Signal {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        match self
-            .state
-            .compare_exchange(POLLING, WOKEN, Ordering::AcqRel, Ordering::Acquire)
-        {
-            // Noted: the poll under way will poll again (or hand it to the task).
-            Ok(_) | Err(WOKEN) => {}
-            Err(_) => self.task.wake(),
+        // While a poll is under way, noting it is enough: that poll polls again, or hands
+        // the wake-up to the task.
+        if self.state.fetch_or(WOKEN, Ordering::AcqRel) & POLLING == 0 {
+            self.task.wake();
         }
     }
 }
@@ -75,7 +82,7 @@ impl Default for Prompt {
 impl Prompt {
     pub fn new() -> Prompt {
         let signal = Arc::new(Signal {
-            state: AtomicU8::new(IDLE),
+            state: AtomicU8::new(0),
             task: AtomicWaker::new(),
         });
         let waker = Waker::from(signal.clone());
@@ -90,10 +97,14 @@ impl Prompt {
     ) -> Poll<F::Output> {
         self.signal.task.register(cx.waker());
         let mut own = Context::from_waker(&self.waker);
-        for _ in 0..=REPOLLS {
+        for repoll in 0..=REPOLLS {
+            if repoll > 0 {
+                TAKEN.fetch_add(1, Ordering::Relaxed);
+            }
+            // Clears a `WOKEN` left by a wake-up between polls: the task already has it.
             self.signal.state.store(POLLING, Ordering::Release);
             let poll = future.as_mut().poll(&mut own);
-            let woken = self.signal.state.swap(IDLE, Ordering::AcqRel) == WOKEN;
+            let woken = self.signal.state.swap(0, Ordering::AcqRel) & WOKEN != 0;
             if poll.is_ready() || !woken {
                 return poll;
             }
@@ -163,6 +174,31 @@ mod tests {
         assert_eq!(poll, Poll::Ready(REPOLLS + 1));
         // The task was never scheduled again: it did not have to wait its turn.
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn two_wake_ups_in_one_poll_make_one_more_poll() {
+        let (count, waker) = counting();
+        let prompt = Prompt::new();
+        let mut polls = 0;
+        let mut future = std::future::poll_fn(|cx| {
+            polls += 1;
+            if polls == 1 {
+                // Once by reference, once by value (`Wake::wake`).
+                let kept = cx.waker().clone();
+                cx.waker().wake_by_ref();
+                kept.wake();
+            }
+            Poll::<()>::Pending
+        });
+        let poll = prompt.poll(Pin::new(&mut future), &mut Context::from_waker(&waker));
+        assert!(poll.is_pending());
+        assert_eq!(polls, 2, "the two wake-ups are one");
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            0,
+            "nothing left for the task"
+        );
     }
 
     #[test]
