@@ -14,10 +14,16 @@
 //! keeps waking itself (hyper yields that way after 16 pipelined requests) is then
 //! scheduled like any other task, so other connections still get their turn. A wake-up
 //! at any other time goes to the task as usual.
+//!
+//! It pays for small bodies only. An upload is handed over one read at a time, each hand-over
+//! waking the connection again; polled at once, the connection mostly finds its socket
+//! not yet refilled and reads nothing (measured: 4 % less upload throughput). So it can
+//! be switched off and on while the future runs ([`Switch`]): the server turns it on for
+//! a request whose body is known to be small, and off for the others.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -55,6 +61,8 @@ pub struct Prompt {
 
 struct Signal {
     state: AtomicU8,
+    /// Whether wake-ups during a poll are taken at once (else they go to the task).
+    eager: AtomicBool,
     /// The task's own waker, for wake-ups outside a poll.
     task: AtomicWaker,
 }
@@ -73,6 +81,16 @@ impl Wake for Signal {
     }
 }
 
+/// Turns a [`Prompt`]'s taking of wake-ups at once off and on.
+#[derive(Clone)]
+pub struct Switch(Arc<Signal>);
+
+impl Switch {
+    pub fn set(&self, on: bool) {
+        self.0.eager.store(on, Ordering::Relaxed);
+    }
+}
+
 impl Default for Prompt {
     fn default() -> Self {
         Prompt::new()
@@ -83,13 +101,21 @@ impl Prompt {
     pub fn new() -> Prompt {
         let signal = Arc::new(Signal {
             state: AtomicU8::new(0),
+            eager: AtomicBool::new(true),
             task: AtomicWaker::new(),
         });
         let waker = Waker::from(signal.clone());
         Prompt { signal, waker }
     }
 
-    /// Polls `future` once, and up to [`REPOLLS`] more times if it woke itself meanwhile.
+    /// Turns taking wake-ups at once off and on, from inside the future (the next one
+    /// that comes in a poll goes by the latest setting).
+    pub fn switch(&self) -> Switch {
+        Switch(self.signal.clone())
+    }
+
+    /// Polls `future` once, and, while switched on, up to [`REPOLLS`] more times if it
+    /// woke itself meanwhile.
     pub fn poll<F: Future + ?Sized>(
         &self,
         mut future: Pin<&mut F>,
@@ -108,8 +134,11 @@ impl Prompt {
             if poll.is_ready() || !woken {
                 return poll;
             }
+            if !self.signal.eager.load(Ordering::Relaxed) {
+                break;
+            }
         }
-        // Still waking itself: back of the queue, behind the other connections.
+        // Still waking itself (or switched off): back of the queue, behind the others.
         cx.waker().wake_by_ref();
         Poll::Pending
     }
@@ -174,6 +203,36 @@ mod tests {
         assert_eq!(poll, Poll::Ready(REPOLLS + 1));
         // The task was never scheduled again: it did not have to wait its turn.
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn switched_off_a_wake_up_during_the_poll_goes_to_the_task() {
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        let prompt = Prompt::new();
+        let switch = prompt.switch();
+        switch.set(false);
+        let mut future = self_waking(1);
+        assert!(prompt.poll(Pin::new(&mut future), &mut cx).is_pending());
+        assert_eq!((future.polls, count.0.load(Ordering::SeqCst)), (1, 1));
+        // Switched on again by the future itself, during its poll: taken at once.
+        let mut polls = 0;
+        let mut future = std::future::poll_fn(|cx| {
+            polls += 1;
+            if polls == 1 {
+                switch.set(true);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(polls)
+        });
+        let poll = prompt.poll(Pin::new(&mut future), &mut cx);
+        assert_eq!(poll, Poll::Ready(2));
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "no new wake-up for the task"
+        );
     }
 
     #[test]

@@ -40,6 +40,10 @@ async fn shed(stream: tokio::net::TcpStream, builder: auto::Builder<TokioExecuto
         .await;
 }
 
+/// Request bodies up to this size (by their Content-Length) have their hand-over from
+/// hyper taken at once ([`Prompt`]); larger and chunked ones go through the run queue.
+const EAGER_BODY_LIMIT: u64 = 64 * 1024;
+
 /// How long a new connection may go without a complete request before it is dropped.
 ///
 /// hyper's HTTP/1 `header_read_timeout` covers a request whose headers trickle in, and
@@ -114,8 +118,13 @@ async fn serve(
             peer,
             listener: role,
         };
+        let prompt = Prompt::new();
+        let eager = prompt.switch();
         let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             first_request.store(true, Ordering::Relaxed);
+            // The body hand-over is taken at once for small bodies only (src/prompt.rs).
+            let size = hyper::body::Body::size_hint(request.body()).upper();
+            eager.set(size.is_some_and(|n| n <= EAGER_BODY_LIMIT));
             let gateway = gateway.clone();
             // Boxed: the request's future is about 4 KiB, and hyper moves the future it
             // is given into its own slot; a box moves as a pointer.
@@ -128,7 +137,6 @@ async fn serve(
         let deadline = first_request_deadline(server.header_read_timeout);
         tokio::spawn(async move {
             tokio::pin!(connection);
-            let prompt = Prompt::new();
             let mut first_deadline = std::pin::pin!(tokio::time::sleep(deadline));
             // The deadline is looked at only until the first request has come: after
             // that, a wake-up of the connection costs no timer poll.

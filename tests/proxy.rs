@@ -71,38 +71,6 @@ async fn speech_is_routed_by_voice_and_model_is_set_for_the_route() {
     );
 }
 
-/// hyper hands a request body to voxgate through a channel whose first read wakes the
-/// connection's own task. The server takes that wake-up at once (`src/prompt.rs`) instead
-/// of putting the connection behind every other ready one. If the server stops doing so,
-/// or hyper stops waking itself there, no wake-up is taken and this fails.
-async fn body_hand_over_is_taken_at_once() {
-    let up = Scripted::always(Reply::ok("audio/pcm", "audio")).await;
-    let proxy = Proxy::start(&format!(
-        "[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n",
-        up.url()
-    ))
-    .await;
-    let before = voxgate::prompt::taken();
-    for _ in 0..3 {
-        let answer = speech_via(&proxy).await;
-        assert_eq!((answer.status, &answer.body[..]), (200, &b"audio"[..]));
-    }
-    // Other tests in this binary may add to the count too; without the wake-ups taken,
-    // nothing does.
-    let taken = voxgate::prompt::taken() - before;
-    assert!(taken >= 3, "{taken} wake-ups taken at once for 3 requests");
-}
-
-#[tokio::test]
-async fn the_body_hand_over_does_not_wait_a_turn_of_the_run_queue() {
-    body_hand_over_is_taken_at_once().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_body_hand_over_does_not_wait_a_turn_on_the_multi_thread_runtime() {
-    body_hand_over_is_taken_at_once().await;
-}
-
 #[tokio::test]
 async fn unknown_json_keys_and_voice_objects_survive_a_rewrite() {
     let up = Scripted::always(Reply::ok("audio/mpeg", "x")).await;

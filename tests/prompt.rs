@@ -1,0 +1,60 @@
+//! hyper hands a request body to voxgate through a channel whose use wakes the
+//! connection's own task. The server takes that wake-up at once for a small body, instead
+//! of putting the connection behind every other ready one, and leaves an upload's to the
+//! run queue (`src/prompt.rs`). One test in a binary of its own: the count of wake-ups
+//! taken is process-wide, and nothing else may add to it meanwhile.
+
+mod support;
+
+use serde_json::json;
+use support::*;
+
+async fn check() {
+    let up = Scripted::always(Reply::ok("application/json", "{\"text\":\"ok\"}")).await;
+    let proxy = Proxy::start(&format!(
+        "[upstreams.a]\nurl = \"{}\"\n[[routes]]\nto = [\"a\"]\n",
+        up.url()
+    ))
+    .await;
+
+    let before = voxgate::prompt::taken();
+    for _ in 0..3 {
+        let speech = json!({"model": "tts-1", "input": "Hello", "voice": "alloy"});
+        let answer = send(speech_request(&proxy.url("/v1/audio/speech"), speech)).await;
+        assert_eq!(answer.status, 200);
+    }
+    let taken = voxgate::prompt::taken() - before;
+    assert!(taken >= 3, "{taken} wake-ups taken at once for 3 small requests");
+
+    let before = voxgate::prompt::taken();
+    let audio = vec![7u8; 1 << 20];
+    let body = form(&[("file", Some("a.wav"), &audio), ("model", None, b"whisper-1")]);
+    let answer = send(post(
+        &proxy.url("/v1/audio/transcriptions"),
+        &form_content_type(),
+        full_body(body),
+    ))
+    .await;
+    assert_eq!(answer.status, 200);
+    assert!(up.last().body.len() > 1 << 20, "the upload went through whole");
+    assert_eq!(
+        voxgate::prompt::taken(),
+        before,
+        "an upload's hand-overs go through the run queue"
+    );
+}
+
+#[test]
+fn small_bodies_are_handed_over_at_once_and_uploads_are_not() {
+    let current = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    current.block_on(check());
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    multi.block_on(check());
+}
