@@ -24,19 +24,23 @@ async fn check() {
         assert_eq!(answer.status, 200);
     }
     let taken = voxgate::prompt::taken() - before;
-    assert!(taken >= 3, "{taken} wake-ups taken at once for 3 small requests");
+    assert!(
+        taken >= 3,
+        "{taken} wake-ups taken at once for 3 small requests"
+    );
 
     let before = voxgate::prompt::taken();
     let audio = vec![7u8; 1 << 20];
-    let body = form(&[("file", Some("a.wav"), &audio), ("model", None, b"whisper-1")]);
-    let answer = send(post(
-        &proxy.url("/v1/audio/transcriptions"),
-        &form_content_type(),
-        full_body(body),
-    ))
-    .await;
+    let body = form(&[
+        ("file", Some("a.wav"), &audio),
+        ("model", None, b"whisper-1"),
+    ]);
+    let answer = transcribe(&proxy, body).await;
     assert_eq!(answer.status, 200);
-    assert!(up.last().body.len() > 1 << 20, "the upload went through whole");
+    assert!(
+        up.last().body.len() > 1 << 20,
+        "the upload went through whole"
+    );
     assert_eq!(
         voxgate::prompt::taken(),
         before,

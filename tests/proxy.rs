@@ -25,16 +25,6 @@ fn speech_json() -> serde_json::Value {
     json!({"model": "tts-1", "input": "Hello there", "voice": "af_sky", "response_format": "pcm"})
 }
 
-/// Posts a whole multipart body to the transcriptions endpoint.
-async fn transcribe(proxy: &Proxy, body: Bytes) -> Answer {
-    send(post(
-        &proxy.url("/v1/audio/transcriptions"),
-        &form_content_type(),
-        full_body(body),
-    ))
-    .await
-}
-
 async fn speech_via(proxy: &Proxy) -> Answer {
     send(speech_request(
         &proxy.url("/v1/audio/speech"),

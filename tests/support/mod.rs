@@ -545,6 +545,16 @@ pub fn form_content_type() -> String {
     format!("multipart/form-data; boundary={BOUNDARY}")
 }
 
+/// Posts a whole multipart body to the proxy's transcriptions endpoint.
+pub async fn transcribe(proxy: &Proxy, body: Bytes) -> Answer {
+    send(post(
+        &proxy.url("/v1/audio/transcriptions"),
+        &form_content_type(),
+        full_body(body),
+    ))
+    .await
+}
+
 /// Parses a multipart body as an upstream would (text parts as strings, files as bytes).
 pub async fn parse_form(received: &Received) -> Vec<(String, Option<String>, Bytes)> {
     let ct = received.header("content-type").expect("content-type");
