@@ -20,7 +20,7 @@
 //! - [`error`]    OpenAI-shaped error responses.
 //! - [`proxy`]    the request phases: classify → intake → route → forward → respond.
 //! - [`server`]   accept loop, HTTP/1.1 + HTTP/2, graceful shutdown.
-//! - [`prompt`]   a connection's wake-ups to itself taken at once, not at the back of the queue.
+//! - [`prompt`]   a connection's wake-ups to itself taken at once (small bodies), not queued.
 //!
 //! A request flows: [`server::run`] accepts it and calls [`proxy::Gateway::handle`], which
 //! classifies the path, reads the body into a payload (spooling uploads), picks the first

@@ -159,6 +159,13 @@ mod tests {
         }
     }
 
+    impl Count {
+        /// Wake-ups so far.
+        fn wakes(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
     fn counting() -> (Arc<Count>, Waker) {
         let count = Arc::new(Count(AtomicUsize::new(0)));
         (count.clone(), Waker::from(count))
@@ -202,7 +209,7 @@ mod tests {
         let poll = prompt.poll(Pin::new(&mut future), &mut cx);
         assert_eq!(poll, Poll::Ready(REPOLLS + 1));
         // The task was never scheduled again: it did not have to wait its turn.
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(count.wakes(), 0);
     }
 
     #[test]
@@ -214,7 +221,7 @@ mod tests {
         switch.set(false);
         let mut future = self_waking(1);
         assert!(prompt.poll(Pin::new(&mut future), &mut cx).is_pending());
-        assert_eq!((future.polls, count.0.load(Ordering::SeqCst)), (1, 1));
+        assert_eq!((future.polls, count.wakes()), (1, 1));
         // Switched on again by the future itself, during its poll: taken at once.
         let mut polls = 0;
         let mut future = std::future::poll_fn(|cx| {
@@ -228,11 +235,7 @@ mod tests {
         });
         let poll = prompt.poll(Pin::new(&mut future), &mut cx);
         assert_eq!(poll, Poll::Ready(2));
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            1,
-            "no new wake-up for the task"
-        );
+        assert_eq!(count.wakes(), 1, "no new wake-up for the task");
     }
 
     #[test]
@@ -253,11 +256,7 @@ mod tests {
         let poll = prompt.poll(Pin::new(&mut future), &mut Context::from_waker(&waker));
         assert!(poll.is_pending());
         assert_eq!(polls, 2, "the two wake-ups are one");
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            0,
-            "nothing left for the task"
-        );
+        assert_eq!(count.wakes(), 0, "nothing left for the task");
     }
 
     #[test]
@@ -273,10 +272,10 @@ mod tests {
             "polled a bounded number of times"
         );
         // Not lost: the task is scheduled again.
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.wakes(), 1);
         assert!(prompt.poll(Pin::new(&mut future), &mut cx).is_pending());
         assert_eq!(future.polls, 2 * (REPOLLS + 1));
-        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        assert_eq!(count.wakes(), 2);
     }
 
     #[test]
@@ -302,14 +301,14 @@ mod tests {
                 .wake_by_ref()
         };
         wake();
-        assert_eq!(first.0.load(Ordering::SeqCst), 1);
+        assert_eq!(first.wakes(), 1);
         // The future moved to another task (another worker thread, say): the next
         // wake-up reaches the new one, not the old.
         let poll = prompt.poll(future.as_mut(), &mut Context::from_waker(&second_waker));
         assert!(poll.is_pending());
         wake();
-        assert_eq!(first.0.load(Ordering::SeqCst), 1);
-        assert_eq!(second.0.load(Ordering::SeqCst), 1);
+        assert_eq!(first.wakes(), 1);
+        assert_eq!(second.wakes(), 1);
     }
 
     #[test]
@@ -332,6 +331,6 @@ mod tests {
         });
         let poll = prompt.poll(Pin::new(&mut future), &mut Context::from_waker(&waker));
         assert_eq!(poll, Poll::Ready(2));
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(count.wakes(), 0);
     }
 }
