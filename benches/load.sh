@@ -4,15 +4,16 @@
 #
 #   benches/load.sh
 #
-# Installs nginx, haproxy and wrk with apt-get when they are missing, builds voxgate and the
-# scripted upstream (examples/bench_upstream.rs) in release mode, then runs
-# benches/load/run.py. Traffic stays on 127.0.0.1 (ports BENCH_PORT_BASE..+12, default
+# Installs nginx, haproxy and wrk with apt-get when they are missing, builds the scripted
+# upstream (examples/bench_upstream.rs) in release mode and voxgate as it is shipped
+# (scripts/build-release.sh: profile-guided), then runs benches/load/run.py. Traffic stays on 127.0.0.1 (ports BENCH_PORT_BASE..+12, default
 # 18400..18412). Every process started is ended on exit, failure included. About 3.5 to 4
-# minutes of measuring, plus the build (about 3 minutes when nothing is cached).
+# minutes of measuring, plus the builds (about 10 minutes when nothing is cached).
 #
 # Knobs (environment): BENCH_RUNS (3), BENCH_SECONDS (5 per wrk run), BENCH_BIG_SECONDS (4),
 # BENCH_PORT_BASE (18400), BENCH_PROXY_CORE (0), BENCH_LOAD_CORE (1), BENCH_VOXGATE_LOG
 # (RUST_LOG for voxgate, default warn: no access log, as nginx and HAProxy run here),
+# BENCH_BUILD (pgo, or plain for a plain `cargo build --release`),
 # BENCH_KEEP_WORKDIR=1 to keep the generated configs, bodies, logs and results.json.
 set -euo pipefail
 
@@ -38,11 +39,27 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 command -v python3 >/dev/null || { echo "load.sh needs python3" >&2; exit 1; }
 
-echo "building voxgate and bench_upstream (release)" >&2
-cargo build --release --quiet --bin voxgate --example bench_upstream
+echo "building bench_upstream (release)" >&2
+cargo build --release --quiet --example bench_upstream
 
 target_dir="$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+
+case "${BENCH_BUILD:-pgo}" in
+    pgo)
+        echo "building voxgate as it is shipped (scripts/build-release.sh, profile-guided)" >&2
+        voxgate_bin="$("$root/scripts/build-release.sh" | tail -n 1)"
+        ;;
+    plain)
+        echo "building voxgate (cargo build --release)" >&2
+        cargo build --release --quiet --bin voxgate
+        voxgate_bin="$target_dir/release/voxgate"
+        ;;
+    *)
+        echo "BENCH_BUILD is pgo or plain, not ${BENCH_BUILD}" >&2
+        exit 2
+        ;;
+esac
 
 workdir="$(mktemp -d "${TMPDIR:-/tmp}/voxgate-bench.XXXXXX")"
 export BENCH_PIDFILE="$workdir/pids"
@@ -79,7 +96,7 @@ trap 'exit 143' TERM
 load_core="${BENCH_LOAD_CORE:-1}"
 # The orchestrator and its clients sit on the load core; proxies are pinned by run.py.
 taskset -c "$load_core" python3 "$root/benches/load/run.py" \
-    --voxgate "$target_dir/release/voxgate" \
+    --voxgate "$voxgate_bin" \
     --upstream "$target_dir/release/examples/bench_upstream" \
     --workdir "$workdir" &
 runner=$!

@@ -1,13 +1,17 @@
 //! The command line as scripts and docs rely on it: `check`, `print-config`, and serving
 //! until SIGTERM. Also loads every shipped config so the examples cannot rot.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use voxgate::config::{Config, DEFAULT_TOML};
+
+mod support;
+
+use support::daemon::{start_with, stop_with_sigterm, Daemon};
 
 fn voxgate() -> Command {
     without_our_env(Command::new(env!("CARGO_BIN_EXE_voxgate")))
@@ -57,98 +61,6 @@ fn shipped_configs() -> Vec<PathBuf> {
 /// of its log as it comes, and the lines read so far.
 fn start(config: &Path) -> (Daemon, String, Receiver<String>, Vec<String>) {
     start_with(voxgate(), config)
-}
-
-/// The daemon, killed when dropped: a failed assertion leaves no process behind.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-impl std::ops::Deref for Daemon {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Daemon {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-/// [`start`] with the command that runs voxgate given (to run it under `taskset`, say).
-fn start_with(
-    mut command: Command,
-    config: &Path,
-) -> (Daemon, String, Receiver<String>, Vec<String>) {
-    let mut child = Daemon(
-        command
-            .args(["--listen", "127.0.0.1:0", "--config"])
-            .arg(config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    // Read the log on a thread, so a missing line fails the test instead of hanging it.
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let address = loop {
-        let line = match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                let mut stderr = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut stderr);
-                }
-                panic!("voxgate logged no address within 10 s: {seen:?} {stderr}");
-            }
-        };
-        seen.push(line.clone());
-        if let Some(rest) = line.split("address=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    (child, address, rx, seen)
-}
-
-/// Sends SIGTERM and waits (10 s at most) for a clean exit.
-fn stop_with_sigterm(child: &mut Daemon) {
-    let kill = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("voxgate did not stop on SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{status:?}");
 }
 
 fn assert_healthy(address: &str) {

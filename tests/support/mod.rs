@@ -6,6 +6,7 @@
 //! the middle of the body.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod engines;
 
 use std::convert::Infallible;
@@ -29,7 +30,7 @@ use voxgate::config::Config;
 use voxgate::proxy::Gateway;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type TestBody = BoxBody<Bytes, BoxError>;
+pub type TestBody = BoxBody<Bytes, BoxError>;
 
 /// A request as an upstream received it.
 #[derive(Debug, Clone)]
