@@ -174,120 +174,127 @@ fn text(needle: &'static str) -> impl Fn(u16, &[u8]) -> bool {
     move |status, body| status == 200 && String::from_utf8_lossy(body).contains(needle)
 }
 
+/// Speech requests all with the same body.
+fn speaking(
+    name: &'static str,
+    count: usize,
+    connections: usize,
+    body: serde_json::Value,
+    check: impl Fn(u16, &[u8]) -> bool + Send + Sync + 'static,
+) -> Kind {
+    kind(
+        name,
+        count,
+        connections,
+        move |b, _| speech(b, body.clone()),
+        check,
+    )
+}
+
+/// Uploads of one file to `endpoint`, right when the answer holds `heard`.
+fn uploading(
+    name: &'static str,
+    count: usize,
+    connections: usize,
+    (endpoint, format): (&'static str, &'static str),
+    file: &Bytes,
+    heard: &'static str,
+) -> Kind {
+    let file = file.clone();
+    let request = move |b: &str, _| upload(b, endpoint, &file, format);
+    kind(name, count, connections, request, text(heard))
+}
+
 fn kinds(scale: usize) -> Vec<Kind> {
     let small = Bytes::from(noise(64 * 1024));
     let large = Bytes::from(noise(1024 * 1024));
     // Over the default replay memory of one request (4 MiB): kept on disk for a fallback.
     let spilled = Bytes::from(noise(6 * 1024 * 1024));
     let voices = ["af_bella", "alloy", "af_bella(2)+af_sky", "am_adam"];
-    let (s1, s2, l1) = (small.clone(), small.clone(), large.clone());
+    let hello = |model: &str, voice: &str| json!({ "model": model, "input": "Hello there.", "voice": voice, "response_format": "pcm" });
+    let transcribe = ("transcriptions", "json");
     vec![
         kind(
             "speech",
             600 * scale,
             32,
-            move |b, i| {
-                speech(
-                    b,
-                    json!({ "model": "tts-1", "input": "Hello there.", "voice": voices[i % 4], "response_format": "pcm" }),
-                )
-            },
+            move |b, i| speech(b, hello("tts-1", voices[i % voices.len()])),
             audio(SPEECH),
         ),
-        kind(
+        speaking(
             "speech, plain upstream",
             600 * scale,
             32,
-            |b, _| {
-                speech(
-                    b,
-                    json!({ "model": "plain", "input": "Hello there.", "voice": "alloy", "response_format": "pcm" }),
-                )
-            },
+            hello("plain", "alloy"),
             audio(SPEECH),
         ),
-        kind(
+        speaking(
             "speech, streamed",
             60 * scale,
             16,
-            |b, _| {
-                speech(
-                    b,
-                    json!({ "model": "tts-1", "input": "stream this", "voice": "af_sky", "response_format": "pcm" }),
-                )
-            },
+            json!({ "model": "tts-1", "input": "stream this", "voice": "af_sky" }),
             audio(PIECE * PIECES),
         ),
-        kind(
+        speaking(
             "speech, OpenAI with a Kokoro voice",
             100 * scale,
             8,
-            |b, _| {
-                speech(
-                    b,
-                    json!({ "model": "tts-1-hd", "input": "Hello there.", "voice": "am_adam", "speed": 1.1 }),
-                )
-            },
+            json!({ "model": "tts-1-hd", "input": "Hello there.", "voice": "am_adam", "speed": 1.1 }),
             |status, body| status == 200 && body == OPENAI_AUDIO,
         ),
-        kind(
+        speaking(
             "speech, fallback from a 503",
             100 * scale,
             8,
-            |b, _| {
-                speech(
-                    b,
-                    json!({ "model": "busy", "input": "Hello there.", "voice": "af_bella" }),
-                )
-            },
+            hello("busy", "af_bella"),
             audio(SPEECH),
         ),
-        kind(
+        speaking(
             "speech, fallback from a refused connect",
             100 * scale,
             8,
-            |b, _| {
-                speech(
-                    b,
-                    json!({ "model": "dead", "input": "Hello there.", "voice": "af_bella" }),
-                )
-            },
+            hello("dead", "af_bella"),
             audio(SPEECH),
         ),
-        kind(
+        uploading(
             "transcriptions",
             150 * scale,
             8,
-            move |b, _| upload(b, "transcriptions", &s1, "json"),
-            text("hello world"),
+            transcribe,
+            &small,
+            "hello world",
         ),
-        kind(
+        uploading(
             "transcriptions, text",
             50 * scale,
             4,
-            move |b, _| upload(b, "transcriptions", &s2, "text"),
-            text("hello world"),
+            ("transcriptions", "text"),
+            &small,
+            "hello world",
         ),
-        kind(
+        uploading(
             "translations",
             50 * scale,
             4,
-            move |b, _| upload(b, "translations", &small, "json"),
-            text("(translated)"),
+            ("translations", "json"),
+            &small,
+            "(translated)",
         ),
-        kind(
+        uploading(
             "transcriptions, 1 MiB",
             10 * scale,
             4,
-            move |b, _| upload(b, "transcriptions", &l1, "json"),
-            text("hello world"),
+            transcribe,
+            &large,
+            "hello world",
         ),
-        kind(
+        uploading(
             "transcriptions, 6 MiB, spilled",
             3 * scale,
             3,
-            move |b, _| upload(b, "transcriptions", &spilled, "json"),
-            text("hello world"),
+            transcribe,
+            &spilled,
+            "hello world",
         ),
         kind(
             "malformed JSON",
