@@ -18,6 +18,7 @@
 //! are replayable: fallback sends them again too).
 
 use std::future::poll_fn;
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
@@ -37,10 +38,31 @@ use tokio::net::TcpStream;
 use tower_service::Service;
 
 use crate::body::{OutBody, Segment};
-use crate::h1::{self, Conn, Decoder, ExchangeError, HeaderSource};
+use crate::h1::{self, send_file, Conn, Decoder, ExchangeError, HeaderSource, SendFile};
 
 /// An upstream connection's byte stream: TCP, or TLS over TCP.
 type Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
+
+/// A plain connection sends spilled request bytes with `sendfile`; over TLS they are read
+/// and encrypted.
+impl SendFile for Io {
+    fn can_send_file(&self) -> bool {
+        matches!(self.inner(), MaybeHttpsStream::Http(_))
+    }
+
+    fn poll_send_file(
+        &mut self,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        match self.inner() {
+            MaybeHttpsStream::Http(tcp) => send_file(tcp.inner(), cx, file, offset, len),
+            MaybeHttpsStream::Https(_) => Poll::Ready(Err(io::ErrorKind::Unsupported.into())),
+        }
+    }
+}
 
 /// A kept HTTP/1 connection. Boxed: with its TLS state inline it is over a kilobyte,
 /// and it moves from the idle list to a request to its response body and back.

@@ -34,6 +34,7 @@ use http::{Method, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::body::Segment;
+use crate::spool::FileRange;
 
 /// The most an answer's head (status line and headers) may take.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -52,6 +53,8 @@ const COALESCE: usize = 16 * 1024;
 const FIRST_READ: usize = 64 * 1024;
 const MAX_READ: usize = 64 * 1024;
 const MIN_READ: usize = 4 * 1024;
+/// The most of a spill file one `sendfile` call is asked for.
+const SEND_FILE_CHUNK: u64 = 1024 * 1024;
 
 /// An HTTP/1.1 connection to an upstream, between exchanges or during one.
 pub struct Conn<T> {
@@ -196,15 +199,97 @@ pub fn is_request_target(target: &str) -> bool {
     !target.is_empty() && target.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// A byte stream that can send a file's bytes without voxgate reading them first.
+pub trait SendFile {
+    /// Whether [`SendFile::poll_send_file`] works on this stream.
+    fn can_send_file(&self) -> bool {
+        false
+    }
+
+    /// Sends up to `len` bytes of `file` from `offset`; the count sent.
+    fn poll_send_file(
+        &mut self,
+        _cx: &mut Context<'_>,
+        _file: &std::fs::File,
+        _offset: u64,
+        _len: usize,
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
+    }
+}
+
+impl SendFile for tokio::net::TcpStream {
+    fn can_send_file(&self) -> bool {
+        true
+    }
+
+    fn poll_send_file(
+        &mut self,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        send_file(self, cx, file, offset, len)
+    }
+}
+
+/// `sendfile(2)` from `file` to `socket` once the socket can take bytes: the kernel passes
+/// the file's pages on without a copy through voxgate's memory.
+///
+/// The file is a spill file written moments before, so its pages are in the page cache
+/// and the call does not wait on the disk (it would, on the serving thread, only if
+/// memory pressure had evicted them: nginx sends its buffered request bodies the same
+/// way).
+pub fn send_file(
+    socket: &tokio::net::TcpStream,
+    cx: &mut Context<'_>,
+    file: &std::fs::File,
+    offset: u64,
+    len: usize,
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(socket.poll_write_ready(cx))?;
+        let mut at = offset;
+        let sent = socket.try_io(tokio::io::Interest::WRITABLE, || {
+            rustix::fs::sendfile(socket, file, Some(&mut at), len).map_err(io::Error::from)
+        });
+        match sent {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return Poll::Ready(result),
+        }
+    }
+}
+
+/// A piece of a request body: bytes, or a range of a spill file that the stream sends
+/// itself ([`SendFile`]).
+enum Piece {
+    Bytes(Bytes),
+    File(FileRange),
+}
+
+impl Piece {
+    fn len(&self) -> u64 {
+        match self {
+            Piece::Bytes(b) => b.len() as u64,
+            Piece::File(f) => f.len,
+        }
+    }
+}
+
 /// The request being written: the piece in hand, the one after it, then the segments
 /// still to go.
 struct Outgoing {
     pending: Bytes,
+    /// A spilled range being sent with [`SendFile`]; `pending` is empty meanwhile.
+    sending: Option<FileRange>,
     /// The next piece, read ahead: a spooled piece may have to be read from disk, and
     /// reading it while the one before it is written keeps the socket busy.
-    next: Option<Bytes>,
+    next: Option<Piece>,
     segments: std::vec::IntoIter<Segment>,
     spool: Option<BoxStream<'static, io::Result<Bytes>>>,
+    /// The spilled part of the spool range being streamed, sent once its memory part is.
+    spilled: Option<FileRange>,
     /// Body bytes still to come from the segments: what the Content-Length promised.
     /// A segment that yields more or fewer is an error, not a desynchronised connection.
     left: u64,
@@ -233,21 +318,24 @@ impl Outgoing {
         let left = segments.as_slice().iter().map(Segment::len).sum();
         Outgoing {
             pending: Bytes::from(head),
+            sending: None,
             next: None,
             left,
             segments,
             spool: None,
+            spilled: None,
             ended: false,
             flushed: false,
         }
     }
 
-    /// The piece after the last one taken; `None` when there are no more.
-    fn poll_piece(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
-        let piece = ready!(self.poll_segments(cx))?;
+    /// The piece after the last one taken; `None` when there are no more. With `files`,
+    /// spilled ranges come as [`Piece::File`], else as bytes read from the file.
+    fn poll_piece(&mut self, cx: &mut Context<'_>, files: bool) -> Poll<io::Result<Option<Piece>>> {
+        let piece = ready!(self.poll_segments(cx, files))?;
         // Counted against the Content-Length sent, so that a miscount fails here instead
         // of leaving the upstream waiting, or reading our extra bytes as a request.
-        let len = piece.as_ref().map_or(0, |p| p.len() as u64);
+        let len = piece.as_ref().map_or(0, Piece::len);
         match self.left.checked_sub(len) {
             Some(left) if piece.is_some() || left == 0 => {
                 self.left = left;
@@ -259,17 +347,29 @@ impl Outgoing {
         }
     }
 
-    fn poll_segments(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+    fn poll_segments(
+        &mut self,
+        cx: &mut Context<'_>,
+        files: bool,
+    ) -> Poll<io::Result<Option<Piece>>> {
         loop {
             if let Some(spool) = &mut self.spool {
                 match ready!(spool.poll_next_unpin(cx)) {
-                    Some(piece) => return Poll::Ready(piece.map(Some)),
+                    Some(piece) => return Poll::Ready(piece.map(|b| Some(Piece::Bytes(b)))),
                     None => self.spool = None,
                 }
                 continue;
             }
+            if let Some(file) = self.spilled.take() {
+                return Poll::Ready(Ok(Some(Piece::File(file))));
+            }
             match self.segments.next() {
-                Some(Segment::Bytes(bytes)) => return Poll::Ready(Ok(Some(bytes))),
+                Some(Segment::Bytes(bytes)) => return Poll::Ready(Ok(Some(Piece::Bytes(bytes)))),
+                Some(Segment::Spool(spool, range)) if files => {
+                    let (memory, spilled) = spool.split(range);
+                    self.spool = Some(spool.stream(memory).boxed());
+                    self.spilled = spilled;
+                }
                 Some(Segment::Spool(spool, range)) => {
                     self.spool = Some(spool.stream(range).boxed())
                 }
@@ -280,14 +380,15 @@ impl Outgoing {
 
     /// Writes until all is written (`Ready(Ok)`), the socket is full or a spooled piece
     /// is being read (`Pending`), or writing fails.
-    fn poll_write<T: AsyncWrite + Unpin>(
+    fn poll_write<T: AsyncWrite + SendFile + Unpin>(
         &mut self,
         io: &mut T,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), WriteError>> {
+        let files = io.can_send_file();
         loop {
             if self.next.is_none() && !self.ended {
-                match self.poll_piece(cx) {
+                match self.poll_piece(cx, files) {
                     Poll::Ready(Ok(Some(piece))) => self.next = Some(piece),
                     Poll::Ready(Ok(None)) => self.ended = true,
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(WriteError::Local(e))),
@@ -295,9 +396,26 @@ impl Outgoing {
                     Poll::Pending => {}
                 }
             }
+            if let Some(file) = &mut self.sending {
+                let want = file.len.min(SEND_FILE_CHUNK) as usize;
+                let n = ready!(io.poll_send_file(cx, file.file(), file.offset, want))
+                    .map_err(WriteError::Io)?;
+                if n == 0 {
+                    let e =
+                        io::Error::new(io::ErrorKind::UnexpectedEof, "the spill file ended early");
+                    return Poll::Ready(Err(WriteError::Local(e)));
+                }
+                file.offset += n as u64;
+                file.len -= n as u64;
+                if file.len == 0 {
+                    self.sending = None;
+                }
+                continue;
+            }
             if self.pending.is_empty() {
                 match self.next.take() {
-                    Some(piece) => self.pending = piece,
+                    Some(Piece::Bytes(piece)) => self.pending = piece,
+                    Some(Piece::File(file)) => self.sending = Some(file),
                     None if self.ended => {
                         if !self.flushed {
                             ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(WriteError::Io)?;
@@ -311,7 +429,7 @@ impl Outgoing {
             }
             // Both pieces in one system call when the stream can take them so.
             let n = match &self.next {
-                Some(next) if io.is_write_vectored() => {
+                Some(Piece::Bytes(next)) if io.is_write_vectored() => {
                     let both = [io::IoSlice::new(&self.pending), io::IoSlice::new(next)];
                     ready!(Pin::new(&mut *io).poll_write_vectored(cx, &both))
                 }
@@ -323,8 +441,14 @@ impl Outgoing {
             }
             if n >= self.pending.len() {
                 let into_next = n - self.pending.len();
-                self.pending = self.next.take().unwrap_or_default();
-                self.pending.advance(into_next);
+                self.pending = Bytes::new();
+                // Only a vectored write reaches into the next piece, and only into bytes.
+                if into_next > 0 {
+                    if let Some(Piece::Bytes(mut next)) = self.next.take() {
+                        next.advance(into_next);
+                        self.pending = next;
+                    }
+                }
             } else {
                 self.pending.advance(n);
             }
@@ -332,7 +456,7 @@ impl Outgoing {
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
+impl<T: AsyncRead + AsyncWrite + SendFile + Unpin> Conn<T> {
     pub fn new(io: T) -> Conn<T> {
         Conn {
             io,
@@ -801,6 +925,60 @@ mod tests {
         std::sync::Arc::new(writer.finish().await.unwrap())
     }
 
+    impl SendFile for DuplexStream {}
+
+    /// A TCP stream that counts the bytes it sent with `sendfile`.
+    struct Counting {
+        tcp: tokio::net::TcpStream,
+        by_file: u64,
+    }
+
+    impl AsyncRead for Counting {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.tcp).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counting {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.tcp).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.tcp).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.tcp).poll_shutdown(cx)
+        }
+    }
+
+    impl SendFile for Counting {
+        fn can_send_file(&self) -> bool {
+            true
+        }
+
+        fn poll_send_file(
+            &mut self,
+            cx: &mut Context<'_>,
+            file: &std::fs::File,
+            offset: u64,
+            len: usize,
+        ) -> Poll<io::Result<usize>> {
+            let n = ready!(self.tcp.poll_send_file(cx, file, offset, len))?;
+            self.by_file += n as u64;
+            Poll::Ready(Ok(n))
+        }
+    }
+
     async fn body(conn: &mut Conn<DuplexStream>, decoder: &mut Decoder) -> io::Result<Vec<u8>> {
         let mut all = Vec::new();
         while let Some(piece) = poll_fn(|cx| conn.poll_data(decoder, cx)).await {
@@ -1053,7 +1231,7 @@ mod tests {
 
     /// A body of small and large pieces and of replay-store ranges, partly spilled to
     /// disk, arrives whole and in order over a real socket (where pieces are written two
-    /// at a time).
+    /// at a time, and the spilled bytes go with `sendfile`, unread).
     #[tokio::test]
     async fn every_kind_of_segment_arrives_in_order_over_tcp() {
         let audio: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
@@ -1098,13 +1276,17 @@ mod tests {
                 .unwrap();
             got.split_off(body_start)
         });
-        let mut conn = Conn::new(tokio::net::TcpStream::connect(address).await.unwrap());
+        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        let mut conn = Conn::new(Counting { tcp, by_file: 0 });
         let answer = conn.exchange(head(len), segments, false).await.unwrap();
         assert_eq!(answer.status, StatusCode::NO_CONTENT);
         assert!(answer.reusable);
         let got = upstream.await.unwrap();
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "the body arrived changed");
+        // The spool kept five whole 200,000-byte pieces in its 1 MiB of memory; the
+        // rest was spilled, and went by `sendfile`.
+        assert_eq!(conn.io.by_file, 3_000_000 - 5 * 200_000);
     }
 
     /// A server that sends a success head before it has read the upload (and its body

@@ -270,6 +270,20 @@ impl Drop for SpillFile {
     }
 }
 
+/// Bytes `offset..offset + len` of a spool's spill file.
+#[derive(Debug, Clone)]
+pub struct FileRange {
+    file: Arc<SpillFile>,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl FileRange {
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
 /// A finished, immutable request body: memory first, then the spilled rest.
 #[derive(Debug)]
 pub struct Spool {
@@ -292,6 +306,24 @@ impl Spool {
     /// Whether part of the body went to disk.
     pub fn spilled(&self) -> bool {
         self.file.is_some()
+    }
+
+    /// `range` split where memory ends: the part held in memory (for [`Spool::stream`])
+    /// and the spilled part, if any, as a range of the spill file.
+    pub fn split(&self, range: Range<u64>) -> (Range<u64>, Option<FileRange>) {
+        let end = range.end.min(self.len());
+        let start = range.start.min(end);
+        let memory = start.min(self.memory_len)..end.min(self.memory_len);
+        let spilled = start.max(self.memory_len)..end;
+        let file = match &self.file {
+            Some(file) if !spilled.is_empty() => Some(FileRange {
+                file: file.clone(),
+                offset: spilled.start - self.memory_len,
+                len: spilled.end - spilled.start,
+            }),
+            _ => None,
+        };
+        (memory, file)
     }
 
     /// The bytes in `range`, as a stream of chunks.
