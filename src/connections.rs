@@ -18,7 +18,6 @@
 //! are replayable: fallback sends them again too).
 
 use std::future::poll_fn;
-use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
@@ -38,28 +37,18 @@ use tokio::net::TcpStream;
 use tower_service::Service;
 
 use crate::body::{OutBody, Segment};
-use crate::h1::{self, send_file, Conn, Decoder, ExchangeError, HeaderSource, SendFile};
+use crate::h1::{self, Conn, Decoder, ExchangeError, HeaderSource, SendFile};
 
 /// An upstream connection's byte stream: TCP, or TLS over TCP.
 type Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
 
-/// A plain connection sends spilled request bytes with `sendfile`; over TLS they are read
+/// A plain connection takes spilled request bytes with `sendfile`; over TLS they are read
 /// and encrypted.
 impl SendFile for Io {
-    fn can_send_file(&self) -> bool {
-        matches!(self.inner(), MaybeHttpsStream::Http(_))
-    }
-
-    fn poll_send_file(
-        &mut self,
-        cx: &mut Context<'_>,
-        file: &std::fs::File,
-        offset: u64,
-        len: usize,
-    ) -> Poll<io::Result<usize>> {
+    fn plain_tcp(&self) -> Option<&TcpStream> {
         match self.inner() {
-            MaybeHttpsStream::Http(tcp) => send_file(tcp.inner(), cx, file, offset, len),
-            MaybeHttpsStream::Https(_) => Poll::Ready(Err(io::ErrorKind::Unsupported.into())),
+            MaybeHttpsStream::Http(tcp) => Some(tcp.inner()),
+            MaybeHttpsStream::Https(_) => None,
         }
     }
 }

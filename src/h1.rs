@@ -199,38 +199,18 @@ pub fn is_request_target(target: &str) -> bool {
     !target.is_empty() && target.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// A byte stream that can send a file's bytes without voxgate reading them first.
+/// A connection's byte stream, asked whether spilled request bytes can go to it with
+/// `sendfile`: they can when it is a TCP socket with nothing (TLS) between it and them.
 pub trait SendFile {
-    /// Whether [`SendFile::poll_send_file`] works on this stream.
-    fn can_send_file(&self) -> bool {
-        false
-    }
-
-    /// Sends up to `len` bytes of `file` from `offset`; the count sent.
-    fn poll_send_file(
-        &mut self,
-        _cx: &mut Context<'_>,
-        _file: &std::fs::File,
-        _offset: u64,
-        _len: usize,
-    ) -> Poll<io::Result<usize>> {
-        Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
+    /// The TCP socket that takes this stream's bytes as they are, if there is one.
+    fn plain_tcp(&self) -> Option<&tokio::net::TcpStream> {
+        None
     }
 }
 
 impl SendFile for tokio::net::TcpStream {
-    fn can_send_file(&self) -> bool {
-        true
-    }
-
-    fn poll_send_file(
-        &mut self,
-        cx: &mut Context<'_>,
-        file: &std::fs::File,
-        offset: u64,
-        len: usize,
-    ) -> Poll<io::Result<usize>> {
-        send_file(self, cx, file, offset, len)
+    fn plain_tcp(&self) -> Option<&tokio::net::TcpStream> {
+        Some(self)
     }
 }
 
@@ -241,7 +221,7 @@ impl SendFile for tokio::net::TcpStream {
 /// and the call does not wait on the disk (it would, on the serving thread, only if
 /// memory pressure had evicted them: nginx sends its buffered request bodies the same
 /// way).
-pub fn send_file(
+fn send_file(
     socket: &tokio::net::TcpStream,
     cx: &mut Context<'_>,
     file: &std::fs::File,
@@ -385,7 +365,7 @@ impl Outgoing {
         io: &mut T,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), WriteError>> {
-        let files = io.can_send_file();
+        let files = io.plain_tcp().is_some();
         loop {
             if self.next.is_none() && !self.ended {
                 match self.poll_piece(cx, files) {
@@ -398,7 +378,10 @@ impl Outgoing {
             }
             if let Some(file) = &mut self.sending {
                 let want = file.len.min(SEND_FILE_CHUNK) as usize;
-                let n = ready!(io.poll_send_file(cx, file.file(), file.offset, want))
+                let socket = io.plain_tcp().ok_or_else(|| {
+                    WriteError::Local(io::Error::other("no socket to send the spill file to"))
+                })?;
+                let n = ready!(send_file(socket, cx, file.file(), file.offset, want))
                     .map_err(WriteError::Io)?;
                 if n == 0 {
                     let e =
@@ -927,10 +910,11 @@ mod tests {
 
     impl SendFile for DuplexStream {}
 
-    /// A TCP stream that counts the bytes it sent with `sendfile`.
+    /// A TCP stream that counts the bytes written to it through `AsyncWrite`: what
+    /// `sendfile` sends passes it by.
     struct Counting {
         tcp: tokio::net::TcpStream,
-        by_file: u64,
+        written: u64,
     }
 
     impl AsyncRead for Counting {
@@ -949,7 +933,9 @@ mod tests {
             cx: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            Pin::new(&mut self.tcp).poll_write(cx, buf)
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, buf))?;
+            self.written += n as u64;
+            Poll::Ready(Ok(n))
         }
 
         fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -962,20 +948,8 @@ mod tests {
     }
 
     impl SendFile for Counting {
-        fn can_send_file(&self) -> bool {
-            true
-        }
-
-        fn poll_send_file(
-            &mut self,
-            cx: &mut Context<'_>,
-            file: &std::fs::File,
-            offset: u64,
-            len: usize,
-        ) -> Poll<io::Result<usize>> {
-            let n = ready!(self.tcp.poll_send_file(cx, file, offset, len))?;
-            self.by_file += n as u64;
-            Poll::Ready(Ok(n))
+        fn plain_tcp(&self) -> Option<&tokio::net::TcpStream> {
+            Some(&self.tcp)
         }
     }
 
@@ -1277,7 +1251,7 @@ mod tests {
             got.split_off(body_start)
         });
         let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
-        let mut conn = Conn::new(Counting { tcp, by_file: 0 });
+        let mut conn = Conn::new(Counting { tcp, written: 0 });
         let answer = conn.exchange(head(len), segments, false).await.unwrap();
         assert_eq!(answer.status, StatusCode::NO_CONTENT);
         assert!(answer.reusable);
@@ -1285,8 +1259,9 @@ mod tests {
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "the body arrived changed");
         // The spool kept five whole 200,000-byte pieces in its 1 MiB of memory; the
-        // rest was spilled, and went by `sendfile`.
-        assert_eq!(conn.io.by_file, 3_000_000 - 5 * 200_000);
+        // rest was spilled, and went by `sendfile`, not through `AsyncWrite`.
+        let spilled = 3_000_000 - 5 * 200_000;
+        assert_eq!(conn.io.written, head(len).len() as u64 + len - spilled);
     }
 
     /// A server that sends a success head before it has read the upload (and its body
