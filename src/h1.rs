@@ -347,7 +347,9 @@ impl Outgoing {
                 Some(Segment::Bytes(bytes)) => return Poll::Ready(Ok(Some(Piece::Bytes(bytes)))),
                 Some(Segment::Spool(spool, range)) if files => {
                     let (memory, spilled) = spool.split(range);
-                    self.spool = Some(spool.stream(memory).boxed());
+                    if !memory.is_empty() {
+                        self.spool = Some(spool.stream(memory).boxed());
+                    }
                     self.spilled = spilled;
                 }
                 Some(Segment::Spool(spool, range)) => {

@@ -21,14 +21,16 @@ use serde_json::json;
 use support::daemon::{start_with, stop_with_sigterm};
 use support::engines::{openai, whisper_cpp_at, OPENAI_AUDIO};
 use support::{
-    client, form, form_content_type, full_body, noise, parse_form, refused_addr, Received, Reply,
-    Scripted,
+    client, form, form_content_type, full_body, noise, parse_form, post, refused_addr,
+    speech_request, Received, Reply, Scripted,
 };
 
 /// Size of a whole speech answer, and of each piece of a streamed one.
 const SPEECH: usize = 32 * 1024;
 const PIECE: usize = 4 * 1024;
 const PIECES: usize = 4;
+/// Over the default replay memory of one request (4 MiB): kept on disk for a fallback.
+const SPILLED: usize = 6 * 1024 * 1024;
 
 /// A Kokoro-like or plain speech engine that answers at once: 32 KiB of audio, or, for an
 /// input starting with "stream", four 4 KiB chunks 2 ms apart.
@@ -147,10 +149,7 @@ fn kind(
 }
 
 fn speech(base: &str, body: serde_json::Value) -> Request<support::TestBody> {
-    Request::post(format!("{base}/v1/audio/speech"))
-        .header("content-type", "application/json")
-        .body(full_body(body.to_string()))
-        .unwrap()
+    speech_request(&format!("{base}/v1/audio/speech"), body)
 }
 
 /// A transcription or translation form as openai-node sends it: the file first.
@@ -160,10 +159,8 @@ fn upload(base: &str, endpoint: &str, file: &Bytes, format: &str) -> Request<sup
         ("model", None, b"whisper-1"),
         ("response_format", None, format.as_bytes()),
     ]);
-    Request::post(format!("{base}/v1/audio/{endpoint}"))
-        .header("content-type", form_content_type())
-        .body(full_body(body))
-        .unwrap()
+    let url = format!("{base}/v1/audio/{endpoint}");
+    post(&url, &form_content_type(), full_body(body))
 }
 
 fn audio(len: usize) -> impl Fn(u16, &[u8]) -> bool {
@@ -208,8 +205,7 @@ fn uploading(
 fn kinds(scale: usize) -> Vec<Kind> {
     let small = Bytes::from(noise(64 * 1024));
     let large = Bytes::from(noise(1024 * 1024));
-    // Over the default replay memory of one request (4 MiB): kept on disk for a fallback.
-    let spilled = Bytes::from(noise(6 * 1024 * 1024));
+    let spilled = Bytes::from(noise(SPILLED));
     let voices = ["af_bella", "alloy", "af_bella(2)+af_sky", "am_adam"];
     let hello = |model: &str, voice: &str| json!({ "model": model, "input": "Hello there.", "voice": voice, "response_format": "pcm" });
     let transcribe = ("transcriptions", "json");
@@ -301,10 +297,12 @@ fn kinds(scale: usize) -> Vec<Kind> {
             50 * scale,
             4,
             |b, _| {
-                Request::post(format!("{b}/v1/audio/speech"))
-                    .header("content-type", "application/json")
-                    .body(full_body(r#"{"model": "tts-1", "input": "#))
-                    .unwrap()
+                let url = format!("{b}/v1/audio/speech");
+                post(
+                    &url,
+                    "application/json",
+                    full_body(r#"{"model": "tts-1", "input": "#),
+                )
             },
             |status, body| status == 400 && String::from_utf8_lossy(body).contains("\"error\""),
         ),
@@ -420,17 +418,17 @@ async fn a_mixed_workload_through_the_daemon_is_answered_right() {
     assert_eq!(speech(&plain), 600 * scale);
     assert_eq!(speech(&busy), 100 * scale);
     // The uploads spilled to disk went on whole.
-    let file = noise(6 * 1024 * 1024);
+    let sent = noise(SPILLED);
     let spilled: Vec<Received> = whisper
         .received()
         .into_iter()
-        .filter(|r| r.body.len() > file.len())
+        .filter(|r| r.body.len() > SPILLED)
         .collect();
     assert_eq!(spilled.len(), 3 * scale);
     for r in &spilled {
         let parts = parse_form(r).await;
         assert!(parts
             .iter()
-            .any(|(name, _, bytes)| name == "file" && bytes[..] == file[..]));
+            .any(|(name, _, bytes)| name == "file" && bytes[..] == sent[..]));
     }
 }
