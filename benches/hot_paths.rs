@@ -14,10 +14,10 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use http::{header, HeaderMap, HeaderValue, Method};
 use http_body_util::Full;
 use voxgate::config::Config;
-use voxgate::intake::{read_form, read_json, IntakeLimits};
-use voxgate::payload::Edits;
+use voxgate::request::intake::{read_form, read_json, IntakeLimits};
+use voxgate::request::payload::Edits;
+use voxgate::request::replay::{MemoryBudget, ReplayLimits};
 use voxgate::route::{Endpoint, RequestFacts, Router};
-use voxgate::spool::{MemoryBudget, SpoolLimits};
 
 fn router(routes: usize) -> Router {
     let mut text = String::from("[upstreams.a]\nurl = \"http://127.0.0.1:1\"\n");
@@ -58,7 +58,7 @@ fn limits() -> IntakeLimits {
         max_body_bytes: 32 << 20,
         max_json_bytes: 1 << 20,
         idle_timeout: Duration::from_secs(30),
-        spool: SpoolLimits {
+        replay: ReplayLimits {
             memory_per_request: 64 << 20,
             budget: Arc::new(MemoryBudget::new(64 << 20)),
             spill_dir: None,

@@ -1,24 +1,16 @@
-//! Body types: what voxgate sends to clients ([`ProxyBody`]) and to upstreams ([`OutBody`]).
-//!
-//! An [`OutBody`] is built from [`Segment`]s: small rewritten pieces (`Bytes`) and ranges of
-//! the request's replay [`Spool`], so the audio of an upload is never copied to be re-sent.
-//! It always knows its exact length, which becomes the upstream request's Content-Length.
+//! Response body types: what voxgate sends to clients ([`ProxyBody`]), the tiny
+//! [`full`] and [`empty`] helpers, and [`IdleTimeout`], which fails a stalled upstream body.
 
 use std::error::Error as StdError;
 use std::future::Future;
-use std::io;
-use std::ops::Range;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{self, BoxStream, StreamExt};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 
-use crate::spool::Spool;
 use tokio::time::{Instant, Sleep};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -34,83 +26,6 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
 
 pub fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed()
-}
-
-/// A piece of an outgoing request body.
-#[derive(Debug, Clone)]
-pub enum Segment {
-    Bytes(Bytes),
-    Spool(Arc<Spool>, Range<u64>),
-}
-
-impl Segment {
-    pub fn len(&self) -> u64 {
-        match self {
-            Segment::Bytes(b) => b.len() as u64,
-            Segment::Spool(_, r) => r.end - r.start,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// A request body for one attempt at one upstream; replayable by building another.
-pub struct OutBody {
-    stream: BoxStream<'static, io::Result<Bytes>>,
-    remaining: u64,
-}
-
-impl OutBody {
-    pub fn new(segments: Vec<Segment>) -> OutBody {
-        let remaining = segments.iter().map(Segment::len).sum();
-        let stream = stream::iter(segments)
-            .flat_map(|segment| match segment {
-                Segment::Bytes(b) => stream::once(async move { Ok(b) }).boxed(),
-                Segment::Spool(spool, range) => spool.stream(range).boxed(),
-            })
-            .boxed();
-        OutBody { stream, remaining }
-    }
-
-    pub fn empty() -> OutBody {
-        OutBody::new(Vec::new())
-    }
-}
-
-impl Body for OutBody {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        if self.remaining == 0 {
-            return Poll::Ready(None);
-        }
-        match self.stream.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(bytes))) => {
-                self.remaining = self.remaining.saturating_sub(bytes.len() as u64);
-                Poll::Ready(Some(Ok(Frame::data(bytes))))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-            Poll::Ready(None) => Poll::Ready(Some(Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "replay body ended early",
-            )))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.remaining == 0
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.remaining)
-    }
 }
 
 /// A body that fails if no frame arrives for `limit`: a stalled upstream stream becomes an
@@ -192,27 +107,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::{MemoryBudget, SpoolLimits, SpoolWriter};
-
-    #[tokio::test]
-    async fn segments_are_concatenated_and_sized() {
-        let mut w = SpoolWriter::new(SpoolLimits {
-            memory_per_request: 4,
-            budget: Arc::new(MemoryBudget::new(1024)),
-            spill_dir: None,
-        });
-        w.push(Bytes::from_static(b"0123")).await.unwrap();
-        w.push(Bytes::from_static(b"456789")).await.unwrap();
-        let spool = Arc::new(w.finish().await.unwrap());
-        let body = OutBody::new(vec![
-            Segment::Bytes(Bytes::from_static(b"<")),
-            Segment::Spool(spool.clone(), 2..8),
-            Segment::Bytes(Bytes::from_static(b">")),
-        ]);
-        assert_eq!(body.size_hint().exact(), Some(8));
-        let bytes = body.collect().await.unwrap().to_bytes();
-        assert_eq!(&bytes[..], b"<234567>");
-    }
+    use futures_util::stream;
+    use std::io;
 
     #[tokio::test(start_paused = true)]
     async fn a_stalled_body_fails_after_the_idle_limit_but_a_slow_one_does_not() {

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 use voxgate::config::{Config, LogFormat, DEFAULT_TOML};
-use voxgate::proxy::Gateway;
+use voxgate::gateway::Gateway;
 
 /// jemalloc instead of glibc's malloc: 9 % fewer instructions per small request (malloc
 /// and free were a fifth of them), idle RSS 8.7 MiB, upload peaks no higher

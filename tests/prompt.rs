@@ -17,19 +17,19 @@ async fn check() {
     ))
     .await;
 
-    let before = voxgate::prompt::taken();
+    let before = voxgate::server::inline_wake::taken();
     for _ in 0..3 {
         let speech = json!({"model": "tts-1", "input": "Hello", "voice": "alloy"});
         let answer = send(speech_request(&proxy.url("/v1/audio/speech"), speech)).await;
         assert_eq!(answer.status, 200);
     }
-    let taken = voxgate::prompt::taken() - before;
+    let taken = voxgate::server::inline_wake::taken() - before;
     assert!(
         taken >= 3,
         "{taken} wake-ups taken at once for 3 small requests"
     );
 
-    let before = voxgate::prompt::taken();
+    let before = voxgate::server::inline_wake::taken();
     let audio = vec![7u8; 1 << 20];
     let body = form(&[
         ("file", Some("a.wav"), &audio),
@@ -42,7 +42,7 @@ async fn check() {
         "the upload went through whole"
     );
     assert_eq!(
-        voxgate::prompt::taken(),
+        voxgate::server::inline_wake::taken(),
         before,
         "an upload's hand-overs go through the run queue"
     );

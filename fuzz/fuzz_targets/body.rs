@@ -11,18 +11,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use voxgate::intake::{read_form, read_json, IntakeLimits};
-use voxgate::kind::{Convert, Dialect, Kind};
-use voxgate::payload::{Edits, Payload};
+use voxgate::request::intake::{read_form, read_json, IntakeLimits};
+use voxgate::engine::dialect::{Convert, Dialect, Kind};
+use voxgate::request::payload::{Edits, Payload};
 use voxgate::route::Endpoint;
-use voxgate::spool::{MemoryBudget, SpoolLimits};
+use voxgate::request::replay::{MemoryBudget, ReplayLimits};
 
 fn limits() -> IntakeLimits {
     IntakeLimits {
         max_body_bytes: 1 << 20,
         max_json_bytes: 1 << 16,
         idle_timeout: Duration::from_secs(5),
-        spool: SpoolLimits {
+        replay: ReplayLimits {
             memory_per_request: 1 << 12,
             budget: Arc::new(MemoryBudget::new(1 << 16)),
             spill_dir: None,

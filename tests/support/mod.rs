@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use voxgate::config::Config;
-use voxgate::proxy::Gateway;
+use voxgate::gateway::Gateway;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type TestBody = BoxBody<Bytes, BoxError>;

@@ -1,8 +1,8 @@
 //! The replay store: a request body kept so that it can be sent again to the next upstream.
 //!
 //! Bytes are kept in memory while both the per-request and the process-wide budgets allow,
-//! and go to an unlinked temporary file after that. A [`Spool`] is written once, by the
-//! intake, and then read any number of times, concurrently, as [`Spool::stream`]s: memory
+//! and go to an unlinked temporary file after that. A [`Replay`] is written once, by the
+//! intake, and then read any number of times, concurrently, as [`Replay::stream`]s: memory
 //! chunks are handed out as `Bytes` clones (no copy), file ranges are read with positional
 //! reads so readers never share a file offset.
 
@@ -37,7 +37,7 @@ impl MemoryBudget {
         }
     }
 
-    /// Bytes currently held in memory by spools.
+    /// Bytes currently held in memory by replays.
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
     }
@@ -68,15 +68,15 @@ impl Drop for Reservation {
     }
 }
 
-/// Limits for one request's spool.
+/// Limits for one request's replay.
 #[derive(Debug, Clone)]
-pub struct SpoolLimits {
+pub struct ReplayLimits {
     pub memory_per_request: u64,
     pub budget: Arc<MemoryBudget>,
     pub spill_dir: Option<PathBuf>,
 }
 
-/// Builds a [`Spool`] from the chunks of a body as they arrive.
+/// Builds a [`Replay`] from the chunks of a body as they arrive.
 ///
 /// Chunks of [`KEEP_WHOLE`] bytes or more are kept as they are (a `Bytes` clone: an upload
 /// is not copied once more on its way through); smaller ones are copied into one staging
@@ -85,8 +85,8 @@ pub struct SpoolLimits {
 /// buffer. Pending pieces are sealed together once they reach [`BLOCK`] bytes (spilled
 /// data: [`FILE_CHUNK`], one write per seal).
 #[derive(Debug)]
-pub struct SpoolWriter {
-    limits: SpoolLimits,
+pub struct ReplayWriter {
+    limits: ReplayLimits,
     memory: Vec<Bytes>,
     reservation: Reservation,
     file: Option<Arc<SpillFile>>,
@@ -105,13 +105,13 @@ pub struct SpoolWriter {
 /// client that sends its body in small pieces cannot make many times its budget live.
 const KEEP_WHOLE: usize = 128 * 1024;
 
-impl SpoolWriter {
-    pub fn new(limits: SpoolLimits) -> SpoolWriter {
+impl ReplayWriter {
+    pub fn new(limits: ReplayLimits) -> ReplayWriter {
         let reservation = Reservation {
             budget: limits.budget.clone(),
             bytes: 0,
         };
-        SpoolWriter {
+        ReplayWriter {
             limits,
             memory: Vec::new(),
             reservation,
@@ -223,9 +223,9 @@ impl SpoolWriter {
         Ok(())
     }
 
-    pub async fn finish(mut self) -> io::Result<Spool> {
+    pub async fn finish(mut self) -> io::Result<Replay> {
         self.seal().await?;
-        let SpoolWriter {
+        let ReplayWriter {
             memory,
             reservation,
             file,
@@ -233,7 +233,7 @@ impl SpoolWriter {
             ..
         } = self;
         let memory_len = reservation.bytes;
-        Ok(Spool {
+        Ok(Replay {
             memory,
             memory_len,
             file,
@@ -243,7 +243,7 @@ impl SpoolWriter {
     }
 }
 
-/// A spill file, shared by the writer, the finished spool and reads in flight. Closing
+/// A spill file, shared by the writer, the finished replay and reads in flight. Closing
 /// it frees its blocks, which takes a while for a large one: the last holder to let go
 /// hands the close to a blocking thread instead of the thread serving requests (with
 /// `threads = 1`, the one thread serving all of them).
@@ -270,7 +270,7 @@ impl Drop for SpillFile {
     }
 }
 
-/// Bytes `offset..offset + len` of a spool's spill file.
+/// Bytes `offset..offset + len` of a replay's spill file.
 #[derive(Debug, Clone)]
 pub struct FileRange {
     file: Arc<SpillFile>,
@@ -286,7 +286,7 @@ impl FileRange {
 
 /// A finished, immutable request body: memory first, then the spilled rest.
 #[derive(Debug)]
-pub struct Spool {
+pub struct Replay {
     memory: Vec<Bytes>,
     memory_len: u64,
     file: Option<Arc<SpillFile>>,
@@ -294,7 +294,7 @@ pub struct Spool {
     _reservation: Reservation,
 }
 
-impl Spool {
+impl Replay {
     pub fn len(&self) -> u64 {
         self.memory_len + self.file_len
     }
@@ -308,7 +308,7 @@ impl Spool {
         self.file.is_some()
     }
 
-    /// `range` split where memory ends: the part held in memory (for [`Spool::stream`])
+    /// `range` split where memory ends: the part held in memory (for [`Replay::stream`])
     /// and the spilled part, if any, as a range of the spill file.
     pub fn split(&self, range: Range<u64>) -> (Range<u64>, Option<FileRange>) {
         let end = range.end.min(self.len());
@@ -331,38 +331,38 @@ impl Spool {
         self: &Arc<Self>,
         range: Range<u64>,
     ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-        let spool = Arc::clone(self);
-        let end = range.end.min(spool.len());
-        // State: the spool, the position, and the memory block that holds it with the
+        let replay = Arc::clone(self);
+        let end = range.end.min(replay.len());
+        // State: the replay, the position, and the memory block that holds it with the
         // block's offset, so that each step is O(1).
         stream::try_unfold(
-            (spool, range.start, 0usize, 0u64),
-            move |(spool, pos, mut index, mut block_start)| async move {
+            (replay, range.start, 0usize, 0u64),
+            move |(replay, pos, mut index, mut block_start)| async move {
                 if pos >= end {
                     return Ok(None);
                 }
-                if pos < spool.memory_len {
-                    while block_start + spool.memory[index].len() as u64 <= pos {
-                        block_start += spool.memory[index].len() as u64;
+                if pos < replay.memory_len {
+                    while block_start + replay.memory[index].len() as u64 <= pos {
+                        block_start += replay.memory[index].len() as u64;
                         index += 1;
                     }
-                    let block = &spool.memory[index];
+                    let block = &replay.memory[index];
                     let from = (pos - block_start) as usize;
                     let to = ((end - block_start) as usize).min(block.len());
                     let piece = block.slice(from..to);
                     let next = pos + piece.len() as u64;
-                    return Ok(Some((piece, (spool, next, index, block_start))));
+                    return Ok(Some((piece, (replay, next, index, block_start))));
                 }
-                let file = spool.file.clone().ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::UnexpectedEof, "spool range out of bounds")
+                let file = replay.file.clone().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "replay range out of bounds")
                 })?;
-                let offset = pos - spool.memory_len;
+                let offset = pos - replay.memory_len;
                 let want = (end - pos).min(FILE_CHUNK as u64) as usize;
                 let piece = tokio::task::spawn_blocking(move || read_at(&file, offset, want))
                     .await
                     .map_err(io::Error::other)??;
                 let next = pos + piece.len() as u64;
-                Ok(Some((piece, (spool, next, index, block_start))))
+                Ok(Some((piece, (replay, next, index, block_start))))
             },
         )
     }
@@ -395,8 +395,8 @@ mod tests {
         (0..len).map(|i| (i * 31 % 251) as u8).collect()
     }
 
-    fn limits(per_request: u64, total: u64) -> SpoolLimits {
-        SpoolLimits {
+    fn limits(per_request: u64, total: u64) -> ReplayLimits {
+        ReplayLimits {
             memory_per_request: per_request,
             budget: Arc::new(MemoryBudget::new(total)),
             spill_dir: None,
@@ -408,7 +408,7 @@ mod tests {
         std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()
     }
 
-    /// Dropping a spilled spool does not close its file on the dropping thread: with the
+    /// Dropping a spilled replay does not close its file on the dropping thread: with the
     /// only blocking thread held up, the file stays open until that thread is free.
     #[cfg(target_os = "linux")]
     #[test]
@@ -420,13 +420,13 @@ mod tests {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let spool = fill(&limits(0, 0), &[&noise(3000)]).await;
-            assert!(spool.spilled());
-            let fd = spool.file.as_ref().unwrap().as_raw_fd();
+            let replay = fill(&limits(0, 0), &[&noise(3000)]).await;
+            assert!(replay.spilled());
+            let fd = replay.file.as_ref().unwrap().as_raw_fd();
             let target = fd_target(fd).expect("the spill file is open");
             let (release, held) = std::sync::mpsc::channel::<()>();
             let busy = tokio::task::spawn_blocking(move || held.recv());
-            drop(spool);
+            drop(replay);
             assert_eq!(
                 fd_target(fd),
                 Some(target.clone()),
@@ -445,16 +445,16 @@ mod tests {
         });
     }
 
-    async fn fill(limits: &SpoolLimits, chunks: &[&[u8]]) -> Arc<Spool> {
-        let mut w = SpoolWriter::new(limits.clone());
+    async fn fill(limits: &ReplayLimits, chunks: &[&[u8]]) -> Arc<Replay> {
+        let mut w = ReplayWriter::new(limits.clone());
         for c in chunks {
             w.push(Bytes::copy_from_slice(c)).await.unwrap();
         }
         Arc::new(w.finish().await.unwrap())
     }
 
-    async fn read(spool: &Arc<Spool>, range: Range<u64>) -> Vec<u8> {
-        let chunks: Vec<Bytes> = spool.stream(range).try_collect().await.unwrap();
+    async fn read(replay: &Arc<Replay>, range: Range<u64>) -> Vec<u8> {
+        let chunks: Vec<Bytes> = replay.stream(range).try_collect().await.unwrap();
         chunks.concat()
     }
 
@@ -496,7 +496,7 @@ mod tests {
     #[tokio::test]
     async fn tiny_chunks_are_kept_in_blocks() {
         let l = limits(1 << 20, 1 << 20);
-        let mut w = SpoolWriter::new(l.clone());
+        let mut w = ReplayWriter::new(l.clone());
         let data = noise(200_000);
         for byte in &data {
             w.push(Bytes::copy_from_slice(&[*byte])).await.unwrap();
@@ -524,7 +524,7 @@ mod tests {
     #[tokio::test]
     async fn an_abandoned_writer_returns_its_memory() {
         let l = limits(1 << 20, 1 << 20);
-        let mut w = SpoolWriter::new(l.clone());
+        let mut w = ReplayWriter::new(l.clone());
         w.push(Bytes::from(vec![1u8; BLOCK + 3])).await.unwrap();
         assert_eq!(l.budget.used(), BLOCK as u64);
         drop(w);
@@ -534,7 +534,7 @@ mod tests {
     #[tokio::test]
     async fn large_chunks_are_kept_without_a_copy() {
         let l = limits(1 << 20, 1 << 20);
-        let mut w = SpoolWriter::new(l.clone());
+        let mut w = ReplayWriter::new(l.clone());
         let big = Bytes::from(noise(KEEP_WHOLE));
         w.push(big.clone()).await.unwrap();
         w.push(big.clone()).await.unwrap();
@@ -550,7 +550,7 @@ mod tests {
     async fn mixed_chunk_sizes_keep_their_order_in_memory_and_on_disk() {
         // Small, large, small, … across the memory limit and into the spill file.
         let l = limits(3 * BLOCK as u64, 1 << 22);
-        let mut w = SpoolWriter::new(l.clone());
+        let mut w = ReplayWriter::new(l.clone());
         let data = noise(9 * BLOCK + 1234);
         let mut at = 0;
         for (i, size) in [
@@ -585,7 +585,7 @@ mod tests {
     #[tokio::test]
     async fn chunks_under_the_threshold_are_copied_to_free_their_buffer() {
         let l = limits(1 << 20, 1 << 20);
-        let mut w = SpoolWriter::new(l.clone());
+        let mut w = ReplayWriter::new(l.clone());
         let buffer = Bytes::from(noise(256 * 1024));
         // 100 KiB of a 256 KiB read buffer: kept as a slice, it would hold 2.5 times its
         // size alive.

@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use crate::connections::UpstreamBody;
+use crate::upstream::connections::UpstreamBody;
 use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::{stream, StreamExt};
@@ -25,7 +25,7 @@ use http_body_util::{BodyExt, BodyStream, Limited, StreamBody};
 
 use crate::body::{BoxError, IdleTimeout, ProxyBody};
 use crate::error::ApiError;
-use crate::forward::message_of;
+use crate::gateway::forward::message_of;
 use crate::route::Endpoint;
 
 /// Error bodies up to this size are read and rewritten.

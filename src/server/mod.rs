@@ -6,6 +6,8 @@
 //! accepting at once, lets in-flight requests and streams finish for up to the configured
 //! grace period, and then returns, dropping whatever is left.
 
+pub mod inline_wake;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,9 +21,9 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::access::{Listener, Origin};
-use crate::prompt::Prompt;
-use crate::proxy::{overloaded, Gateway};
+use crate::gateway::{overloaded, Gateway};
+use crate::server::inline_wake::Prompt;
+use crate::telemetry::access_log::{Listener, Origin};
 use tokio::sync::Semaphore;
 
 /// Serves a connection over the limit: every request gets 503 with `retry-after`, and the
@@ -82,7 +84,7 @@ async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(server.header_read_timeout)
-        // Also bounds what request bytes kept without a copy hold alive (spool::KEEP_WHOLE).
+        // Also bounds what request bytes kept without a copy hold alive (replay::KEEP_WHOLE).
         .max_buf_size(256 * 1024);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();

@@ -4,7 +4,7 @@
 //! may come last (openai-node sends the file part first, chunked, with no Content-Length).
 //! While it is read: the size limit is enforced on the bytes as they arrive (413 as soon as
 //! it is crossed, or at once from Content-Length), a stalled client is cut off, multipart is
-//! parsed by [`crate::multipart`] with file parts going straight to the replay [`Spool`]
+//! parsed by [`crate::request::multipart`] with file parts going straight to the replay [`Replay`]
 //! (slices of the chunks as they arrived, not copies), and only the small text parts and
 //! JSON bodies are held in memory.
 
@@ -20,9 +20,9 @@ use serde_json::Value;
 
 use crate::body::BoxError;
 use crate::error::ApiError;
-use crate::multipart::{self, BoundaryError, Event, Multipart, MultipartError, PartHead};
-use crate::payload::{FormBody, FormPart, JsonBody, JsonObject, PartValue, Payload};
-use crate::spool::{SpoolLimits, SpoolWriter};
+use crate::request::multipart::{self, BoundaryError, Event, Multipart, MultipartError, PartHead};
+use crate::request::payload::{FormBody, FormPart, JsonBody, JsonObject, PartValue, Payload};
+use crate::request::replay::{ReplayLimits, ReplayWriter};
 
 /// Text parts (model, prompt, …) are held in memory: each gets this much at most.
 pub const MAX_TEXT_PART_BYTES: usize = 64 * 1024;
@@ -43,7 +43,7 @@ pub struct IntakeLimits {
     pub max_json_bytes: u64,
     /// Longest pause between two pieces of the body.
     pub idle_timeout: Duration,
-    pub spool: SpoolLimits,
+    pub replay: ReplayLimits,
 }
 
 /// Why a request body was refused.
@@ -65,7 +65,7 @@ pub enum IntakeError {
     #[error("reading the request body failed: {0}")]
     ClientRead(#[source] BoxError),
     #[error("storing the request body failed: {0}")]
-    Spool(#[source] std::io::Error),
+    Replay(#[source] std::io::Error),
 }
 
 impl IntakeError {
@@ -102,7 +102,7 @@ impl IntakeError {
             IntakeError::ClientRead(_) => {
                 ApiError::invalid_request(StatusCode::BAD_REQUEST, message)
             }
-            IntakeError::Spool(_) => {
+            IntakeError::Replay(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
             }
         }
@@ -267,7 +267,7 @@ fn from_multipart(e: MultipartError<IntakeError>) -> IntakeError {
 }
 
 /// The multipart part being read: its head, its text when it is not a file, and where
-/// its content starts in the spool when it is.
+/// its content starts in the replay when it is.
 struct Reading {
     head: PartHead,
     text: Option<BytesMut>,
@@ -300,7 +300,7 @@ where
     };
     let body = Limited::new(body, headers, limits.max_body_bytes, limits.idle_timeout)?;
     let mut multipart = Multipart::new(body.into_stream(), &boundary, MAX_UNPARSED_BYTES);
-    let mut spool = SpoolWriter::new(limits.spool.clone());
+    let mut replay = ReplayWriter::new(limits.replay.clone());
     let mut parts: Vec<FormPart> = Vec::new();
     let mut text_total = 0usize;
     let mut current: Option<Reading> = None;
@@ -310,7 +310,7 @@ where
             // The reader hands out content only after a part's head.
             let Some(part) = &mut current else { continue };
             match &mut part.text {
-                None => spool.push(chunk).await.map_err(IntakeError::Spool)?,
+                None => replay.push(chunk).await.map_err(IntakeError::Replay)?,
                 Some(text) => {
                     if text.len() + chunk.len() > MAX_TEXT_PART_BYTES {
                         return Err(IntakeError::malformed(format!(
@@ -325,7 +325,7 @@ where
         }
         if let Some(Reading { head, text, start }) = current.take() {
             let value = match text {
-                None => PartValue::File(start..spool.len()),
+                None => PartValue::File(start..replay.len()),
                 Some(text) => {
                     text_total += text.len() + head.raw.len();
                     if text_total > MAX_TEXT_TOTAL_BYTES {
@@ -358,7 +358,7 @@ where
             });
         }
         let text = (head.file_name.is_none() && name != "file").then(BytesMut::new);
-        let start = spool.len();
+        let start = replay.len();
         current = Some(Reading { head, text, start });
     }
     if !parts.iter().any(|p| p.name == "file") {
@@ -367,13 +367,13 @@ where
     if !parts.iter().any(|p| p.name == "model") {
         return Err(IntakeError::Missing { param: "model" });
     }
-    let spool = Arc::new(spool.finish().await.map_err(IntakeError::Spool)?);
+    let replay = Arc::new(replay.finish().await.map_err(IntakeError::Replay)?);
     let read = multipart.bytes_read();
     Ok((
         Payload::Form(FormBody {
             boundary,
             parts,
-            spool,
+            replay,
         }),
         read,
     ))
@@ -390,19 +390,19 @@ where
     B::Error: Into<BoxError>,
 {
     let mut body = Limited::new(body, headers, limits.max_body_bytes, limits.idle_timeout)?;
-    let mut spool = SpoolWriter::new(limits.spool.clone());
+    let mut replay = ReplayWriter::new(limits.replay.clone());
     while let Some(chunk) = body.chunk().await? {
-        spool.push(chunk).await.map_err(IntakeError::Spool)?;
+        replay.push(chunk).await.map_err(IntakeError::Replay)?;
     }
-    let spool = spool.finish().await.map_err(IntakeError::Spool)?;
-    let read = spool.len();
-    Ok((Payload::Raw(Arc::new(spool)), read))
+    let replay = replay.finish().await.map_err(IntakeError::Replay)?;
+    let read = replay.len();
+    Ok((Payload::Raw(Arc::new(replay)), read))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::MemoryBudget;
+    use crate::request::replay::MemoryBudget;
     use futures_util::StreamExt;
     use http::HeaderValue;
     use http_body::Frame;
@@ -414,7 +414,7 @@ mod tests {
             max_body_bytes: max_body,
             max_json_bytes: 1024,
             idle_timeout: Duration::from_secs(5),
-            spool: SpoolLimits {
+            replay: ReplayLimits {
                 memory_per_request: 1 << 20,
                 budget: Arc::new(MemoryBudget::new(1 << 20)),
                 spill_dir: None,
@@ -495,7 +495,7 @@ mod tests {
             assert_eq!(p.response_format(), Some(format));
             assert_eq!(p.stream(), stream);
             let Payload::Form(f) = &p else { panic!() };
-            assert_eq!(f.spool.len(), audio.len() as u64);
+            assert_eq!(f.replay.len(), audio.len() as u64);
         }
     }
 

@@ -7,7 +7,7 @@
 //! small proxied request (benches/README.md). Here each endpoint has its own list of idle
 //! HTTP/1 connections (an index, no key), and a connection goes back on that list from
 //! the response body itself, when the body ends. HTTP/1 exchanges are voxgate's own
-//! ([`crate::h1`]), run by the request's task; an https endpoint whose server agrees to
+//! ([`crate::upstream::h1`]), run by the request's task; an https endpoint whose server agrees to
 //! HTTP/2 (ALPN) gets one shared, multiplexed hyper connection instead.
 //!
 //! Idle connections are closed after `keepalive_timeout`, by a sweep that runs while the
@@ -36,8 +36,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use crate::body::{OutBody, Segment};
-use crate::h1::{self, Conn, Decoder, ExchangeError, HeaderSource, SendFile};
+use crate::request::outgoing::{OutBody, Segment};
+use crate::upstream::h1::{self, Conn, Decoder, ExchangeError, HeaderSource, SendFile};
 
 /// An upstream connection's byte stream: TCP, or TLS over TCP.
 type Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;

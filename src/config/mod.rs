@@ -20,11 +20,11 @@ use http::Uri;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::kind::{Dialect, Kind, Preset};
+use crate::engine::dialect::{Dialect, Kind, Preset};
 use crate::route::{Endpoint, Matcher, Pattern};
 
 /// The built-in default configuration, also printed by `voxgate print-config`.
-pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 
 /// Where the built-in default config claims to come from in messages.
 pub const DEFAULT_NAME: &str = "<built-in default>";

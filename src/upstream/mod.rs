@@ -1,11 +1,15 @@
 //! Upstreams: the connections to each configured server, and how a request is sent to it.
 //!
-//! Each upstream keeps its own connections ([`crate::connections`]: keep-alive; rustls
+//! Each upstream keeps its own connections ([`crate::upstream::connections`]: keep-alive; rustls
 //! with webpki roots for https, HTTP/2 when ALPN agrees) with its own connect timeout.
 //! [`Upstream::send`] builds the request for this upstream — path appended to its URL,
 //! hop-by-hop headers dropped, Authorization replaced or removed — and reports the result
 //! as an [`AttemptError`] that knows what kind of failure it was, so the fallback policy
 //! can decide without strings.
+
+pub mod connections;
+pub mod h1;
+pub mod pool;
 
 use std::time::Duration;
 
@@ -13,10 +17,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use crate::body::Segment;
 use crate::config::{HealthCheck, UpstreamConfig};
-use crate::connections::{describe, Connections, Outgoing, SendError, UpstreamBody};
-use crate::pool::Pool;
+use crate::request::outgoing::Segment;
+use crate::upstream::connections::{describe, Connections, Outgoing, SendError, UpstreamBody};
+use crate::upstream::pool::Pool;
 use http_body_util::BodyExt;
 use std::sync::{Arc, Weak};
 
@@ -508,7 +512,7 @@ mod tests {
     /// connections::tests::a_kept_connection_closed_as_the_request_goes_out_is_stale).
     #[tokio::test]
     async fn a_request_on_a_just_closed_connection_is_sent_again() {
-        let (url, accepted) = crate::connections::tests::closing_server();
+        let (url, accepted) = crate::upstream::connections::tests::closing_server();
         let u = upstream(&url.to_string(), None, false);
         let id = HeaderValue::from_static("req-1");
         for round in 0..2 {

@@ -2,7 +2,7 @@
 //!
 //! Speech requests are JSON objects held in memory; transcriptions and translations are
 //! multipart forms whose text parts are held in memory and whose file parts live in the
-//! request's [`Spool`]; anything else is a raw spool. [`Payload::render`] produces the body
+//! request's [`Replay`]; anything else is a raw replay. [`Payload::render`] produces the body
 //! for one upstream with that upstream's rewrites applied: JSON is re-serialised only when a
 //! value actually changes (unknown keys survive), forms are re-framed with the client's own
 //! boundary and only text parts are replaced.
@@ -15,10 +15,10 @@ use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Vis
 use serde::ser::{Serialize, Serializer};
 use serde_json::Value;
 
-use crate::body::Segment;
 use crate::config::FieldValue;
-use crate::kind::{Convert, Dialect};
-use crate::spool::Spool;
+use crate::engine::dialect::{Convert, Dialect};
+use crate::request::outgoing::Segment;
+use crate::request::replay::Replay;
 
 /// The rewrites for one attempt: the route's `set`, then the upstream's maps, then what
 /// its dialect needs (fields it refuses left out, voices it cannot take replaced, a stream
@@ -207,7 +207,7 @@ pub struct FormPart {
 #[derive(Debug)]
 pub enum PartValue {
     Text(Bytes),
-    /// A byte range of the request's spool.
+    /// A byte range of the request's replay.
     File(std::ops::Range<u64>),
 }
 
@@ -216,14 +216,14 @@ pub enum PartValue {
 pub struct FormBody {
     pub boundary: String,
     pub parts: Vec<FormPart>,
-    pub spool: Arc<Spool>,
+    pub replay: Arc<Replay>,
 }
 
 #[derive(Debug)]
 pub enum Payload {
     Json(JsonBody),
     Form(FormBody),
-    Raw(Arc<Spool>),
+    Raw(Arc<Replay>),
 }
 
 impl FormBody {
@@ -325,7 +325,7 @@ impl Payload {
         match self {
             Payload::Json(j) => vec![Segment::Bytes(render_json(j, edits))],
             Payload::Form(f) => render_form(f, edits),
-            Payload::Raw(s) => vec![Segment::Spool(s.clone(), 0..s.len())],
+            Payload::Raw(s) => vec![Segment::Replay(s.clone(), 0..s.len())],
         }
     }
 }
@@ -405,7 +405,7 @@ fn render_form(form: &FormBody, edits: &Edits<'_>) -> Vec<Segment> {
             }
             PartValue::File(range) => {
                 segments.push(Segment::Bytes(buf.split().freeze()));
-                segments.push(Segment::Spool(form.spool.clone(), range.clone()));
+                segments.push(Segment::Replay(form.replay.clone(), range.clone()));
             }
         }
         buf.put_slice(b"\r\n");
@@ -471,7 +471,7 @@ fn text_edit(name: &str, text: &[u8], edits: &Edits<'_>) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::{MemoryBudget, SpoolLimits, SpoolWriter};
+    use crate::request::replay::{MemoryBudget, ReplayLimits, ReplayWriter};
     use futures_util::TryStreamExt;
 
     fn maps(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -492,8 +492,8 @@ mod tests {
         for s in payload.render(edits) {
             match s {
                 Segment::Bytes(b) => out.extend_from_slice(&b),
-                Segment::Spool(spool, r) => {
-                    let chunks: Vec<Bytes> = spool.stream(r).try_collect().await.unwrap();
+                Segment::Replay(replay, r) => {
+                    let chunks: Vec<Bytes> = replay.stream(r).try_collect().await.unwrap();
                     out.extend_from_slice(&chunks.concat());
                 }
             }
@@ -562,13 +562,13 @@ mod tests {
     }
 
     async fn form() -> Payload {
-        let mut w = SpoolWriter::new(SpoolLimits {
+        let mut w = ReplayWriter::new(ReplayLimits {
             memory_per_request: 1024,
             budget: Arc::new(MemoryBudget::new(1024)),
             spill_dir: None,
         });
         w.push(Bytes::from_static(b"RIFFdata")).await.unwrap();
-        let spool = Arc::new(w.finish().await.unwrap());
+        let replay = Arc::new(w.finish().await.unwrap());
         let text = |name: &str, value: &'static str| FormPart {
             name: name.to_string(),
             head: Bytes::from(format!(
@@ -587,7 +587,7 @@ mod tests {
                 text("model", "whisper-1"),
                 text("stream", "True"),
             ],
-            spool,
+            replay,
         })
     }
 
@@ -619,10 +619,10 @@ mod tests {
         let out = rendered(&p, &edits).await;
         let sized: u64 = p.render(&edits).iter().map(Segment::len).sum();
         assert_eq!(out.len() as u64, sized);
-        // The file part is a spool range, not a copy.
+        // The file part is a replay range, not a copy.
         assert!(p
             .render(&Edits::plain(&[], &none, &none))
             .iter()
-            .any(|s| matches!(s, Segment::Spool(..))));
+            .any(|s| matches!(s, Segment::Replay(..))));
     }
 }

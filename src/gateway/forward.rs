@@ -13,17 +13,17 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::connections::UpstreamBody;
+use crate::upstream::connections::UpstreamBody;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 
 use crate::config::{FallbackPolicy, RouteConfig};
+use crate::engine::dialect::Convert;
 use crate::error::ApiError;
-use crate::kind::Convert;
-use crate::payload::{Edits, Payload};
-use crate::pool::Picked;
+use crate::request::payload::{Edits, Payload};
 use crate::route::Endpoint;
+use crate::upstream::pool::Picked;
 use crate::upstream::{AttemptError, Upstream};
 
 /// What became of one attempt.
@@ -414,7 +414,7 @@ fn summary(attempts: &[Attempt]) -> String {
 /// The path and query an upstream gets: its dialect's own path for the endpoint, if it
 /// has one (whisper.cpp's `/inference`), else the client's.
 fn upstream_path<'a>(
-    dialect: &crate::kind::Dialect,
+    dialect: &crate::engine::dialect::Dialect,
     head: &RequestHead<'a>,
 ) -> std::borrow::Cow<'a, str> {
     match dialect.path(head.endpoint) {

@@ -12,7 +12,7 @@
 //!
 //! What it does and does not do:
 //! - the request head is written in one piece with the small parts of the body (a
-//!   JSON speech request is one `write`); spooled upload bytes follow as they are read;
+//!   JSON speech request is one `write`); replayed upload bytes follow as they are read;
 //! - the answer may start before the request has been written in full (an upstream that
 //!   refuses an upload early): it is taken, and the connection is not kept;
 //! - bodies are framed by Content-Length, by chunked encoding, or by the end of the
@@ -33,8 +33,8 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::body::Segment;
-use crate::spool::FileRange;
+use crate::request::outgoing::Segment;
+use crate::request::replay::FileRange;
 
 /// The most an answer's head (status line and headers) may take.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -263,12 +263,12 @@ struct Outgoing {
     pending: Bytes,
     /// A spilled range being sent with [`SendFile`]; `pending` is empty meanwhile.
     sending: Option<FileRange>,
-    /// The next piece, read ahead: a spooled piece may have to be read from disk, and
+    /// The next piece, read ahead: a replayed piece may have to be read from disk, and
     /// reading it while the one before it is written keeps the socket busy.
     next: Option<Piece>,
     segments: std::vec::IntoIter<Segment>,
-    spool: Option<BoxStream<'static, io::Result<Bytes>>>,
-    /// The spilled part of the spool range being streamed, sent once its memory part is.
+    replay: Option<BoxStream<'static, io::Result<Bytes>>>,
+    /// The spilled part of the replay range being streamed, sent once its memory part is.
     spilled: Option<FileRange>,
     /// Body bytes still to come from the segments: what the Content-Length promised.
     /// A segment that yields more or fewer is an error, not a desynchronised connection.
@@ -302,7 +302,7 @@ impl Outgoing {
             next: None,
             left,
             segments,
-            spool: None,
+            replay: None,
             spilled: None,
             ended: false,
             flushed: false,
@@ -333,10 +333,10 @@ impl Outgoing {
         files: bool,
     ) -> Poll<io::Result<Option<Piece>>> {
         loop {
-            if let Some(spool) = &mut self.spool {
-                match ready!(spool.poll_next_unpin(cx)) {
+            if let Some(replay) = &mut self.replay {
+                match ready!(replay.poll_next_unpin(cx)) {
                     Some(piece) => return Poll::Ready(piece.map(|b| Some(Piece::Bytes(b)))),
-                    None => self.spool = None,
+                    None => self.replay = None,
                 }
                 continue;
             }
@@ -345,22 +345,22 @@ impl Outgoing {
             }
             match self.segments.next() {
                 Some(Segment::Bytes(bytes)) => return Poll::Ready(Ok(Some(Piece::Bytes(bytes)))),
-                Some(Segment::Spool(spool, range)) if files => {
-                    let (memory, spilled) = spool.split(range);
+                Some(Segment::Replay(replay, range)) if files => {
+                    let (memory, spilled) = replay.split(range);
                     if !memory.is_empty() {
-                        self.spool = Some(spool.stream(memory).boxed());
+                        self.replay = Some(replay.stream(memory).boxed());
                     }
                     self.spilled = spilled;
                 }
-                Some(Segment::Spool(spool, range)) => {
-                    self.spool = Some(spool.stream(range).boxed())
+                Some(Segment::Replay(replay, range)) => {
+                    self.replay = Some(replay.stream(range).boxed())
                 }
                 None => return Poll::Ready(Ok(None)),
             }
         }
     }
 
-    /// Writes until all is written (`Ready(Ok)`), the socket is full or a spooled piece
+    /// Writes until all is written (`Ready(Ok)`), the socket is full or a replayed piece
     /// is being read (`Pending`), or writing fails.
     fn poll_write<T: AsyncWrite + SendFile + Unpin>(
         &mut self,
@@ -895,11 +895,11 @@ mod tests {
     }
 
     /// A replay store of these pieces, 1 MiB of it in memory and the rest spilled.
-    async fn spool_of<'a>(
+    async fn replay_of<'a>(
         pieces: impl IntoIterator<Item = &'a [u8]>,
-    ) -> std::sync::Arc<crate::spool::Spool> {
-        use crate::spool::{MemoryBudget, SpoolLimits, SpoolWriter};
-        let mut writer = SpoolWriter::new(SpoolLimits {
+    ) -> std::sync::Arc<crate::request::replay::Replay> {
+        use crate::request::replay::{MemoryBudget, ReplayLimits, ReplayWriter};
+        let mut writer = ReplayWriter::new(ReplayLimits {
             memory_per_request: 1 << 20,
             budget: std::sync::Arc::new(MemoryBudget::new(1 << 20)),
             spill_dir: None,
@@ -1211,13 +1211,13 @@ mod tests {
     #[tokio::test]
     async fn every_kind_of_segment_arrives_in_order_over_tcp() {
         let audio: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
-        let spool = spool_of(audio.chunks(200_000)).await;
+        let replay = replay_of(audio.chunks(200_000)).await;
         let big = Bytes::from(vec![b'B'; COALESCE * 2]);
         let segments = vec![
             Segment::Bytes(Bytes::from_static(b"<small>")),
-            Segment::Spool(spool.clone(), 10..2_500_000),
+            Segment::Replay(replay.clone(), 10..2_500_000),
             Segment::Bytes(big.clone()),
-            Segment::Spool(spool.clone(), 2_500_000..3_000_000),
+            Segment::Replay(replay.clone(), 2_500_000..3_000_000),
             Segment::Bytes(Bytes::from_static(b"<end>")),
         ];
         let mut expected = b"<small>".to_vec();
@@ -1260,7 +1260,7 @@ mod tests {
         let got = upstream.await.unwrap();
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "the body arrived changed");
-        // The spool kept five whole 200,000-byte pieces in its 1 MiB of memory; the
+        // The replay kept five whole 200,000-byte pieces in its 1 MiB of memory; the
         // rest was spilled, and went by `sendfile`, not through `AsyncWrite`.
         let spilled = 3_000_000 - 5 * 200_000;
         assert_eq!(conn.io.written, head(len).len() as u64 + len - spilled);
@@ -1352,9 +1352,9 @@ mod tests {
     /// request the upstream waits on for the rest.
     #[tokio::test]
     async fn a_body_that_does_not_match_its_length_fails_at_once() {
-        let spool = spool_of([&b"0123456789"[..]]).await;
+        let replay = replay_of([&b"0123456789"[..]]).await;
         let (mut conn, _upstream) = pair();
-        let short = Segment::Spool(spool, 0..100);
+        let short = Segment::Replay(replay, 0..100);
         match conn.exchange(head(100), vec![short], false).await {
             Err(ExchangeError::Failed(e)) => assert!(e.contains("did not add up"), "{e}"),
             other => panic!("{:?}", other.map(|a| a.status)),

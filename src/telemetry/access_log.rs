@@ -13,10 +13,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::body::BoxError;
-use crate::forward::Attempt;
-use crate::pool::Picked;
+use crate::gateway::forward::Attempt;
+use crate::upstream::pool::Picked;
 
-/// Where a request came from, handed by the server to [`crate::proxy::Gateway::handle`]
+/// Where a request came from, handed by the server to [`crate::gateway::Gateway::handle`]
 /// with the request (not in its extensions: the first extension costs a map allocation).
 #[derive(Debug, Clone, Copy)]
 pub struct Origin {
@@ -113,7 +113,7 @@ impl AccessRecord {
         let total_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let ttfb_ms = ttfb.map(|t| t.as_secs_f64() * 1000.0);
         tracing::info!(
-            target: "voxgate::access",
+            target: "voxgate::telemetry::access_log",
             request_id = %self.request_id.to_str().unwrap_or_default(),
             client = self.client.map(tracing::field::display),
             method = %self.method,

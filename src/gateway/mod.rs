@@ -11,6 +11,9 @@
 //! The outer [`Gateway::handle`] turns any [`ProxyError`] into an OpenAI-shaped response;
 //! the inner [`Gateway::proxy`] uses `?`.
 
+pub mod discovery;
+pub mod forward;
+
 use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -23,18 +26,18 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 
-use crate::access::{AccessRecord, Listener, ObservedBody, Origin};
 use crate::body::{full, BoxError, IdleTimeout, ProxyBody};
 use crate::config::Config;
-use crate::dialect;
-use crate::discovery::{self, Listing};
+use crate::engine::answers;
+use crate::engine::dialect::Convert;
 use crate::error::ApiError;
-use crate::forward::{forward, Exhausted, RequestHead, RetryBudget, Served};
-use crate::intake::{read_form, read_json, read_raw, IntakeError, IntakeLimits};
-use crate::kind::Convert;
+use crate::gateway::forward::{forward, Exhausted, RequestHead, RetryBudget, Served};
+use crate::request::intake::{read_form, read_json, read_raw, IntakeError, IntakeLimits};
+use crate::request::replay::{MemoryBudget, ReplayLimits};
 use crate::route::{Endpoint, RequestFacts, Router};
-use crate::spool::{MemoryBudget, SpoolLimits};
+use crate::telemetry::access_log::{AccessRecord, Listener, ObservedBody, Origin};
 use crate::upstream::{strip_hop_by_hop, Upstream, REQUEST_ID_HEADER_NAME, UPSTREAM_HEADER_NAME};
+use discovery::Listing;
 
 /// Everything a request can be refused for, each with its one status.
 #[derive(Debug, thiserror::Error)]
@@ -242,7 +245,7 @@ impl Runtime {
             max_body_bytes: config.server.max_body_bytes,
             max_json_bytes: config.server.max_json_bytes,
             idle_timeout: config.server.body_read_timeout,
-            spool: SpoolLimits {
+            replay: ReplayLimits {
                 memory_per_request: config.server.replay_memory_per_request,
                 budget,
                 spill_dir: config.server.spill_dir.clone(),
@@ -559,7 +562,7 @@ impl Gateway {
         }
         record.upstream = Some(upstream.name().to_string());
         let idle = upstream.config.idle_timeout;
-        dialect::fix_text_content_type(
+        answers::fix_text_content_type(
             endpoint,
             payload.response_format(),
             parts.status,
@@ -567,8 +570,8 @@ impl Gateway {
         );
         // The request body is no longer needed: give its memory back before streaming.
         drop(payload);
-        if dialect::rewritable_error(parts.status, &parts.headers) {
-            if let Some(error) = dialect::openai_error_body(parts.status, body, idle).await {
+        if answers::rewritable_error(parts.status, &parts.headers) {
+            if let Some(error) = answers::openai_error_body(parts.status, body, idle).await {
                 parts.headers.remove(header::CONTENT_LENGTH);
                 parts.headers.insert(
                     header::CONTENT_TYPE,
@@ -581,14 +584,14 @@ impl Gateway {
         }
         let converting = parts.status.is_success() && convert != Convert::None;
         if converting {
-            dialect::sse_headers(&mut parts.headers);
+            answers::sse_headers(&mut parts.headers);
         }
         let body = match convert {
             Convert::SpeechSse if converting => {
-                dialect::speech_events(IdleTimeout::new(body, idle))
+                answers::speech_events(IdleTimeout::new(body, idle))
             }
             Convert::TranscriptSse if converting => {
-                let events = dialect::transcript_events(body, idle)
+                let events = answers::transcript_events(body, idle)
                     .await
                     .map_err(|why| unreadable(upstream, &why))?;
                 return Ok(Reply::Local(Response::from_parts(parts, full(events))));
