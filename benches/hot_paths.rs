@@ -17,7 +17,7 @@ use voxgate::config::Config;
 use voxgate::request::intake::{read_form, read_json, IntakeLimits};
 use voxgate::request::payload::Edits;
 use voxgate::request::replay::{MemoryBudget, ReplayLimits};
-use voxgate::route::{Endpoint, RequestFacts, Router};
+use voxgate::route::{Operation, RequestFacts, Router};
 
 fn router(routes: usize) -> Router {
     let mut text = String::from("[upstreams.a]\nurl = \"http://127.0.0.1:1\"\n");
@@ -38,7 +38,7 @@ fn rule_matching(c: &mut Criterion) {
     for n in [10, 100, 1000] {
         let r = router(n);
         let facts = RequestFacts {
-            endpoint: Endpoint::Speech,
+            operation: Operation::Speech,
             method: &Method::POST,
             path: "/v1/audio/speech",
             model: Some("tts-1"),

@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use globset::{Glob, GlobBuilder, GlobMatcher};
 use http::Method;
 
-use crate::config::RouteConfig;
+use std::time::Duration;
 
 /// The kinds of request voxgate tells apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Endpoint {
+pub enum Operation {
     /// `POST /v1/audio/speech`: JSON in, audio out.
     Speech,
     /// `POST /v1/audio/transcriptions`: multipart in.
@@ -24,25 +24,25 @@ pub enum Endpoint {
     Other,
 }
 
-impl Endpoint {
-    pub const ALL: [Endpoint; 4] = [
-        Endpoint::Speech,
-        Endpoint::Transcriptions,
-        Endpoint::Translations,
-        Endpoint::Other,
+impl Operation {
+    pub const ALL: [Operation; 4] = [
+        Operation::Speech,
+        Operation::Transcriptions,
+        Operation::Translations,
+        Operation::Other,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
-            Endpoint::Speech => "speech",
-            Endpoint::Transcriptions => "transcriptions",
-            Endpoint::Translations => "translations",
-            Endpoint::Other => "other",
+            Operation::Speech => "speech",
+            Operation::Transcriptions => "transcriptions",
+            Operation::Translations => "translations",
+            Operation::Other => "other",
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Endpoint> {
-        Endpoint::ALL.into_iter().find(|e| e.name() == name)
+    pub fn from_name(name: &str) -> Option<Operation> {
+        Operation::ALL.into_iter().find(|e| e.name() == name)
     }
 }
 
@@ -50,7 +50,7 @@ impl Endpoint {
 /// does not match.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestFacts<'a> {
-    pub endpoint: Endpoint,
+    pub operation: Operation,
     pub method: &'a Method,
     /// The normalised path (`/v1/...`), without the query.
     pub path: &'a str,
@@ -105,7 +105,7 @@ impl Pattern {
 /// A compiled `match` table: every key present must match.
 #[derive(Debug, Clone, Default)]
 pub struct Matcher {
-    pub endpoints: Option<Vec<Endpoint>>,
+    pub endpoints: Option<Vec<Operation>>,
     pub method: Option<Pattern>,
     pub path: Option<Pattern>,
     pub model: Option<Pattern>,
@@ -126,7 +126,7 @@ impl Matcher {
     pub fn matches(&self, facts: &RequestFacts<'_>) -> bool {
         self.endpoints
             .as_ref()
-            .is_none_or(|e| e.contains(&facts.endpoint))
+            .is_none_or(|e| e.contains(&facts.operation))
             && self.stream.is_none_or(|s| s == facts.stream)
             && field_matches(&self.method, Some(facts.method.as_str()))
             && field_matches(&self.path, Some(facts.path))
@@ -146,12 +146,12 @@ pub struct Router {
     rest: [Vec<usize>; 4],
 }
 
-fn endpoint_slot(endpoint: Endpoint) -> usize {
+fn endpoint_slot(endpoint: Operation) -> usize {
     match endpoint {
-        Endpoint::Speech => 0,
-        Endpoint::Transcriptions => 1,
-        Endpoint::Translations => 2,
-        Endpoint::Other => 3,
+        Operation::Speech => 0,
+        Operation::Transcriptions => 1,
+        Operation::Translations => 2,
+        Operation::Other => 3,
     }
 }
 
@@ -163,7 +163,7 @@ impl Router {
         let mut by_model: [HashMap<String, Vec<usize>>; 4] = Default::default();
         let mut rest: [Vec<usize>; 4] = Default::default();
         for (i, route) in routes.iter().enumerate() {
-            for endpoint in Endpoint::ALL {
+            for endpoint in Operation::ALL {
                 let slot = endpoint_slot(endpoint);
                 if route
                     .matcher
@@ -195,7 +195,7 @@ impl Router {
 
     /// The first route whose matcher accepts the request, with its index.
     pub fn find(&self, facts: &RequestFacts<'_>) -> Option<(usize, &RouteConfig)> {
-        let slot = endpoint_slot(facts.endpoint);
+        let slot = endpoint_slot(facts.operation);
         let rest = &self.rest[slot];
         let by_model: &[usize] = facts
             .model
@@ -224,6 +224,75 @@ impl Router {
     }
 }
 
+/// A value a route's `set` writes into the request body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    String(String),
+    Integer(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl FieldValue {
+    /// The text a multipart form part carries for this value.
+    pub fn as_form_text(&self) -> String {
+        match self {
+            FieldValue::String(s) => s.clone(),
+            FieldValue::Integer(i) => i.to_string(),
+            FieldValue::Float(f) => f.to_string(),
+            FieldValue::Bool(b) => b.to_string(),
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            FieldValue::String(s) => serde_json::Value::from(s.as_str()),
+            FieldValue::Integer(i) => serde_json::Value::from(*i),
+            FieldValue::Float(f) => serde_json::Value::from(*f),
+            FieldValue::Bool(b) => serde_json::Value::from(*b),
+        }
+    }
+}
+
+/// What makes a failed attempt worth trying on the next upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FallbackPolicy {
+    /// No connection could be made: nothing was sent.
+    pub connect: bool,
+    /// No response headers within the upstream's `response_timeout`.
+    pub timeout: bool,
+    /// The connection broke after the request was sent, before any response header.
+    pub reset: bool,
+    /// Response statuses that send the request on (sorted).
+    pub statuses: Vec<u16>,
+}
+
+impl Default for FallbackPolicy {
+    fn default() -> Self {
+        FallbackPolicy {
+            connect: true,
+            timeout: true,
+            reset: true,
+            statuses: vec![502, 503, 504],
+        }
+    }
+}
+
+/// One `[[routes]]` entry, compiled.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// 1-based line of the `[[routes]]` entry, for logs and messages.
+    pub line: usize,
+    pub matcher: Matcher,
+    /// Indices into the config's upstreams, tried in order.
+    pub to: Vec<usize>,
+    /// Body fields written before forwarding, in key order.
+    pub set: Vec<(String, FieldValue)>,
+    pub fallback: FallbackPolicy,
+    /// Time for the whole request, every attempt included, until response headers.
+    pub deadline: Option<Duration>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,7 +308,7 @@ mod tests {
 
     fn speech<'a>(model: &'a str, voice: &'a str) -> RequestFacts<'a> {
         RequestFacts {
-            endpoint: Endpoint::Speech,
+            operation: Operation::Speech,
             method: &Method::POST,
             path: "/v1/audio/speech",
             model: Some(model),
@@ -251,7 +320,7 @@ mod tests {
 
     fn transcription(model: &str, stream: bool) -> RequestFacts<'_> {
         RequestFacts {
-            endpoint: Endpoint::Transcriptions,
+            operation: Operation::Transcriptions,
             method: &Method::POST,
             path: "/v1/audio/transcriptions",
             model: Some(model),
@@ -315,7 +384,7 @@ mod tests {
              [[routes]]\nmatch = { endpoint = \"other\" }\nto = [\"b\"]\n",
         );
         let mut f = RequestFacts {
-            endpoint: Endpoint::Other,
+            operation: Operation::Other,
             method: &Method::GET,
             path: "/v1/audio/voices",
             model: None,
@@ -342,7 +411,7 @@ mod tests {
         );
         let scan = |f: &RequestFacts<'_>| r.routes().iter().position(|x| x.matcher.matches(f));
         let mut checked = 0;
-        for endpoint in Endpoint::ALL {
+        for endpoint in Operation::ALL {
             for model in [
                 None,
                 Some("tts-1"),
@@ -356,7 +425,7 @@ mod tests {
                         for stream in [false, true] {
                             for method in [Method::POST, Method::GET] {
                                 let f = RequestFacts {
-                                    endpoint,
+                                    operation: endpoint,
                                     method: &method,
                                     path: "/v1/x",
                                     model,

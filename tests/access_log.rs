@@ -39,7 +39,7 @@ impl Captured {
     fn access_lines(&self) -> Vec<Value> {
         self.lines()
             .into_iter()
-            .filter(|v| v["target"] == "voxgate::telemetry::access_log")
+            .filter(|v| v["target"] == "voxgate::access")
             .collect()
     }
 
@@ -276,7 +276,7 @@ async fn no_key_reaches_the_log_at_trace_level_through_every_kind_of_failure() {
         log.contains("endpoint ejected") || log.contains("endpoint down"),
         "faults happened"
     );
-    assert!(log.contains("voxgate::telemetry::access_log"));
+    assert!(log.contains("voxgate::access"));
     for secret in ["sk-client-secret", "sk-secret-of"] {
         assert!(!log.contains(secret), "{secret} leaked into the log");
     }

@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use voxgate::request::intake::{read_form, read_json, IntakeLimits};
 use voxgate::engine::dialect::{Convert, Dialect, Kind};
 use voxgate::request::payload::{Edits, Payload};
-use voxgate::route::Endpoint;
+use voxgate::route::Operation;
 use voxgate::request::replay::{MemoryBudget, ReplayLimits};
 
 fn limits() -> IntakeLimits {
@@ -53,7 +53,7 @@ fn dialects() -> &'static [(Dialect, Maps, Maps)] {
 fn render_everywhere(payload: &Payload) {
     let _ = payload.render(&Edits::plain(&[], &HashMap::new(), &HashMap::new()));
     for (dialect, models, voices) in dialects() {
-        for endpoint in [Endpoint::Speech, Endpoint::Transcriptions, Endpoint::Translations] {
+        for endpoint in [Operation::Speech, Operation::Transcriptions, Operation::Translations] {
             let convert = dialect
                 .conversion(endpoint, payload.stream(), payload.response_format())
                 .unwrap_or(Convert::None);
@@ -64,7 +64,7 @@ fn render_everywhere(payload: &Payload) {
                 dialect,
                 drop_fields: dialect.dropped(endpoint),
                 convert,
-                translate: endpoint == Endpoint::Translations && dialect.translate_field,
+                translate: endpoint == Operation::Translations && dialect.translate_field,
             };
             let _ = payload.refusal(&edits);
             let _ = payload.render(&edits);

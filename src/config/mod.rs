@@ -21,7 +21,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::engine::dialect::{Dialect, Kind, Preset};
-use crate::route::{Endpoint, Matcher, Pattern};
+use crate::route::{FallbackPolicy, FieldValue, Matcher, Operation, Pattern, RouteConfig};
 
 /// The built-in default configuration, also printed by `voxgate print-config`.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -194,74 +194,6 @@ pub struct UpstreamConfig {
     pub ca_certs: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// What the engine accepts and how requests are adapted to it (`kind` and its keys).
     pub dialect: Dialect,
-}
-
-/// A value a route's `set` writes into the request body.
-#[derive(Debug, Clone, PartialEq)]
-pub enum FieldValue {
-    String(String),
-    Integer(i64),
-    Float(f64),
-    Bool(bool),
-}
-
-impl FieldValue {
-    /// The text a multipart form part carries for this value.
-    pub fn as_form_text(&self) -> String {
-        match self {
-            FieldValue::String(s) => s.clone(),
-            FieldValue::Integer(i) => i.to_string(),
-            FieldValue::Float(f) => f.to_string(),
-            FieldValue::Bool(b) => b.to_string(),
-        }
-    }
-
-    pub fn to_json(&self) -> serde_json::Value {
-        match self {
-            FieldValue::String(s) => serde_json::Value::from(s.as_str()),
-            FieldValue::Integer(i) => serde_json::Value::from(*i),
-            FieldValue::Float(f) => serde_json::Value::from(*f),
-            FieldValue::Bool(b) => serde_json::Value::from(*b),
-        }
-    }
-}
-
-/// What makes a failed attempt worth trying on the next upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FallbackPolicy {
-    /// No connection could be made: nothing was sent.
-    pub connect: bool,
-    /// No response headers within the upstream's `response_timeout`.
-    pub timeout: bool,
-    /// The connection broke after the request was sent, before any response header.
-    pub reset: bool,
-    /// Response statuses that send the request on (sorted).
-    pub statuses: Vec<u16>,
-}
-
-impl Default for FallbackPolicy {
-    fn default() -> Self {
-        FallbackPolicy {
-            connect: true,
-            timeout: true,
-            reset: true,
-            statuses: vec![502, 503, 504],
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct RouteConfig {
-    /// 1-based line of the `[[routes]]` entry, for logs and messages.
-    pub line: usize,
-    pub matcher: Matcher,
-    /// Indices into [`Config::upstreams`], tried in order.
-    pub to: Vec<usize>,
-    /// Body fields written before forwarding, in key order.
-    pub set: Vec<(String, FieldValue)>,
-    pub fallback: FallbackPolicy,
-    /// Time for the whole request, every attempt included, until response headers.
-    pub deadline: Option<Duration>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -934,13 +866,13 @@ impl Validator<'_> {
         if let Some(endpoint) = raw.endpoint {
             let span = endpoint.span();
             if let Some(pattern) = self.pattern(Some(endpoint), "endpoint") {
-                let endpoints: Vec<Endpoint> = Endpoint::ALL
+                let endpoints: Vec<Operation> = Operation::ALL
                     .into_iter()
                     .filter(|e| pattern.matches(e.name()))
                     .collect();
                 let mut unknown = false;
                 for literal in pattern.literals() {
-                    if Endpoint::from_name(literal).is_none() {
+                    if Operation::from_name(literal).is_none() {
                         unknown = true;
                         self.error(
                             span.clone(),
@@ -1699,10 +1631,10 @@ to = ["a"]
         let w = &c.upstreams[c.upstream_index("w").unwrap()];
         assert!(w.health.is_none());
         assert_eq!(
-            w.dialect.path(Endpoint::Transcriptions),
+            w.dialect.path(Operation::Transcriptions),
             Some("/v1/audio/transcriptions")
         );
-        assert_eq!(w.dialect.path(Endpoint::Translations), Some("/inference"));
+        assert_eq!(w.dialect.path(Operation::Translations), Some("/inference"));
         assert!(w.dialect.sse_transcription);
         let generic = load(MINIMAL).unwrap();
         assert_eq!(generic.upstreams[0].dialect.kind, Kind::Generic);

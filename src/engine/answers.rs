@@ -15,30 +15,32 @@
 
 use std::time::Duration;
 
-use crate::upstream::connections::UpstreamBody;
 use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::{stream, StreamExt};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
-use http_body::Frame;
+use http_body::{Body, Frame};
 use http_body_util::{BodyExt, BodyStream, Limited, StreamBody};
 
 use crate::body::{BoxError, IdleTimeout, ProxyBody};
+use crate::engine::errors::message_of;
 use crate::error::ApiError;
-use crate::gateway::forward::message_of;
-use crate::route::Endpoint;
+use crate::route::Operation;
 
 /// Error bodies up to this size are read and rewritten.
 const MAX_ERROR_BODY: u64 = 64 * 1024;
 
 /// `text`, `srt` and `vtt` transcriptions are text, whatever the upstream calls them.
 pub fn fix_text_content_type(
-    endpoint: Endpoint,
+    endpoint: Operation,
     response_format: Option<&str>,
     status: StatusCode,
     headers: &mut HeaderMap,
 ) {
-    let transcribing = matches!(endpoint, Endpoint::Transcriptions | Endpoint::Translations);
+    let transcribing = matches!(
+        endpoint,
+        Operation::Transcriptions | Operation::Translations
+    );
     let textual = matches!(response_format, Some("text" | "srt" | "vtt"));
     let html = headers
         .get(header::CONTENT_TYPE)
@@ -65,11 +67,10 @@ pub fn rewritable_error(status: StatusCode, headers: &HeaderMap) -> bool {
 
 /// Reads an error body and returns it in OpenAI's shape: unchanged if it already is,
 /// rewritten if not. `None` if it could not be read in time.
-pub async fn openai_error_body(
-    status: StatusCode,
-    body: UpstreamBody,
-    wait: Duration,
-) -> Option<Bytes> {
+pub async fn openai_error_body<B>(status: StatusCode, body: B, wait: Duration) -> Option<Bytes>
+where
+    B: Body<Data = Bytes>,
+{
     let bytes = tokio::time::timeout(wait, body.collect())
         .await
         .ok()?
@@ -116,7 +117,11 @@ fn event(value: &serde_json::Value) -> Bytes {
 /// Raw audio as OpenAI's speech events: one `speech.audio.delta` per chunk, sent as the
 /// chunk arrives, then `speech.audio.done`. A body that breaks ends the stream with the
 /// error, without `done`, so the client sees a broken stream.
-pub fn speech_events(audio: IdleTimeout<UpstreamBody>) -> ProxyBody {
+pub fn speech_events<B>(audio: IdleTimeout<B>) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let deltas = BodyStream::new(audio).filter_map(|frame| async move {
         match frame {
             Err(e) => Some(Err(e)),
@@ -140,7 +145,11 @@ pub fn speech_events(audio: IdleTimeout<UpstreamBody>) -> ProxyBody {
 }
 
 /// Reads an engine's JSON transcription and returns it as OpenAI's transcript events.
-pub async fn transcript_events(body: UpstreamBody, idle: Duration) -> Result<Bytes, String> {
+pub async fn transcript_events<B>(body: B, idle: Duration) -> Result<Bytes, String>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     let limited = Limited::new(IdleTimeout::new(body, idle), MAX_TRANSCRIPT);
     let bytes = limited
         .collect()
@@ -184,7 +193,7 @@ mod tests {
         };
         let mut h = html();
         fix_text_content_type(
-            Endpoint::Transcriptions,
+            Operation::Transcriptions,
             Some("text"),
             StatusCode::OK,
             &mut h,
@@ -192,7 +201,7 @@ mod tests {
         assert_eq!(h[header::CONTENT_TYPE], "text/plain; charset=utf-8");
         let mut h = html();
         fix_text_content_type(
-            Endpoint::Transcriptions,
+            Operation::Transcriptions,
             Some("json"),
             StatusCode::OK,
             &mut h,
@@ -203,7 +212,7 @@ mod tests {
             "not a text format"
         );
         let mut h = html();
-        fix_text_content_type(Endpoint::Speech, Some("text"), StatusCode::OK, &mut h);
+        fix_text_content_type(Operation::Speech, Some("text"), StatusCode::OK, &mut h);
         assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
     }
 

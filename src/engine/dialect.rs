@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::route::Endpoint;
+use crate::route::Operation;
 
 /// The presets, as shipped.
 const KINDS_TOML: &str = include_str!("kinds.toml");
@@ -101,14 +101,14 @@ pub struct Preset {
 pub struct Dialect {
     pub kind: Kind,
     /// Request paths that differ from OpenAI's, per endpoint.
-    pub paths: Vec<(Endpoint, String)>,
+    pub paths: Vec<(Operation, String)>,
     pub sse_speech: bool,
     pub sse_transcription: bool,
     pub voice_objects: bool,
     pub blends: bool,
     pub drop_language: Vec<String>,
     /// Body fields left out, per endpoint.
-    pub drop_fields: Vec<(Endpoint, Vec<String>)>,
+    pub drop_fields: Vec<(Operation, Vec<String>)>,
     pub translate_field: bool,
     pub lists_models: Option<String>,
     pub lists_voices: Option<String>,
@@ -167,7 +167,7 @@ impl Dialect {
         voice_map: &mut HashMap<String, String>,
     ) -> Vec<String> {
         let mut unknown = Vec::new();
-        let audio = |name: &str| Endpoint::from_name(name).filter(|e| *e != Endpoint::Other);
+        let audio = |name: &str| Operation::from_name(name).filter(|e| *e != Operation::Other);
         for (name, path) in &keys.paths {
             match audio(name) {
                 Some(endpoint) => {
@@ -224,7 +224,7 @@ impl Dialect {
     }
 
     /// The body fields left out of an `endpoint` request.
-    pub fn dropped(&self, endpoint: Endpoint) -> &[String] {
+    pub fn dropped(&self, endpoint: Operation) -> &[String] {
         self.drop_fields
             .iter()
             .find(|(e, _)| *e == endpoint)
@@ -232,7 +232,7 @@ impl Dialect {
     }
 
     /// The path to send an `endpoint` request to, if it is not the client's.
-    pub fn path(&self, endpoint: Endpoint) -> Option<&str> {
+    pub fn path(&self, endpoint: Operation) -> Option<&str> {
         self.paths
             .iter()
             .find(|(e, _)| *e == endpoint)
@@ -293,22 +293,21 @@ impl Dialect {
     /// Whether the answer must be converted for the client, or why it cannot be.
     pub fn conversion(
         &self,
-        endpoint: Endpoint,
+        endpoint: Operation,
         stream: bool,
         response_format: Option<&str>,
     ) -> Result<Convert, String> {
         match endpoint {
-            Endpoint::Speech if stream && !self.sse_speech => Ok(Convert::SpeechSse),
-            Endpoint::Transcriptions if stream && !self.sse_transcription => {
-                match response_format {
-                    None | Some("json" | "text") => Ok(Convert::TranscriptSse),
-                    Some(other) => Err(format!(
-                        "a streamed transcription cannot be made from response_format `{}`; \
+            Operation::Speech if stream && !self.sse_speech => Ok(Convert::SpeechSse),
+            Operation::Transcriptions if stream && !self.sse_transcription => match response_format
+            {
+                None | Some("json" | "text") => Ok(Convert::TranscriptSse),
+                Some(other) => Err(format!(
+                    "a streamed transcription cannot be made from response_format `{}`; \
                          use json or text",
-                        printable(other)
-                    )),
-                }
-            }
+                    printable(other)
+                )),
+            },
             _ => Ok(Convert::None),
         }
     }
@@ -386,7 +385,7 @@ mod tests {
         for kind in Kind::ALL {
             let preset = kind.preset().unwrap();
             for name in preset.paths.keys() {
-                assert!(Endpoint::from_name(name).is_some(), "{name}");
+                assert!(Operation::from_name(name).is_some(), "{name}");
             }
             if !preset.voice_by_gender.is_empty() {
                 assert!(preset.voice_by_gender.contains_key("f"));
@@ -480,25 +479,25 @@ mod tests {
         let (whisper, _) = dialect(Kind::WhisperCpp);
         let (openai, _) = dialect(Kind::Openai);
         assert_eq!(
-            kokoro.conversion(Endpoint::Speech, true, Some("mp3")),
+            kokoro.conversion(Operation::Speech, true, Some("mp3")),
             Ok(Convert::SpeechSse)
         );
         assert_eq!(
-            kokoro.conversion(Endpoint::Speech, false, Some("mp3")),
+            kokoro.conversion(Operation::Speech, false, Some("mp3")),
             Ok(Convert::None)
         );
         assert_eq!(
-            whisper.conversion(Endpoint::Transcriptions, true, Some("text")),
+            whisper.conversion(Operation::Transcriptions, true, Some("text")),
             Ok(Convert::TranscriptSse)
         );
         assert!(whisper
-            .conversion(Endpoint::Transcriptions, true, Some("srt"))
+            .conversion(Operation::Transcriptions, true, Some("srt"))
             .is_err());
         assert_eq!(
-            openai.conversion(Endpoint::Transcriptions, true, Some("json")),
+            openai.conversion(Operation::Transcriptions, true, Some("json")),
             Ok(Convert::None)
         );
-        assert_eq!(whisper.path(Endpoint::Transcriptions), Some("/inference"));
-        assert_eq!(openai.path(Endpoint::Transcriptions), None);
+        assert_eq!(whisper.path(Operation::Transcriptions), Some("/inference"));
+        assert_eq!(openai.path(Operation::Transcriptions), None);
     }
 }

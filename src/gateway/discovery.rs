@@ -14,8 +14,8 @@ use http::{HeaderMap, HeaderValue, Method};
 use http_body_util::{BodyExt, Limited};
 use serde_json::{json, Value};
 
-use crate::config::RouteConfig;
-use crate::route::Endpoint;
+use crate::route::Operation;
+use crate::route::RouteConfig;
 use crate::upstream::Upstream;
 
 /// How long a live list may take.
@@ -33,7 +33,7 @@ fn routed(routes: &[RouteConfig], speech_only: bool) -> Vec<usize> {
             .matcher
             .endpoints
             .as_ref()
-            .is_none_or(|e| e.contains(&Endpoint::Speech));
+            .is_none_or(|e| e.contains(&Operation::Speech));
         if speech_only && !reaches_speech {
             continue;
         }

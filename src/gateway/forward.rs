@@ -1,6 +1,6 @@
 //! Forwarding with fallback: try a route's upstreams in order until one answers.
 //!
-//! The rules live in one place, [`falls_back`]: a connect failure, a missing response within
+//! The rules live in one place, [`may_fall_back`]: a connect failure, a missing response within
 //! the per-try timeout, a connection broken before the response, or a status listed in the
 //! route's `fallback_on` sends the request on to the next upstream — and nothing else does.
 //! The decision is taken on the response *headers*, before a single response byte has gone
@@ -9,131 +9,93 @@
 //! its own 503 and `retry-after` tell the client more than a made-up 502 would. Every attempt is recorded for the access log and for the error message when
 //! all of them fail.
 
-use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::upstream::connections::UpstreamBody;
-use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
-use http_body_util::BodyExt;
 
-use crate::config::{FallbackPolicy, RouteConfig};
-use crate::engine::dialect::Convert;
+use crate::engine::dialect::{Convert, Dialect};
+use crate::engine::errors::error_detail;
 use crate::error::ApiError;
 use crate::request::payload::{Edits, Payload};
-use crate::route::Endpoint;
+use crate::route::Operation;
+use crate::route::{FallbackPolicy, RouteConfig};
+use crate::telemetry::record::{summary, Attempt, AttemptResult};
+use crate::upstream::error::{ErrorKind, UpstreamError};
 use crate::upstream::pool::Picked;
-use crate::upstream::{AttemptError, Upstream};
+use crate::upstream::Upstream;
 
-/// What became of one attempt.
-#[derive(Debug)]
-pub enum AttemptResult {
-    /// The response went to the client.
-    Answered(StatusCode),
-    /// The status was in `fallback_on`; `detail` is the gist of its error body.
-    Refused {
-        status: StatusCode,
-        detail: Option<String>,
-    },
-    /// No response at all.
-    Failed(AttemptError),
-    /// Not tried: no endpoint of the upstream was available.
-    Skipped,
-    /// Not tried: too many fallback attempts are in flight already.
-    NoBudget,
-    /// Not tried: the route's deadline had passed.
-    DeadlinePassed,
-    /// Not tried: the engine cannot take this request (a voice it cannot map, a stream
-    /// it cannot produce); the reason says which.
-    Unsuitable(String),
-}
-
-#[derive(Debug)]
-pub struct Attempt {
-    pub upstream: String,
-    pub result: AttemptResult,
-    pub elapsed: Duration,
-}
-
-impl fmt::Display for Attempt {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.elapsed.as_secs_f64() * 1000.0;
-        match &self.result {
-            AttemptResult::Answered(s) => {
-                write!(f, "{}: {} ({ms:.1} ms)", self.upstream, s.as_u16())
-            }
-            AttemptResult::Refused { status, detail } => {
-                write!(f, "{}: answered {}", self.upstream, status.as_u16())?;
-                if let Some(d) = detail {
-                    write!(f, " \"{d}\"")?;
-                }
-                write!(f, " ({ms:.1} ms)")
-            }
-            AttemptResult::Failed(e) => write!(f, "{}: {e} ({ms:.1} ms)", self.upstream),
-            AttemptResult::Skipped => {
-                write!(f, "{}: skipped, no endpoint available", self.upstream)
-            }
-            AttemptResult::NoBudget => {
-                write!(f, "{}: not tried, retry budget exhausted", self.upstream)
-            }
-            AttemptResult::DeadlinePassed => {
-                write!(
-                    f,
-                    "{}: not tried, the route's deadline passed",
-                    self.upstream
-                )
-            }
-            AttemptResult::Unsuitable(why) => write!(f, "{}: not sent, {why}", self.upstream),
-        }
-    }
-}
-
-/// The one place that decides whether a failed attempt goes on to the next upstream.
-pub fn falls_back(policy: &FallbackPolicy, outcome: Result<StatusCode, &AttemptError>) -> bool {
+/// The one place that decides whether a failed attempt goes on to the next upstream: a
+/// status listed in the route's `fallback_on`, or a failure of a kind the route falls back
+/// on. voxgate's own failures never do: the next upstream would meet the same one.
+pub fn may_fall_back(policy: &FallbackPolicy, outcome: Result<StatusCode, &UpstreamError>) -> bool {
     match outcome {
         Ok(status) => policy.statuses.contains(&status.as_u16()),
-        Err(AttemptError::Connect(_)) => policy.connect,
-        Err(AttemptError::Timeout(_)) => policy.timeout,
-        Err(AttemptError::Reset(_)) => policy.reset,
+        Err(e) => match e.kind() {
+            ErrorKind::Connect => policy.connect,
+            ErrorKind::Timeout => policy.timeout,
+            ErrorKind::Reset | ErrorKind::Stale | ErrorKind::Protocol => policy.reset,
+            ErrorKind::Internal => false,
+        },
     }
 }
 
-/// Every upstream of the route was tried, or the policy forbade going on.
+/// Why a route's upstreams gave the client no answer; each says what the attempts were.
 #[derive(Debug)]
-pub struct Exhausted {
-    /// Whether the last failure was one the route does not fall back on.
-    pub stopped_by_policy: bool,
-    pub summary: String,
-    pub all_timeouts: bool,
-    /// No upstream was asked because none could take the request as it is: the
-    /// client's request is at fault, not the upstreams.
-    pub unsuitable: bool,
+pub enum Exhausted {
+    /// No upstream of the route can take the request as it is (a voice it cannot map, a
+    /// stream it cannot make): the client's request is at fault, not the upstreams.
+    Unsuitable(String),
+    /// An attempt failed in a way the route does not fall back on; `timed_out` when
+    /// every attempt ran out of time.
+    StoppedByPolicy { summary: String, timed_out: bool },
+    /// Every attempt ran out of time (or the route's deadline passed); none was refused.
+    TimedOut(String),
+    /// Every upstream was tried or skipped, and none answered.
+    NoAnswer(String),
+    /// voxgate could not make the request: its own fault, not an upstream's.
+    Internal(String),
+    /// An upstream answered, but its answer could not be read or converted.
+    Unreadable(String),
 }
 
 impl Exhausted {
     pub fn api_error(&self) -> ApiError {
-        if self.unsuitable {
-            return ApiError::invalid_request(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "no upstream of the route can take this request: {}",
-                    self.summary
-                ),
-            )
-            .with_code("unsupported_request");
-        }
-        let status = if self.all_timeouts {
-            StatusCode::GATEWAY_TIMEOUT
-        } else {
-            StatusCode::BAD_GATEWAY
+        let (status, message) = match self {
+            Exhausted::Unsuitable(summary) => {
+                return ApiError::invalid_request(
+                    StatusCode::BAD_REQUEST,
+                    format!("no upstream of the route can take this request: {summary}"),
+                )
+                .with_code("unsupported_request");
+            }
+            Exhausted::Internal(summary) => {
+                return ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    format!("voxgate could not send the request: {summary}"),
+                )
+                .with_code("internal_error")
+                .with_should_retry(false);
+            }
+            Exhausted::StoppedByPolicy { summary, timed_out } => (
+                match timed_out {
+                    true => StatusCode::GATEWAY_TIMEOUT,
+                    false => StatusCode::BAD_GATEWAY,
+                },
+                format!("upstream failed and the route does not fall back on that: {summary}"),
+            ),
+            Exhausted::TimedOut(summary) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("no upstream could answer: {summary}"),
+            ),
+            Exhausted::NoAnswer(summary) | Exhausted::Unreadable(summary) => (
+                StatusCode::BAD_GATEWAY,
+                format!("no upstream could answer: {summary}"),
+            ),
         };
-        let lead = if self.stopped_by_policy {
-            "upstream failed and the route does not fall back on that"
-        } else {
-            "no upstream could answer"
-        };
-        ApiError::new(status, "server_error", format!("{lead}: {}", self.summary))
+        ApiError::new(status, "server_error", message)
             .with_code("upstream_unavailable")
             // voxgate already did the retrying an SDK would do, against every upstream.
             .with_should_retry(false)
@@ -151,11 +113,11 @@ pub struct RetryBudget {
     retries: AtomicUsize,
 }
 
-/// One request or one fallback attempt in flight; counted until dropped.
+/// One request or one fallback attempt counted in the retry budget until dropped.
 #[derive(Debug)]
-pub struct InFlight<'a>(&'a AtomicUsize);
+pub struct BudgetEntry<'a>(&'a AtomicUsize);
 
-impl Drop for InFlight<'_> {
+impl Drop for BudgetEntry<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -171,26 +133,26 @@ impl RetryBudget {
         }
     }
 
-    pub fn request(&self) -> InFlight<'_> {
+    pub fn request(&self) -> BudgetEntry<'_> {
         self.requests.fetch_add(1, Ordering::AcqRel);
-        InFlight(&self.requests)
+        BudgetEntry(&self.requests)
     }
 
     /// A fallback attempt, if the budget allows one more now.
-    pub fn retry(&self) -> Option<InFlight<'_>> {
+    pub fn retry(&self) -> Option<BudgetEntry<'_>> {
         let allowed = (self.requests.load(Ordering::Acquire) * self.percent / 100).max(self.min);
         self.retries
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < allowed).then_some(n + 1)
             })
             .ok()
-            .map(|_| InFlight(&self.retries))
+            .map(|_| BudgetEntry(&self.retries))
     }
 }
 
 /// The request line and headers as the client sent them, normalised.
 pub struct RequestHead<'a> {
-    pub endpoint: Endpoint,
+    pub operation: Operation,
     pub method: &'a Method,
     pub path_and_query: &'a str,
     pub headers: &'a HeaderMap,
@@ -201,7 +163,8 @@ pub struct RequestHead<'a> {
 pub struct Served {
     /// Index into `upstreams` of the upstream that answered.
     pub index: usize,
-    pub picked: Picked,
+    /// The endpoint that answered: in flight until the response is over.
+    pub picked: Option<Picked>,
     pub response: Response<UpstreamBody>,
     /// How its answer must be converted for the client.
     pub convert: Convert,
@@ -211,7 +174,7 @@ pub struct Served {
 fn edits_for<'a>(
     upstream: &'a Upstream,
     route: &'a RouteConfig,
-    endpoint: Endpoint,
+    endpoint: Operation,
     payload: &Payload,
 ) -> Result<Edits<'a>, String> {
     let dialect = &upstream.config.dialect;
@@ -222,7 +185,7 @@ fn edits_for<'a>(
         dialect,
         drop_fields: dialect.dropped(endpoint),
         convert: dialect.conversion(endpoint, payload.stream(), payload.response_format())?,
-        translate: endpoint == Endpoint::Translations && dialect.translate_field,
+        translate: endpoint == Operation::Translations && dialect.translate_field,
     };
     match payload.refusal(&edits) {
         Some(why) => Err(why),
@@ -244,18 +207,13 @@ pub async fn forward(
     // Each suitable pool's availability, read once: it takes every endpoint's lock.
     let mut suitable = Vec::with_capacity(route.to.len());
     for &index in &route.to {
-        match edits_for(&upstreams[index], route, head.endpoint, payload) {
+        match edits_for(&upstreams[index], route, head.operation, payload) {
             Ok(edits) => suitable.push((index, edits, upstreams[index].pool.is_up())),
             Err(why) => attempts.push(not_tried(&upstreams[index], AttemptResult::Unsuitable(why))),
         }
     }
     if suitable.is_empty() {
-        return Err(Exhausted {
-            stopped_by_policy: false,
-            summary: summary(attempts),
-            all_timeouts: false,
-            unsuitable: true,
-        });
+        return Err(Exhausted::Unsuitable(summary(attempts)));
     }
     let all_down = !suitable.iter().any(|(_, _, up)| *up);
     let mut to_try = Vec::with_capacity(suitable.len());
@@ -269,8 +227,9 @@ pub async fn forward(
     let _request = budget.request();
     let deadline = route.deadline.map(|d| Instant::now() + d);
     // The fallback attempt in flight, held until the next one or the end.
-    let mut retry: Option<InFlight<'_>> = None;
-    let mut stopped_by_policy = false;
+    let mut retry: Option<BudgetEntry<'_>> = None;
+    // Set when an attempt's failure ended the trying.
+    let mut stopped: Option<ErrorKind> = None;
     let mut after_connect_failure = false;
     let count = to_try.len();
     for (position, (index, edits)) in to_try.into_iter().enumerate() {
@@ -343,7 +302,7 @@ pub async fn forward(
         match result {
             Ok(response) => {
                 let status = response.status();
-                let failed = falls_back(&route.fallback, Ok(status));
+                let failed = may_fall_back(&route.fallback, Ok(status));
                 if failed {
                     upstream
                         .pool
@@ -364,7 +323,7 @@ pub async fn forward(
                     attempts.push(record(AttemptResult::Answered(status)));
                     return Ok(Served {
                         index,
-                        picked,
+                        picked: Some(picked),
                         response,
                         convert: edits.convert,
                     });
@@ -374,50 +333,42 @@ pub async fn forward(
             }
             Err(e) => {
                 upstream.pool.failed(picked.index, &e);
-                after_connect_failure = matches!(e, AttemptError::Connect(_));
-                let go_on = falls_back(&route.fallback, Err(&e));
+                after_connect_failure = e.kind() == ErrorKind::Connect;
+                let go_on = may_fall_back(&route.fallback, Err(&e));
+                let kind = e.kind();
                 attempts.push(record(AttemptResult::Failed(e)));
                 if !go_on {
-                    stopped_by_policy = true;
+                    stopped = Some(kind);
                     break;
                 }
             }
         }
     }
-    let summary = summary(attempts);
-    let timed_out = |a: &Attempt| {
-        matches!(
-            a.result,
-            AttemptResult::Failed(AttemptError::Timeout(_)) | AttemptResult::DeadlinePassed
-        )
+    let timed_out = |a: &Attempt| match &a.result {
+        AttemptResult::Failed(e) => e.kind() == ErrorKind::Timeout,
+        AttemptResult::DeadlinePassed => true,
+        _ => false,
     };
     let all_timeouts = attempts.iter().any(timed_out)
         && attempts.iter().all(|a| {
             timed_out(a) || matches!(a.result, AttemptResult::Skipped | AttemptResult::NoBudget)
         });
-    Err(Exhausted {
-        stopped_by_policy,
-        summary,
-        all_timeouts,
-        unsuitable: false,
+    let summary = summary(attempts);
+    Err(match stopped {
+        Some(ErrorKind::Internal) => Exhausted::Internal(summary),
+        Some(_) => Exhausted::StoppedByPolicy {
+            summary,
+            timed_out: all_timeouts,
+        },
+        None if all_timeouts => Exhausted::TimedOut(summary),
+        None => Exhausted::NoAnswer(summary),
     })
-}
-
-fn summary(attempts: &[Attempt]) -> String {
-    attempts
-        .iter()
-        .map(Attempt::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// The path and query an upstream gets: its dialect's own path for the endpoint, if it
 /// has one (whisper.cpp's `/inference`), else the client's.
-fn upstream_path<'a>(
-    dialect: &crate::engine::dialect::Dialect,
-    head: &RequestHead<'a>,
-) -> std::borrow::Cow<'a, str> {
-    match dialect.path(head.endpoint) {
+fn upstream_path<'a>(dialect: &Dialect, head: &RequestHead<'a>) -> std::borrow::Cow<'a, str> {
+    match dialect.path(head.operation) {
         None => head.path_and_query.into(),
         Some(path) => match head.path_and_query.split_once('?') {
             Some((_, query)) => format!("{path}?{query}").into(),
@@ -433,99 +384,6 @@ fn not_tried(upstream: &Upstream, result: AttemptResult) -> Attempt {
         result,
         elapsed: Duration::ZERO,
     }
-}
-
-/// The message of a refused response, if its body is short and arrives at once: enough to
-/// tell "model not found" from "overloaded" in the final error, never worth a wait.
-async fn error_detail(response: Response<UpstreamBody>) -> Option<String> {
-    const MAX: usize = 2048;
-    if response
-        .headers()
-        .contains_key(http::header::CONTENT_ENCODING)
-    {
-        return None; // compressed: not worth decoding for a message
-    }
-    let mut body = response.into_body();
-    let mut buf = Vec::new();
-    let read = async {
-        while let Some(Ok(frame)) = body.frame().await {
-            if let Ok(data) = frame.into_data() {
-                buf.extend_from_slice(&data);
-                if buf.len() > MAX {
-                    break;
-                }
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_millis(250), read).await;
-    message_of(&Bytes::from(buf))
-}
-
-/// The text of an error page: tags dropped (an HTML page's `<title>` is usually its
-/// message, and comes first), whitespace collapsed. Plain text comes out trimmed.
-fn without_markup(text: &str) -> String {
-    let mut out = String::with_capacity(text.len().min(4096));
-    let mut in_tag = false;
-    for c in text.chars() {
-        match c {
-            '<' => {
-                in_tag = true;
-                out.push(' ');
-            }
-            '>' if in_tag => in_tag = false,
-            c if !in_tag => out.push(c),
-            _ => {}
-        }
-    }
-    out.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// FastAPI's validation error (`{"detail": [{"loc": ["body", "voice"], "msg": …}]}`, as
-/// Kokoro and Speaches send it) as `voice: msg`.
-fn fastapi_validation(v: &serde_json::Value) -> Option<String> {
-    let first = v.pointer("/detail/0")?;
-    let msg = first.get("msg")?.as_str()?;
-    let loc: Vec<String> = first
-        .get("loc")
-        .and_then(|l| l.as_array())
-        .map(|l| {
-            l.iter()
-                .filter(|p| p.as_str() != Some("body"))
-                .map(|p| match p {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Some(if loc.is_empty() {
-        msg.to_string()
-    } else {
-        format!("{}: {msg}", loc.join("."))
-    })
-}
-
-/// Finds the human message in the error bodies the known upstreams write.
-pub(crate) fn message_of(body: &[u8]) -> Option<String> {
-    let text = match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(v) if v.pointer("/detail/0/msg").is_some() => fastapi_validation(&v)?,
-        Ok(v) => {
-            let candidates = [
-                v.pointer("/error/message"),
-                v.pointer("/detail/message"),
-                v.pointer("/detail"),
-                v.pointer("/error"),
-                v.pointer("/message"),
-            ];
-            candidates
-                .into_iter()
-                .flatten()
-                .find_map(|c| c.as_str().map(str::to_string))?
-        }
-        Err(_) => without_markup(&String::from_utf8_lossy(body)),
-    };
-    let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
-    (!text.is_empty()).then_some(text)
 }
 
 #[cfg(test)]
@@ -547,38 +405,41 @@ mod tests {
         for code in 100..=599u16 {
             let status = StatusCode::from_u16(code).unwrap();
             assert_eq!(
-                falls_back(&p, Ok(status)),
+                may_fall_back(&p, Ok(status)),
                 matches!(code, 502..=504),
                 "status {code}"
             );
         }
-        assert!(falls_back(
+        assert!(may_fall_back(
             &p,
-            Err(&AttemptError::Connect("refused".into()))
+            Err(&UpstreamError::new(ErrorKind::Connect, "refused"))
         ));
-        assert!(falls_back(
+        assert!(may_fall_back(
             &p,
-            Err(&AttemptError::Timeout(Duration::from_secs(1)))
+            Err(&UpstreamError::timeout(Duration::from_secs(1)))
         ));
-        assert!(falls_back(&p, Err(&AttemptError::Reset("reset".into()))));
+        assert!(may_fall_back(
+            &p,
+            Err(&UpstreamError::new(ErrorKind::Reset, "reset"))
+        ));
     }
 
     #[test]
     fn each_trigger_can_be_turned_off_alone() {
-        let connect = AttemptError::Connect("x".into());
-        let timeout = AttemptError::Timeout(Duration::from_secs(1));
-        let reset = AttemptError::Reset("x".into());
+        let connect = UpstreamError::new(ErrorKind::Connect, "x");
+        let timeout = UpstreamError::timeout(Duration::from_secs(1));
+        let reset = UpstreamError::new(ErrorKind::Reset, "x");
         for (c, t, r) in [
             (true, false, false),
             (false, true, false),
             (false, false, true),
         ] {
             let p = policy(c, t, r, &[429]);
-            assert_eq!(falls_back(&p, Err(&connect)), c);
-            assert_eq!(falls_back(&p, Err(&timeout)), t);
-            assert_eq!(falls_back(&p, Err(&reset)), r);
-            assert!(falls_back(&p, Ok(StatusCode::TOO_MANY_REQUESTS)));
-            assert!(!falls_back(&p, Ok(StatusCode::SERVICE_UNAVAILABLE)));
+            assert_eq!(may_fall_back(&p, Err(&connect)), c);
+            assert_eq!(may_fall_back(&p, Err(&timeout)), t);
+            assert_eq!(may_fall_back(&p, Err(&reset)), r);
+            assert!(may_fall_back(&p, Ok(StatusCode::TOO_MANY_REQUESTS)));
+            assert!(!may_fall_back(&p, Ok(StatusCode::SERVICE_UNAVAILABLE)));
         }
     }
 
@@ -600,49 +461,37 @@ mod tests {
     }
 
     #[test]
-    fn error_messages_are_found_in_every_dialect() {
-        let cases: [(&[u8], Option<&str>); 7] = [
-            (
-                br#"{"detail":[{"type":"string_type","loc":["body","voice"],"msg":"Input should be a valid string"}]}"#,
-                Some("voice: Input should be a valid string"),
-            ),
-            (
-                br#"{"error":{"message":"overloaded","type":"server_error"}}"#,
-                Some("overloaded"),
-            ),
-            (
-                br#"{"detail":{"error":"x","message":"voice not found","type":"v"}}"#,
-                Some("voice not found"),
-            ),
-            (br#"{"detail":"Not Found"}"#, Some("Not Found")),
-            (br#"{"error":"model busy"}"#, Some("model busy")),
-            (
-                b"<html><head><title>502 Bad Gateway</title></head>\n<body>nginx</body></html>\n",
-                Some("502 Bad Gateway nginx"),
-            ),
-            (b"", None),
-        ];
-        for (body, expected) in cases {
-            assert_eq!(message_of(body).as_deref(), expected);
+    fn stale_and_invalid_answers_fall_back_as_resets_and_our_own_failures_never_do() {
+        let p = FallbackPolicy::default();
+        for kind in [ErrorKind::Stale, ErrorKind::Protocol] {
+            assert!(may_fall_back(&p, Err(&UpstreamError::new(kind, "x"))));
+            let no_reset = policy(true, true, false, &[]);
+            assert!(!may_fall_back(
+                &no_reset,
+                Err(&UpstreamError::new(kind, "x"))
+            ));
         }
+        let ours = UpstreamError::new(ErrorKind::Internal, "cannot build the upstream URL");
+        assert!(!may_fall_back(&policy(true, true, true, &[]), Err(&ours)));
     }
 
     #[test]
     fn exhausted_maps_to_502_or_504_without_retry() {
-        let e = Exhausted {
-            stopped_by_policy: false,
-            summary: "a: connect failed".into(),
-            all_timeouts: false,
-            unsuitable: false,
-        };
+        let e = Exhausted::NoAnswer("a: connect failed".into());
         let api = e.api_error();
         assert_eq!(api.status, 502);
         assert_eq!(api.should_retry, Some(false));
         assert!(api.message.contains("a: connect failed"));
-        let e = Exhausted {
-            all_timeouts: true,
-            ..e
+        assert_eq!(Exhausted::TimedOut("a".into()).api_error().status, 504);
+        let stopped = |timed_out| Exhausted::StoppedByPolicy {
+            summary: "a".into(),
+            timed_out,
         };
-        assert_eq!(e.api_error().status, 504);
+        assert_eq!(stopped(false).api_error().status, 502);
+        assert_eq!(stopped(true).api_error().status, 504);
+        assert_eq!(Exhausted::Unsuitable("a".into()).api_error().status, 400);
+        let internal = Exhausted::Internal("a".into()).api_error();
+        assert_eq!(internal.status, 500);
+        assert_eq!(internal.should_retry, Some(false));
     }
 }

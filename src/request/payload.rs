@@ -15,10 +15,10 @@ use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Vis
 use serde::ser::{Serialize, Serializer};
 use serde_json::Value;
 
-use crate::config::FieldValue;
 use crate::engine::dialect::{Convert, Dialect};
 use crate::request::outgoing::Segment;
 use crate::request::replay::Replay;
+use crate::route::FieldValue;
 
 /// The rewrites for one attempt: the route's `set`, then the upstream's maps, then what
 /// its dialect needs (fields it refuses left out, voices it cannot take replaced, a stream

@@ -22,8 +22,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::gateway::{overloaded, Gateway};
+use crate::gateway::{Listener, Origin};
 use crate::server::inline_wake::Prompt;
-use crate::telemetry::access_log::{Listener, Origin};
 use tokio::sync::Semaphore;
 
 /// Serves a connection over the limit: every request gets 503 with `retry-after`, and the

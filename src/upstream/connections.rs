@@ -37,6 +37,7 @@ use tokio::net::TcpStream;
 use tower_service::Service;
 
 use crate::request::outgoing::{OutBody, Segment};
+use crate::upstream::error::{ErrorKind, UpstreamError};
 use crate::upstream::h1::{self, Conn, Decoder, ExchangeError, HeaderSource, SendFile};
 
 /// An upstream connection's byte stream: TCP, or TLS over TCP.
@@ -56,26 +57,6 @@ impl SendFile for Io {
 /// A kept HTTP/1 connection. Boxed: with its TLS state inline it is over a kilobyte,
 /// and it moves from the idle list to a request to its response body and back.
 type H1 = Box<Conn<Io>>;
-
-/// Why a request got no response.
-#[derive(Debug)]
-pub enum SendError {
-    /// No connection could be made: nothing was sent.
-    Connect(String),
-    /// The connection failed after sending began, before the response headers.
-    Reset(String),
-    /// A kept connection closed before any response: most likely the server's keep-alive
-    /// ran out as the request went out. Worth sending once more, on a new connection.
-    Stale(String),
-}
-
-impl SendError {
-    pub fn text(self) -> String {
-        match self {
-            SendError::Connect(e) | SendError::Reset(e) | SendError::Stale(e) => e,
-        }
-    }
-}
 
 /// Which connection a request may take.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -247,14 +228,15 @@ impl Connections {
         &self,
         index: usize,
         request: &Outgoing<'_>,
-    ) -> Result<Response<UpstreamBody>, SendError> {
-        let slot = self
-            .slots
-            .get(index)
-            .ok_or_else(|| SendError::Connect(format!("no endpoint {index}")))?;
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let slot = self.slots.get(index).ok_or_else(|| {
+            UpstreamError::new(ErrorKind::Internal, format!("no endpoint {index}"))
+        })?;
         match self.send_once(slot, request, Reuse::Kept).await {
             // Boxed: rare, and it would double the size of every request's future.
-            Err(SendError::Stale(_)) => Box::pin(self.send_once(slot, request, Reuse::Fresh)).await,
+            Err(e) if e.kind() == ErrorKind::Stale => {
+                Box::pin(self.send_once(slot, request, Reuse::Fresh)).await
+            }
             other => other,
         }
     }
@@ -264,12 +246,15 @@ impl Connections {
         slot: &Arc<Slot>,
         request: &Outgoing<'_>,
         reuse: Reuse,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if !h1::is_request_target(request.path_and_query) {
-            return Err(SendError::Connect(format!(
-                "cannot build the upstream URL from `{}`",
-                request.path_and_query.escape_debug()
-            )));
+            return Err(UpstreamError::new(
+                ErrorKind::Internal,
+                format!(
+                    "cannot build the upstream URL from `{}`",
+                    request.path_and_query.escape_debug()
+                ),
+            ));
         }
         let (sender, reused) = self.checkout(slot, reuse).await?;
         let segments = (request.body)();
@@ -295,23 +280,18 @@ impl Connections {
                         *response.headers_mut() = answer.headers;
                         Ok(response)
                     }
-                    Err(ExchangeError::Unanswered(e)) if reused => Err(SendError::Stale(e)),
-                    Err(e) => Err(SendError::Reset(e.to_string())),
+                    Err(e) => Err(exchange_failed(e, reused)),
                 }
             }
             Sender::H2(mut sender) => {
                 let path =
                     PathAndQuery::try_from(format!("{}{}", slot.prefix, request.path_and_query))
-                        .map_err(|e| {
-                            SendError::Connect(format!("cannot build the upstream URL: {e}"))
-                        })?;
+                        .map_err(|e| unbuildable(&e))?;
                 let mut parts = http::uri::Parts::default();
                 parts.scheme = Some(slot.scheme.clone());
                 parts.authority = slot.origin.authority().cloned();
                 parts.path_and_query = Some(path);
-                let uri = Uri::from_parts(parts).map_err(|e| {
-                    SendError::Connect(format!("cannot build the upstream URL: {e}"))
-                })?;
+                let uri = Uri::from_parts(parts).map_err(|e| unbuildable(&e))?;
                 let mut headers = HeaderMap::new();
                 (request.headers)(&mut |name, value| {
                     headers.append(name.clone(), value.clone());
@@ -325,16 +305,16 @@ impl Connections {
                     Ok(response) => Ok(response.map(UpstreamBody::h2)),
                     // Nothing was written: the shared connection closed under us.
                     Err(e) if reused && e.message().is_some() => {
-                        Err(SendError::Stale(describe(e.error())))
+                        Err(UpstreamError::caused_by(ErrorKind::Stale, e.into_error()))
                     }
-                    Err(e) => Err(failed(e.error(), reused)),
+                    Err(e) => Err(h2_failed(e.into_error(), reused)),
                 }
             }
         }
     }
 
     /// A connection to `slot`, and whether it was kept from an earlier request.
-    async fn checkout(&self, slot: &Slot, reuse: Reuse) -> Result<(Sender, bool), SendError> {
+    async fn checkout(&self, slot: &Slot, reuse: Reuse) -> Result<(Sender, bool), UpstreamError> {
         if let Some(shared) = slot.shared() {
             return Ok((Sender::H2(shared), reuse == Reuse::Kept));
         }
@@ -345,29 +325,25 @@ impl Connections {
         }
         // Boxed: connecting (and a TLS handshake) is rare, and its state would otherwise
         // make every request's future bigger, to be moved on every poll of a new one.
-        Box::pin(self.connect(slot))
-            .await
-            .map(|s| (s, false))
-            .map_err(SendError::Connect)
+        Box::pin(self.connect(slot)).await.map(|s| (s, false))
     }
 
-    async fn connect(&self, slot: &Slot) -> Result<Sender, String> {
+    async fn connect(&self, slot: &Slot) -> Result<Sender, UpstreamError> {
+        let refused = |e| UpstreamError::caused_by(ErrorKind::Connect, e);
         let mut connector = self.connector.clone();
         poll_fn(|cx| connector.poll_ready(cx))
             .await
-            .map_err(|e| describe(&*e))?;
-        let io = connector
-            .call(slot.origin.clone())
-            .await
-            .map_err(|e| describe(&*e))?;
+            .map_err(refused)?;
+        let io = connector.call(slot.origin.clone()).await.map_err(refused)?;
         if io.connected().is_negotiated_h2() {
-            let (mut sender, connection) = self.h2.handshake(io).await.map_err(|e| describe(&e))?;
+            let handshake = |e| UpstreamError::caused_by(ErrorKind::Connect, e);
+            let (mut sender, connection) = self.h2.handshake(io).await.map_err(handshake)?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
             });
-            sender.ready().await.map_err(|e| describe(&e))?;
+            sender.ready().await.map_err(handshake)?;
             *locked(&slot.shared) = Some(sender.clone());
             Ok(Sender::H2(sender))
         } else {
@@ -381,27 +357,35 @@ impl Connections {
     }
 }
 
-/// An HTTP/2 send that failed once the request was handed to hyper.
-fn failed(e: &hyper::Error, reused: bool) -> SendError {
-    if reused && (e.is_incomplete_message() || e.is_canceled()) {
-        SendError::Stale(describe(e))
-    } else {
-        SendError::Reset(describe(e))
-    }
+/// An HTTP/1 exchange that failed, as an upstream error.
+fn exchange_failed(e: ExchangeError, reused: bool) -> UpstreamError {
+    let kind = match &e {
+        ExchangeError::Unanswered(_) if reused => ErrorKind::Stale,
+        ExchangeError::Unanswered(_) | ExchangeError::Broken(_) => ErrorKind::Reset,
+        ExchangeError::Invalid(_) => ErrorKind::Protocol,
+        ExchangeError::Local(_) => ErrorKind::Internal,
+    };
+    UpstreamError::new(kind, e.to_string())
 }
 
-/// An error's message with its causes, which carry the useful part.
-pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
+/// An HTTP/2 send that failed once the request was handed to hyper.
+fn h2_failed(e: hyper::Error, reused: bool) -> UpstreamError {
+    let kind = if reused && (e.is_incomplete_message() || e.is_canceled()) {
+        ErrorKind::Stale
+    } else if e.is_parse() {
+        ErrorKind::Protocol
+    } else {
+        ErrorKind::Reset
+    };
+    UpstreamError::caused_by(kind, e)
+}
+
+/// A request target that the endpoint's URL and the client's path do not make a URL of.
+fn unbuildable(e: &dyn std::fmt::Display) -> UpstreamError {
+    UpstreamError::new(
+        ErrorKind::Internal,
+        format!("cannot build the upstream URL: {e}"),
+    )
 }
 
 /// An upstream's response body. An HTTP/1 body read to its end puts its connection back
@@ -577,7 +561,7 @@ pub(crate) mod tests {
         c: &Connections,
         path: &str,
         reuse: Reuse,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let request = Outgoing {
             method: &Method::GET,
             path_and_query: path,
@@ -662,7 +646,7 @@ pub(crate) mod tests {
         let (_, body) = read(get(&c, "/", Reuse::Kept).await.unwrap()).await;
         assert_eq!(body, "ok");
         match get(&c, "/", Reuse::Kept).await {
-            Err(SendError::Stale(_)) => {}
+            Err(e) if e.kind() == ErrorKind::Stale => {}
             other => panic!("{:?}", other.map(|r| r.status())),
         }
         let (_, body) = read(get(&c, "/", Reuse::Fresh).await.unwrap()).await;
@@ -716,7 +700,9 @@ pub(crate) mod tests {
         drop(listener);
         let c = connections(&url, Duration::from_secs(60));
         match get(&c, "/", Reuse::Kept).await {
-            Err(SendError::Connect(text)) => assert!(text.contains("refused"), "{text}"),
+            Err(e) if e.kind() == ErrorKind::Connect => {
+                assert!(e.message().contains("refused"), "{e}")
+            }
             other => panic!("{:?}", other.map(|r| r.status())),
         }
     }

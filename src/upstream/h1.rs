@@ -80,15 +80,22 @@ pub enum ExchangeError {
     /// The connection closed or failed before any byte of an answer: on a kept
     /// connection, most likely closed by the upstream as the request went out.
     Unanswered(String),
-    /// Anything else: a broken or invalid answer head, or the request body could not be
-    /// read back.
-    Failed(String),
+    /// The connection broke after part of an answer came, or after the whole request
+    /// went out.
+    Broken(String),
+    /// The answer's head is not valid HTTP/1.1.
+    Invalid(String),
+    /// The request body could not be read back from the replay store: voxgate's side.
+    Local(String),
 }
 
 impl std::fmt::Display for ExchangeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ExchangeError::Unanswered(e) | ExchangeError::Failed(e) => f.write_str(e),
+            ExchangeError::Unanswered(e)
+            | ExchangeError::Broken(e)
+            | ExchangeError::Invalid(e)
+            | ExchangeError::Local(e) => f.write_str(e),
         }
     }
 }
@@ -498,7 +505,7 @@ impl<T: AsyncRead + AsyncWrite + SendFile + Unpin> Conn<T> {
                     Poll::Ready(Err(WriteError::Io(e))) => write_error = Some(e),
                     Poll::Ready(Err(WriteError::Local(e))) => {
                         let e = format!("the request body could not be sent: {e}");
-                        return Poll::Ready(Err(ExchangeError::Failed(e)));
+                        return Poll::Ready(Err(ExchangeError::Local(e)));
                     }
                     Poll::Pending => {}
                 }
@@ -525,12 +532,12 @@ impl<T: AsyncRead + AsyncWrite + SendFile + Unpin> Conn<T> {
                         }
                         Ok(Some(answer)) => return Poll::Ready(Ok(answer)),
                         Ok(None) => {}
-                        Err(e) => return Poll::Ready(Err(ExchangeError::Failed(e))),
+                        Err(e) => return Poll::Ready(Err(ExchangeError::Invalid(e))),
                     }
                 }
                 let closed = |detail: String| {
                     Poll::Ready(Err(if read_any {
-                        ExchangeError::Failed(format!(
+                        ExchangeError::Broken(format!(
                             "the upstream closed the connection in the middle of the answer's head{detail}"
                         ))
                     } else {
@@ -551,7 +558,7 @@ impl<T: AsyncRead + AsyncWrite + SendFile + Unpin> Conn<T> {
                     // A reset after the whole request went out may come from an upstream
                     // that worked on it: not a reason to send it again.
                     Err(e) if written => {
-                        return Poll::Ready(Err(ExchangeError::Failed(format!(
+                        return Poll::Ready(Err(ExchangeError::Broken(format!(
                             "the connection failed before an answer: {e}"
                         ))))
                     }
@@ -1110,7 +1117,7 @@ mod tests {
             let (mut conn, mut upstream) = pair();
             upstream.write_all(wire).await.unwrap();
             match conn.exchange(head(0), Vec::new(), false).await {
-                Err(ExchangeError::Failed(e)) => assert!(e.contains(reason), "{e}"),
+                Err(ExchangeError::Invalid(e)) => assert!(e.contains(reason), "{e}"),
                 Err(other) => panic!("{other}"),
                 Ok(a) => panic!("accepted {:?}", a.status),
             }
@@ -1120,14 +1127,14 @@ mod tests {
         let wire = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
         upstream.write_all(wire.as_bytes()).await.unwrap();
         match conn.exchange(head(0), Vec::new(), false).await {
-            Err(ExchangeError::Failed(e)) => assert!(e.contains("too many headers"), "{e}"),
+            Err(ExchangeError::Invalid(e)) => assert!(e.contains("too many headers"), "{e}"),
             _ => panic!("{} headers were accepted", MAX_HEADERS + 1),
         }
         let (mut conn, mut upstream) = pair();
         let huge = format!("HTTP/1.1 200 OK\r\nx: {}\r\n", "a".repeat(MAX_HEAD));
         let writer = tokio::spawn(async move { upstream.write_all(huge.as_bytes()).await });
         match conn.exchange(head(0), Vec::new(), false).await {
-            Err(ExchangeError::Failed(e)) => assert!(e.contains("over 64 KiB"), "{e}"),
+            Err(ExchangeError::Invalid(e)) => assert!(e.contains("over 64 KiB"), "{e}"),
             _ => panic!("an endless head was accepted"),
         }
         drop(conn);
@@ -1328,7 +1335,7 @@ mod tests {
             upstream
         });
         match conn.exchange(head(0), Vec::new(), false).await {
-            Err(ExchangeError::Failed(e)) => assert!(e.contains("over 64 KiB"), "{e}"),
+            Err(ExchangeError::Invalid(e)) => assert!(e.contains("over 64 KiB"), "{e}"),
             _ => panic!("a head over the limit was accepted"),
         }
         let _upstream = writer.await.unwrap();
@@ -1356,7 +1363,7 @@ mod tests {
         let (mut conn, _upstream) = pair();
         let short = Segment::Replay(replay, 0..100);
         match conn.exchange(head(100), vec![short], false).await {
-            Err(ExchangeError::Failed(e)) => assert!(e.contains("did not add up"), "{e}"),
+            Err(ExchangeError::Local(e)) => assert!(e.contains("did not add up"), "{e}"),
             other => panic!("{:?}", other.map(|a| a.status)),
         }
     }
@@ -1381,7 +1388,7 @@ mod tests {
         upstream.write_all(b"HTTP/1.1 200 O").await.unwrap();
         drop(upstream);
         match conn.exchange(head(0), Vec::new(), false).await {
-            Err(ExchangeError::Failed(e)) => assert!(e.contains("middle"), "{e}"),
+            Err(ExchangeError::Broken(e)) => assert!(e.contains("middle"), "{e}"),
             other => panic!("{:?}", other.map(|a| a.status)),
         }
     }

@@ -4,10 +4,11 @@
 //! with webpki roots for https, HTTP/2 when ALPN agrees) with its own connect timeout.
 //! [`Upstream::send`] builds the request for this upstream — path appended to its URL,
 //! hop-by-hop headers dropped, Authorization replaced or removed — and reports the result
-//! as an [`AttemptError`] that knows what kind of failure it was, so the fallback policy
+//! as an [`UpstreamError`] that knows what kind of failure it was, so the fallback policy
 //! can decide without strings.
 
 pub mod connections;
+pub mod error;
 pub mod h1;
 pub mod pool;
 
@@ -19,7 +20,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::config::{HealthCheck, UpstreamConfig};
 use crate::request::outgoing::Segment;
-use crate::upstream::connections::{describe, Connections, Outgoing, SendError, UpstreamBody};
+use crate::upstream::connections::{Connections, Outgoing, UpstreamBody};
+use crate::upstream::error::{describe, UpstreamError};
 use crate::upstream::pool::Pool;
 use http_body_util::BodyExt;
 use std::sync::{Arc, Weak};
@@ -73,20 +75,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &gone {
         headers.remove(name);
     }
-}
-
-/// Why an attempt produced no response.
-#[derive(Debug, thiserror::Error)]
-pub enum AttemptError {
-    /// No connection: nothing was sent.
-    #[error("connect failed: {0}")]
-    Connect(String),
-    /// No response headers in time.
-    #[error("no response headers within {0:?}")]
-    Timeout(Duration),
-    /// The connection broke after sending began, before any response header.
-    #[error("connection failed before a response: {0}")]
-    Reset(String),
 }
 
 /// TLS for https endpoints: the webpki roots plus `ca_file`'s certificates, or — only when
@@ -189,7 +177,7 @@ async fn run_checks(
             let response = connections
                 .send(index, &request)
                 .await
-                .map_err(SendError::text)?;
+                .map_err(|e| e.message().to_string())?;
             let status = response.status().as_u16();
             // Read a little of the body, so a server that sends headers and then
             // hangs is not counted as healthy.
@@ -370,7 +358,7 @@ impl Upstream {
         client_headers: &HeaderMap,
         request_id: &HeaderValue,
         body: impl Fn() -> Vec<Segment> + Sync,
-    ) -> Result<Response<UpstreamBody>, AttemptError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let headers = |emit: &mut dyn FnMut(&HeaderName, &HeaderValue)| {
             self.headers(client_headers, request_id, emit)
         };
@@ -381,10 +369,8 @@ impl Upstream {
             body: &body,
         };
         match tokio::time::timeout(timeout, self.connections.send(index, &request)).await {
-            Err(_) => Err(AttemptError::Timeout(timeout)),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(SendError::Connect(e))) => Err(AttemptError::Connect(e)),
-            Ok(Err(SendError::Reset(e) | SendError::Stale(e))) => Err(AttemptError::Reset(e)),
+            Err(_) => Err(UpstreamError::timeout(timeout)),
+            Ok(result) => result,
         }
     }
 }

@@ -1,0 +1,267 @@
+//! The request path. Every request goes through the same named phases, top to bottom:
+//!
+//! ```text
+//!   admit      under the in-flight limit, or 503 + retry-after        (here)
+//!   classify   path + method → an API operation | voxgate's own answer (classify.rs, admin.rs,
+//!              discovery.rs; 400/404/405)
+//!   intake     read the body within limits → Payload                  (request/intake.rs;
+//!              400/408/413/415)
+//!   route      facts from the payload → first matching route          (route.rs; 404)
+//!   forward    upstreams in order, fallback before any byte           (forward.rs; 400/500/502/504)
+//!   respond    the upstream's answer made the client's, streamed      (respond.rs)
+//!   observe    the record closed when the response is over            (telemetry/)
+//! ```
+//!
+//! Each phase is a function over the request's [`Context`] that goes on with what it made
+//! (`Ok`) or stops with the request's [`Answer`] (`Err`); [`Gateway::phases`] is the
+//! sequence, one line a phase, so adding a phase is adding a function and a line. The
+//! observers (the access log; metrics next) are told once, from [`observe`], however the
+//! request ended.
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, Request, Response};
+use http_body::Body;
+use http_body_util::BodyExt;
+
+use crate::body::{BoxError, ProxyBody};
+use crate::gateway::classify::{classify as target_of, Target};
+use crate::gateway::forward::{forward as try_upstreams, RequestHead, Served};
+use crate::gateway::request_id::request_id;
+use crate::gateway::respond::respond as answer_from;
+use crate::gateway::{
+    admin, discovery, Admission, Answer, Gateway, GatewayError, Listener, Origin, Runtime,
+};
+use crate::request::intake::{read_form, read_json, read_raw};
+use crate::request::payload::Payload;
+use crate::route::{Operation, RequestFacts, RouteConfig};
+use crate::telemetry::observe::{ObservedBody, Trace};
+use crate::telemetry::record::RequestRecord;
+use crate::upstream::REQUEST_ID_HEADER_NAME;
+
+/// What a phase hands on: its result, or the request's answer.
+type Step<T> = Result<T, Answer>;
+
+/// One request as it goes through the phases.
+pub struct Context<'r> {
+    runtime: &'r Runtime,
+    listener: Listener,
+    /// The request's id, sent upstream and back to the client.
+    id: HeaderValue,
+    /// What is known so far, for the observers.
+    trace: Trace,
+}
+
+/// An API request, as classify found it.
+struct Api {
+    operation: Operation,
+    /// The path with `/v1` in front, as every upstream expects it.
+    path: String,
+}
+
+impl Gateway {
+    /// Answers one request, which came from `origin`. Never fails: every error becomes an
+    /// OpenAI-shaped response.
+    pub async fn handle<B>(&self, request: Request<B>, origin: Origin) -> Response<ProxyBody>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let runtime = self.runtime.load_full();
+        let id = request_id(request.headers());
+        let mut record = RequestRecord::new(
+            id.clone(),
+            request.method().clone(),
+            request.uri().path().to_string(),
+        );
+        record.client = Some(origin.peer);
+        let mut cx = Context {
+            runtime: &runtime,
+            listener: origin.listener,
+            id,
+            trace: Trace::new(record, self.observers.clone()),
+        };
+        let answer = match self.phases(&mut cx, request).await {
+            Ok(answer) | Err(answer) => answer,
+        };
+        observe(cx, answer)
+    }
+
+    /// The request path, one phase a line.
+    async fn phases<B>(&self, cx: &mut Context<'_>, request: Request<B>) -> Step<Answer>
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let _admitted = self.admit(cx)?;
+        let (head, body) = request.into_parts();
+        let api = classify(cx, &head).await?;
+        let payload = intake(cx, &api, &head, body).await?;
+        let route = route(cx, &api, &head, &payload)?;
+        let served = forward(cx, &api, &head, route, &payload).await?;
+        respond(cx, &api, served, payload).await
+    }
+
+    /// admit: a request over `max_in_flight` is shed at once, not queued.
+    fn admit(&self, cx: &Context<'_>) -> Step<Admission<'_>> {
+        let limit = cx.runtime.config.server.max_in_flight as usize;
+        Admission::enter(&self.in_flight, limit).ok_or(Answer::Refused(GatewayError::Overloaded(
+            "too many requests in flight",
+        )))
+    }
+}
+
+/// classify: what the request is. voxgate's own endpoints are answered here; an API
+/// request goes on.
+async fn classify(cx: &mut Context<'_>, head: &Parts) -> Step<Api> {
+    let target = target_of(&head.method, head.uri.path())?;
+    let operational = matches!(target, Target::Health | Target::Ready | Target::Status);
+    let admin_elsewhere = cx.runtime.config.server.admin_listen.is_some();
+    let allowed = match cx.listener {
+        Listener::Admin => operational,
+        Listener::Public => !(admin_elsewhere && matches!(target, Target::Ready | Target::Status)),
+    };
+    if !allowed {
+        return Err(GatewayError::NotFound(head.uri.path().to_string()).into());
+    }
+    let runtime = cx.runtime;
+    let local = match target {
+        Target::Api { operation, path } => {
+            cx.trace.record.endpoint = operation.name();
+            return Ok(Api { operation, path });
+        }
+        Target::Health | Target::Root => admin::health(),
+        Target::Ready => admin::readiness(runtime),
+        Target::Status => admin::status(runtime),
+        Target::Discovery(listing) => {
+            let routes = runtime.router.routes();
+            let list =
+                discovery::answer(listing, &runtime.upstreams, routes, &head.headers, &cx.id).await;
+            admin::json_response(http::StatusCode::OK, &list)
+        }
+    };
+    Err(Answer::Local(local))
+}
+
+/// intake: the body read within limits, JSON or multipart or raw by the operation.
+async fn intake<B>(cx: &mut Context<'_>, api: &Api, head: &Parts, body: B) -> Step<Payload>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let limits = &cx.runtime.limits;
+    let headers = &head.headers;
+    let read = match api.operation {
+        Operation::Speech => read_json(body, headers, limits).await,
+        Operation::Transcriptions | Operation::Translations => {
+            read_form(body, headers, limits).await
+        }
+        Operation::Other => read_raw(body, headers, limits).await,
+    };
+    let (payload, bytes_in) = read.map_err(GatewayError::from)?;
+    let record = &mut cx.trace.record;
+    record.bytes_in = bytes_in;
+    record.model = payload.model().map(str::to_string);
+    record.voice = payload.voice().map(str::to_string);
+    Ok(payload)
+}
+
+/// route: the first route whose match takes the request's facts.
+fn route<'r>(
+    cx: &mut Context<'r>,
+    api: &Api,
+    head: &Parts,
+    payload: &Payload,
+) -> Step<&'r RouteConfig> {
+    let facts = RequestFacts {
+        operation: api.operation,
+        method: &head.method,
+        path: &api.path,
+        model: payload.model(),
+        voice: payload.voice(),
+        response_format: payload.response_format(),
+        stream: payload.stream(),
+    };
+    let runtime: &'r Runtime = cx.runtime;
+    let Some((_, route)) = runtime.router.find(&facts) else {
+        return Err(GatewayError::NoRoute {
+            endpoint: api.operation.name(),
+            model: payload.model().unwrap_or_default().to_string(),
+        }
+        .into());
+    };
+    cx.trace.record.route = Some(route.line);
+    Ok(route)
+}
+
+/// forward: the route's upstreams in order until one answers (`forward.rs`).
+async fn forward(
+    cx: &mut Context<'_>,
+    api: &Api,
+    head: &Parts,
+    route: &RouteConfig,
+    payload: &Payload,
+) -> Step<Served> {
+    let path_and_query = match head.uri.query() {
+        Some(q) => format!("{}?{q}", api.path),
+        None => api.path.clone(),
+    };
+    let request = RequestHead {
+        operation: api.operation,
+        method: &head.method,
+        path_and_query: &path_and_query,
+        headers: &head.headers,
+        request_id: &cx.id,
+    };
+    let runtime = cx.runtime;
+    let record = &mut cx.trace.record;
+    let outcome = try_upstreams(
+        &runtime.upstreams,
+        &runtime.retry_budget,
+        route,
+        payload,
+        &request,
+        &mut record.attempts,
+    )
+    .await;
+    let mut served = outcome.map_err(GatewayError::Upstreams)?;
+    record.served_by = served.picked.take();
+    Ok(served)
+}
+
+/// respond: the upstream's answer made the client's (`respond.rs`).
+async fn respond(
+    cx: &mut Context<'_>,
+    api: &Api,
+    served: Served,
+    payload: Payload,
+) -> Step<Answer> {
+    let upstream = &cx.runtime.upstreams[served.index];
+    let record = &mut cx.trace.record;
+    Ok(answer_from(upstream, served, api.operation, payload, &cx.id, record).await?)
+}
+
+/// observe: the answer goes out, and the trace closes when it is over: at once for
+/// voxgate's own answers, at the end of the body for a streamed one.
+fn observe(cx: Context<'_>, answer: Answer) -> Response<ProxyBody> {
+    let Context { id, mut trace, .. } = cx;
+    let mut response = match answer {
+        Answer::Streamed(response) => {
+            trace.record.status = response.status().as_u16();
+            let (parts, body) = response.into_parts();
+            return Response::from_parts(parts, ObservedBody::new(body, trace).boxed());
+        }
+        Answer::Local(response) => response,
+        Answer::Refused(e) => {
+            let api = e.api_error();
+            trace.record.error = Some(api.message.clone());
+            api.into_response()
+        }
+    };
+    response
+        .headers_mut()
+        .insert(REQUEST_ID_HEADER_NAME.clone(), id);
+    trace.record.status = response.status().as_u16();
+    trace.finish(response.body().size_hint().exact().unwrap_or(0));
+    response
+}

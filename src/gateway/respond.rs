@@ -1,0 +1,92 @@
+//! The respond phase: the chosen upstream's answer made into the client's.
+//!
+//! Hop-by-hop headers go, the request id and the upstream's name are set, text formats get
+//! their right type, an engine's error body is rewritten into OpenAI's shape, and a stream
+//! the engine cannot make itself is made here ([`crate::engine::answers`]). The body is
+//! streamed through with an idle timeout; nothing is buffered but error bodies and a
+//! transcription converted to events.
+
+use http::{header, HeaderValue, Response};
+use http_body_util::BodyExt;
+
+use crate::body::{full, IdleTimeout};
+use crate::engine::answers;
+use crate::engine::dialect::Convert;
+use crate::gateway::forward::{Exhausted, Served};
+use crate::gateway::{Answer, GatewayError};
+use crate::request::payload::Payload;
+use crate::route::Operation;
+use crate::telemetry::record::RequestRecord;
+use crate::upstream::{strip_hop_by_hop, Upstream, REQUEST_ID_HEADER_NAME, UPSTREAM_HEADER_NAME};
+
+/// Makes the client's answer from `served`, the response of `upstream`. `payload` is taken
+/// so that its memory goes back before the answer streams.
+pub async fn respond(
+    upstream: &Upstream,
+    served: Served,
+    operation: Operation,
+    payload: Payload,
+    id: &HeaderValue,
+    record: &mut RequestRecord,
+) -> Result<Answer, GatewayError> {
+    let Served {
+        response, convert, ..
+    } = served;
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(theirs) = parts.headers.remove(&REQUEST_ID_HEADER_NAME) {
+        if theirs != *id {
+            parts.headers.insert("x-upstream-request-id", theirs);
+        }
+    }
+    parts
+        .headers
+        .insert(REQUEST_ID_HEADER_NAME.clone(), id.clone());
+    if let Some(name) = upstream.name_header() {
+        parts
+            .headers
+            .insert(UPSTREAM_HEADER_NAME.clone(), name.clone());
+    }
+    record.upstream = Some(upstream.name().to_string());
+    let idle = upstream.config.idle_timeout;
+    answers::fix_text_content_type(
+        operation,
+        payload.response_format(),
+        parts.status,
+        &mut parts.headers,
+    );
+    // The request body is no longer needed: give its memory back before streaming.
+    drop(payload);
+    if answers::rewritable_error(parts.status, &parts.headers) {
+        if let Some(error) = answers::openai_error_body(parts.status, body, idle).await {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return Ok(Answer::Local(Response::from_parts(parts, full(error))));
+        }
+        // Not readable in time: the connection is gone with the body.
+        return Err(unreadable(upstream, "error body unreadable"));
+    }
+    let converting = parts.status.is_success() && convert != Convert::None;
+    if converting {
+        answers::sse_headers(&mut parts.headers);
+    }
+    let body = match convert {
+        Convert::SpeechSse if converting => answers::speech_events(IdleTimeout::new(body, idle)),
+        Convert::TranscriptSse if converting => {
+            let events = answers::transcript_events(body, idle)
+                .await
+                .map_err(|why| unreadable(upstream, &why))?;
+            return Ok(Answer::Local(Response::from_parts(parts, full(events))));
+        }
+        _ => IdleTimeout::new(body, idle).boxed(),
+    };
+    Ok(Answer::Streamed(Response::from_parts(parts, body)))
+}
+
+/// An upstream answered, but its answer could not be read or made sense of.
+fn unreadable(upstream: &Upstream, why: &str) -> GatewayError {
+    GatewayError::Upstreams(Exhausted::Unreadable(format!("{}: {why}", upstream.name())))
+}
