@@ -8,7 +8,7 @@
 //! same work in one go. That turn widened voxgate's latency spread: its p99 was behind
 //! nginx's at the same throughput (benches/README.md).
 //!
-//! [`Prompt`] polls a future with a waker of its own. A wake-up that arrives *while* the
+//! [`InlineWake`] polls a future with a waker of its own. A wake-up that arrives *while* the
 //! future is being polled is noted instead of scheduling the task, and the future is
 //! polled again at once. Only [`REPOLLS`] more polls are made in a row; a future that
 //! keeps waking itself (hyper yields that way after 16 pipelined requests) is then
@@ -53,7 +53,7 @@ pub fn taken() -> u64 {
 }
 
 /// Polls one future (a connection), taking the wake-ups it gives itself at once.
-pub struct Prompt {
+pub struct InlineWake {
     signal: Arc<Signal>,
     /// The waker the future sees: `signal`'s.
     waker: Waker,
@@ -81,7 +81,7 @@ impl Wake for Signal {
     }
 }
 
-/// Turns a [`Prompt`]'s taking of wake-ups at once off and on.
+/// Turns a [`InlineWake`]'s taking of wake-ups at once off and on.
 #[derive(Clone)]
 pub struct Switch(Arc<Signal>);
 
@@ -91,21 +91,21 @@ impl Switch {
     }
 }
 
-impl Default for Prompt {
+impl Default for InlineWake {
     fn default() -> Self {
-        Prompt::new()
+        InlineWake::new()
     }
 }
 
-impl Prompt {
-    pub fn new() -> Prompt {
+impl InlineWake {
+    pub fn new() -> InlineWake {
         let signal = Arc::new(Signal {
             state: AtomicU8::new(0),
             eager: AtomicBool::new(true),
             task: AtomicWaker::new(),
         });
         let waker = Waker::from(signal.clone());
-        Prompt { signal, waker }
+        InlineWake { signal, waker }
     }
 
     /// Turns taking wake-ups at once off and on, from inside the future (the next one
@@ -204,9 +204,9 @@ mod tests {
     fn a_wake_up_during_the_poll_is_taken_at_once() {
         let (count, waker) = counting();
         let mut cx = Context::from_waker(&waker);
-        let prompt = Prompt::new();
+        let inline_wake = InlineWake::new();
         let mut future = self_waking(REPOLLS);
-        let poll = prompt.poll(Pin::new(&mut future), &mut cx);
+        let poll = inline_wake.poll(Pin::new(&mut future), &mut cx);
         assert_eq!(poll, Poll::Ready(REPOLLS + 1));
         // The task was never scheduled again: it did not have to wait its turn.
         assert_eq!(count.wakes(), 0);
@@ -216,11 +216,13 @@ mod tests {
     fn switched_off_a_wake_up_during_the_poll_goes_to_the_task() {
         let (count, waker) = counting();
         let mut cx = Context::from_waker(&waker);
-        let prompt = Prompt::new();
-        let switch = prompt.switch();
+        let inline_wake = InlineWake::new();
+        let switch = inline_wake.switch();
         switch.set(false);
         let mut future = self_waking(1);
-        assert!(prompt.poll(Pin::new(&mut future), &mut cx).is_pending());
+        assert!(inline_wake
+            .poll(Pin::new(&mut future), &mut cx)
+            .is_pending());
         assert_eq!((future.polls, count.wakes()), (1, 1));
         // Switched on again by the future itself, during its poll: taken at once.
         let mut polls = 0;
@@ -233,7 +235,7 @@ mod tests {
             }
             Poll::Ready(polls)
         });
-        let poll = prompt.poll(Pin::new(&mut future), &mut cx);
+        let poll = inline_wake.poll(Pin::new(&mut future), &mut cx);
         assert_eq!(poll, Poll::Ready(2));
         assert_eq!(count.wakes(), 1, "no new wake-up for the task");
     }
@@ -241,7 +243,7 @@ mod tests {
     #[test]
     fn two_wake_ups_in_one_poll_make_one_more_poll() {
         let (count, waker) = counting();
-        let prompt = Prompt::new();
+        let inline_wake = InlineWake::new();
         let mut polls = 0;
         let mut future = std::future::poll_fn(|cx| {
             polls += 1;
@@ -253,7 +255,7 @@ mod tests {
             }
             Poll::<()>::Pending
         });
-        let poll = prompt.poll(Pin::new(&mut future), &mut Context::from_waker(&waker));
+        let poll = inline_wake.poll(Pin::new(&mut future), &mut Context::from_waker(&waker));
         assert!(poll.is_pending());
         assert_eq!(polls, 2, "the two wake-ups are one");
         assert_eq!(count.wakes(), 0, "nothing left for the task");
@@ -263,9 +265,11 @@ mod tests {
     fn a_future_that_keeps_waking_itself_goes_back_to_the_scheduler() {
         let (count, waker) = counting();
         let mut cx = Context::from_waker(&waker);
-        let prompt = Prompt::new();
+        let inline_wake = InlineWake::new();
         let mut future = self_waking(usize::MAX);
-        assert!(prompt.poll(Pin::new(&mut future), &mut cx).is_pending());
+        assert!(inline_wake
+            .poll(Pin::new(&mut future), &mut cx)
+            .is_pending());
         assert_eq!(
             future.polls,
             REPOLLS + 1,
@@ -273,7 +277,9 @@ mod tests {
         );
         // Not lost: the task is scheduled again.
         assert_eq!(count.wakes(), 1);
-        assert!(prompt.poll(Pin::new(&mut future), &mut cx).is_pending());
+        assert!(inline_wake
+            .poll(Pin::new(&mut future), &mut cx)
+            .is_pending());
         assert_eq!(future.polls, 2 * (REPOLLS + 1));
         assert_eq!(count.wakes(), 2);
     }
@@ -282,7 +288,7 @@ mod tests {
     fn a_wake_up_between_polls_goes_to_the_current_task() {
         let (first, first_waker) = counting();
         let (second, second_waker) = counting();
-        let prompt = Prompt::new();
+        let inline_wake = InlineWake::new();
         // Waits for someone else: keeps the waker and stays pending.
         let kept: Arc<Mutex<Option<Waker>>> = Arc::default();
         let store = kept.clone();
@@ -291,7 +297,7 @@ mod tests {
             Poll::<()>::Pending
         });
         let mut future = Pin::new(&mut future);
-        let poll = prompt.poll(future.as_mut(), &mut Context::from_waker(&first_waker));
+        let poll = inline_wake.poll(future.as_mut(), &mut Context::from_waker(&first_waker));
         assert!(poll.is_pending());
         let wake = || {
             kept.lock()
@@ -304,7 +310,7 @@ mod tests {
         assert_eq!(first.wakes(), 1);
         // The future moved to another task (another worker thread, say): the next
         // wake-up reaches the new one, not the old.
-        let poll = prompt.poll(future.as_mut(), &mut Context::from_waker(&second_waker));
+        let poll = inline_wake.poll(future.as_mut(), &mut Context::from_waker(&second_waker));
         assert!(poll.is_pending());
         wake();
         assert_eq!(first.wakes(), 1);
@@ -314,7 +320,7 @@ mod tests {
     #[test]
     fn a_wake_up_from_another_thread_during_the_poll_is_not_lost() {
         let (count, waker) = counting();
-        let prompt = Prompt::new();
+        let inline_wake = InlineWake::new();
         // Wakes itself from another thread and waits for that wake-up to have happened
         // before returning: the wake lands inside the poll.
         let mut polls = 0;
@@ -329,7 +335,7 @@ mod tests {
                 .expect("the waking thread ran");
             Poll::Pending
         });
-        let poll = prompt.poll(Pin::new(&mut future), &mut Context::from_waker(&waker));
+        let poll = inline_wake.poll(Pin::new(&mut future), &mut Context::from_waker(&waker));
         assert_eq!(poll, Poll::Ready(2));
         assert_eq!(count.wakes(), 0);
     }

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 
 use crate::gateway::{overloaded, Gateway};
 use crate::gateway::{Listener, Origin};
-use crate::server::inline_wake::Prompt;
+use crate::server::inline_wake::InlineWake;
 use tokio::sync::Semaphore;
 
 /// Serves a connection over the limit: every request gets 503 with `retry-after`, and the
@@ -43,7 +43,7 @@ async fn shed(stream: tokio::net::TcpStream, builder: auto::Builder<TokioExecuto
 }
 
 /// Request bodies up to this size (by their Content-Length) have their hand-over from
-/// hyper taken at once ([`Prompt`]); larger and chunked ones go through the run queue.
+/// hyper taken at once ([`InlineWake`]); larger and chunked ones go through the run queue.
 const EAGER_BODY_LIMIT: u64 = 64 * 1024;
 
 /// How long a new connection may go without a complete request before it is dropped.
@@ -120,11 +120,11 @@ async fn serve(
             peer,
             listener: role,
         };
-        let prompt = Prompt::new();
-        let eager = prompt.switch();
+        let inline_wake = InlineWake::new();
+        let eager = inline_wake.switch();
         let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             first_request.store(true, Ordering::Relaxed);
-            // The body hand-over is taken at once for small bodies only (src/prompt.rs).
+            // The body hand-over is taken at once for small bodies only (src/inline_wake.rs).
             let size = hyper::body::Body::size_hint(request.body()).upper();
             eager.set(size.is_some_and(|n| n <= EAGER_BODY_LIMIT));
             let gateway = gateway.clone();
@@ -143,7 +143,7 @@ async fn serve(
             // The deadline is looked at only until the first request has come: after
             // that, a wake-up of the connection costs no timer poll.
             let result = std::future::poll_fn(|cx| {
-                if let Poll::Ready(result) = prompt.poll(connection.as_mut(), cx) {
+                if let Poll::Ready(result) = inline_wake.poll(connection.as_mut(), cx) {
                     return Poll::Ready(Some(result));
                 }
                 if asked.load(Ordering::Relaxed) {

@@ -70,7 +70,7 @@ enum Reuse {
 /// A request to send: the path, query and method from the client's request, the headers
 /// to send (each given to the callback; not Host, not framing: those come from here),
 /// and the body, which is made again if the request has to be sent again.
-pub struct Outgoing<'a> {
+pub struct UpstreamRequest<'a> {
     pub method: &'a Method,
     pub path_and_query: &'a str,
     pub headers: &'a HeaderSource<'a>,
@@ -227,7 +227,7 @@ impl Connections {
     pub async fn send(
         &self,
         index: usize,
-        request: &Outgoing<'_>,
+        request: &UpstreamRequest<'_>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let slot = self.slots.get(index).ok_or_else(|| {
             UpstreamError::new(ErrorKind::Internal, format!("no endpoint {index}"))
@@ -244,7 +244,7 @@ impl Connections {
     async fn send_once(
         &self,
         slot: &Arc<Slot>,
-        request: &Outgoing<'_>,
+        request: &UpstreamRequest<'_>,
         reuse: Reuse,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if !h1::is_request_target(request.path_and_query) {
@@ -562,7 +562,7 @@ pub(crate) mod tests {
         path: &str,
         reuse: Reuse,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let request = Outgoing {
+        let request = UpstreamRequest {
             method: &Method::GET,
             path_and_query: path,
             headers: &|_| {},

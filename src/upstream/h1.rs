@@ -266,7 +266,7 @@ impl Piece {
 
 /// The request being written: the piece in hand, the one after it, then the segments
 /// still to go.
-struct Outgoing {
+struct RequestWriter {
     pending: Bytes,
     /// A spilled range being sent with [`SendFile`]; `pending` is empty meanwhile.
     sending: Option<FileRange>,
@@ -285,8 +285,8 @@ struct Outgoing {
     flushed: bool,
 }
 
-impl Outgoing {
-    fn new(mut head: Vec<u8>, segments: Vec<Segment>) -> Outgoing {
+impl RequestWriter {
+    fn new(mut head: Vec<u8>, segments: Vec<Segment>) -> RequestWriter {
         let mut segments = segments.into_iter();
         // Small pieces right after the head go with it.
         let mut rest = segments.as_slice();
@@ -303,7 +303,7 @@ impl Outgoing {
             segments.nth(taken - 1);
         }
         let left = segments.as_slice().iter().map(Segment::len).sum();
-        Outgoing {
+        RequestWriter {
             pending: Bytes::from(head),
             sending: None,
             next: None,
@@ -489,7 +489,7 @@ impl<T: AsyncRead + AsyncWrite + SendFile + Unpin> Conn<T> {
         body: Vec<Segment>,
         head_request: bool,
     ) -> Result<Answer, ExchangeError> {
-        let mut outgoing = Outgoing::new(head, body);
+        let mut outgoing = RequestWriter::new(head, body);
         let mut written = false;
         let mut write_error: Option<io::Error> = None;
         let mut read_any = false;

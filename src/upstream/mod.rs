@@ -20,7 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::config::{HealthCheck, UpstreamConfig};
 use crate::request::outgoing::Segment;
-use crate::upstream::connections::{Connections, Outgoing, UpstreamBody};
+use crate::upstream::connections::{Connections, UpstreamBody, UpstreamRequest};
 use crate::upstream::error::{describe, UpstreamError};
 use crate::upstream::pool::Pool;
 use http_body_util::BodyExt;
@@ -167,7 +167,7 @@ async fn run_checks(
                 emit(&header::AUTHORIZATION, auth);
             }
         };
-        let request = Outgoing {
+        let request = UpstreamRequest {
             method: &check.method,
             path_and_query: &check.path,
             headers: &headers,
@@ -362,7 +362,7 @@ impl Upstream {
         let headers = |emit: &mut dyn FnMut(&HeaderName, &HeaderValue)| {
             self.headers(client_headers, request_id, emit)
         };
-        let request = Outgoing {
+        let request = UpstreamRequest {
             method,
             path_and_query,
             headers: &headers,

@@ -1,7 +1,7 @@
 //! hyper hands a request body to voxgate through a channel whose use wakes the
 //! connection's own task. The server takes that wake-up at once for a small body, instead
 //! of putting the connection behind every other ready one, and leaves an upload's to the
-//! run queue (`src/prompt.rs`). One test in a binary of its own: the count of wake-ups
+//! run queue (`src/server/inline_wake.rs`). One test in a binary of its own: the count of wake-ups
 //! taken is process-wide, and nothing else may add to it meanwhile.
 
 mod support;
