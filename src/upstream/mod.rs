@@ -10,7 +10,9 @@
 pub mod connections;
 pub mod error;
 pub mod h1;
+pub mod health;
 pub mod pool;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -18,13 +20,14 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use crate::config::{HealthCheck, UpstreamConfig};
+use crate::config::UpstreamConfig;
 use crate::request::outgoing::Segment;
 use crate::upstream::connections::{Connections, UpstreamBody, UpstreamRequest};
-use crate::upstream::error::{describe, UpstreamError};
+use crate::upstream::error::UpstreamError;
+use crate::upstream::health::run_checks;
 use crate::upstream::pool::Pool;
-use http_body_util::BodyExt;
-use std::sync::{Arc, Weak};
+use crate::upstream::tls::tls_config;
+use std::sync::Arc;
 
 /// Response header naming the upstream that answered.
 pub const UPSTREAM_HEADER: &str = "x-voxgate-upstream";
@@ -74,140 +77,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     gone.extend(headers.keys().filter(|name| is_hop_by_hop(name)).cloned());
     for name in &gone {
         headers.remove(name);
-    }
-}
-
-/// TLS for https endpoints: the webpki roots plus `ca_file`'s certificates, or — only when
-/// `tls_verify = false` says so — no certificate check at all.
-fn tls_config(config: &UpstreamConfig) -> rustls::ClientConfig {
-    if !config.tls_verify {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        return rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap_or_else(|_| rustls::ClientConfig::builder())
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoCertificateCheck(provider)))
-            .with_no_client_auth();
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    for cert in &config.ca_certs {
-        // Checked at load; a certificate rustls cannot use is skipped, not fatal.
-        let _ = roots.add(cert.clone());
-    }
-    rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth()
-}
-
-/// Accepts any server certificate (the handshake's signatures are still checked): for
-/// `tls_verify = false` only, which is logged at start.
-#[derive(Debug)]
-struct NoCertificateCheck(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoCertificateCheck {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// Checks one endpoint every `interval` for as long as its pool exists.
-async fn run_checks(
-    pool: Weak<Pool>,
-    index: usize,
-    connections: Arc<Connections>,
-    check: HealthCheck,
-    authorization: Option<HeaderValue>,
-) {
-    loop {
-        if pool.strong_count() == 0 {
-            return;
-        }
-        let headers = |emit: &mut dyn FnMut(&HeaderName, &HeaderValue)| {
-            if let Some(auth) = &authorization {
-                emit(&header::AUTHORIZATION, auth);
-            }
-        };
-        let request = UpstreamRequest {
-            method: &check.method,
-            path_and_query: &check.path,
-            headers: &headers,
-            body: &Vec::new,
-        };
-        let probe = async {
-            let response = connections
-                .send(index, &request)
-                .await
-                .map_err(|e| e.message().to_string())?;
-            let status = response.status().as_u16();
-            // Read a little of the body, so a server that sends headers and then
-            // hangs is not counted as healthy.
-            let mut body = response.into_body();
-            let mut read = 0;
-            while read < 64 * 1024 {
-                match body.frame().await {
-                    Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
-                    Some(Err(e)) => return Err(describe(&e)),
-                    None => break,
-                }
-            }
-            Ok(status)
-        };
-        let outcome = match tokio::time::timeout(check.timeout, probe).await {
-            Err(_) => Err(format!("no answer within {:?}", check.timeout)),
-            Ok(result) => result,
-        };
-        let (ok, detail) = match outcome {
-            Ok(status) => (
-                (check.expect.0..=check.expect.1).contains(&status),
-                format!("status {status}"),
-            ),
-            Err(e) => (false, e),
-        };
-        match pool.upgrade() {
-            Some(pool) => pool.checked(index, ok, detail),
-            None => return,
-        }
-        tokio::time::sleep(check.interval).await;
     }
 }
 
@@ -379,6 +248,7 @@ impl Upstream {
 mod tests {
     use super::*;
     use crate::config::{Config, Secret};
+    use http_body_util::BodyExt;
 
     fn upstream(url: &str, key: Option<&str>, pass: bool) -> Upstream {
         let text = format!("[upstreams.u]\nurl = \"{url}\"\n[[routes]]\nto = [\"u\"]\n");
