@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::Uri;
@@ -22,13 +22,11 @@ use crate::engine::dialect::{Dialect, Kind, Preset};
 use crate::route::{FallbackPolicy, Matcher, Operation, Pattern, RouteConfig};
 
 mod diagnostic;
+mod load;
 mod raw;
 mod validate;
 
-use diagnostic::Locator;
 pub use diagnostic::{ConfigError, Diagnostic};
-use raw::RawConfig;
-use validate::validate;
 
 /// The built-in default configuration, also printed by `voxgate print-config`.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -193,51 +191,4 @@ pub struct UpstreamConfig {
     pub ca_certs: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// What the engine accepts and how requests are adapted to it (`kind` and its keys).
     pub dialect: Dialect,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Loading.
-
-impl Config {
-    /// The built-in default configuration, with the environment applied.
-    pub fn builtin() -> Result<Config, ConfigError> {
-        Config::from_toml(DEFAULT_TOML, DEFAULT_NAME)
-    }
-
-    /// Reads and validates a configuration file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Config::from_toml(&text, &path.display().to_string())
-    }
-
-    /// Parses and validates configuration text; `file` names it in messages.
-    pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
-        Config::from_toml_with_env(text, file, &|name| std::env::var(name).ok())
-    }
-
-    /// As [`Config::from_toml`], with `${VAR}` looked up through `env`.
-    pub fn from_toml_with_env(
-        text: &str,
-        file: &str,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
-        let locator = Locator { text };
-        let invalid = |diagnostics| ConfigError::Invalid {
-            file: file.to_string(),
-            diagnostics,
-        };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let offset = e.span().map_or(0, |s| s.start);
-            // The message alone: toml's Display would quote the offending line.
-            invalid(vec![locator.at(offset, e.message().trim_end().to_string())])
-        })?;
-        validate(raw, &locator, env).map_err(invalid)
-    }
-
-    pub fn upstream_index(&self, name: &str) -> Option<usize> {
-        self.upstreams.iter().position(|u| u.name == name)
-    }
 }
