@@ -1,4 +1,34 @@
 //! voxgate: a routing, streaming, falling-back reverse proxy for the OpenAI audio API.
+//!
+//! Layout, top of the request path first; a module imports only modules below it:
+//! - [`server`]     accept loop, HTTP/1.1 + HTTP/2, graceful shutdown; `inline_wake`: a
+//!   connection's wake-ups to itself taken at once for small bodies.
+//! - [`gateway`]    the request path: `phases` (admit → classify → intake → route → forward →
+//!   respond → observe), `classify`, `admin` (/health /ready /status), `discovery`,
+//!   `forward` (the fallback loop and its one decision), `respond`, `request_id`.
+//! - [`telemetry`]  each request's `record`, the `observe`rs told once at its end, the
+//!   `access_log`.
+//! - [`upstream`]   an upstream and how a request is sent to it: `pool` (balancing,
+//!   ejection), `health`, `connections` (keep-alive), `h1` (voxgate's HTTP/1.1 client),
+//!   `tls`, `error` (one error type with a kind).
+//! - [`config`]     TOML → `raw` → `validate` → one typed [`config::Config`]; `load`;
+//!   `diagnostic` (every mistake with file:line:col).
+//! - [`request`]    the client's body: `intake` within limits, `multipart`, `payload` (what
+//!   rules read, how rewrites re-send it), `replay` (the store), `outgoing` (an upstream
+//!   request's body).
+//! - [`engine`]     what each engine kind accepts (`dialect`), its answers made OpenAI's
+//!   (`answers`), its error bodies read (`errors`).
+//! - [`error`]      OpenAI-shaped error responses.
+//! - [`body`]       response body types and the idle timeout.
+//! - [`route`]      request facts, compiled routes and the ordered rule matcher.
+//!
+//! A request flows: [`server::run`] accepts it and calls [`gateway::Gateway::handle`], which
+//! runs the phases in `gateway/phases.rs`: shed it if too many are in flight, classify the
+//! path, read the body into a payload (keeping uploads for replay), pick the first matching
+//! route, try the route's upstreams in order — falling back on connect failure, timeout,
+//! reset or a listed status, decided on the response headers — then stream the chosen
+//! upstream's answer to the client and tell the observers when it is over.
+
 pub mod body;
 pub mod config;
 pub mod engine;

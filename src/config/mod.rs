@@ -1,10 +1,11 @@
 //! Configuration: TOML text → raw serde structs → one validated, immutable [`Config`].
 //!
-//! Loading happens in three steps, as in rust-rpxy: `toml` deserialises into the `Raw*`
-//! structs (unknown keys are refused there), [`validate`] turns every raw value into a typed
-//! one (`Uri`, `Duration`, compiled globs, upstream indices) and collects *every* mistake it
-//! finds with its line and column, and the router and upstream clients are built from the
-//! result elsewhere. Nothing is checked per request that could have been checked here.
+//! Loading (`load.rs`) happens in three steps, as in rust-rpxy: `toml` deserialises into the
+//! `Raw*` structs of `raw.rs` (unknown keys are refused there), `validate.rs` turns every raw
+//! value into a typed one (`Uri`, `Duration`, compiled globs, upstream indices) and collects
+//! *every* mistake it finds with its line and column (`diagnostic.rs`), and the router and
+//! upstream clients are built from the result elsewhere. This file holds the typed result.
+//! Nothing is checked per request that could have been checked here.
 //!
 //! Error messages never quote the configuration text: an `api_key` written inline must not
 //! reach a terminal or a log through a typo next to it.

@@ -13,9 +13,9 @@
 //! ```
 //!
 //! Each phase is a function over the request's [`Context`] that goes on with what it made
-//! (`Ok`) or stops with the request's [`Answer`] (`Err`); [`Gateway::phases`] is the
+//! (`Ok`) or stops with the request's [`Answer`] (`Err`); `Gateway::phases` is the
 //! sequence, one line a phase, so adding a phase is adding a function and a line. The
-//! observers (the access log; metrics next) are told once, from [`observe`], however the
+//! observers (the access log; metrics next) are told once, from `observe`, however the
 //! request ended.
 
 use bytes::Bytes;

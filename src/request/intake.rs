@@ -4,7 +4,7 @@
 //! may come last (openai-node sends the file part first, chunked, with no Content-Length).
 //! While it is read: the size limit is enforced on the bytes as they arrive (413 as soon as
 //! it is crossed, or at once from Content-Length), a stalled client is cut off, multipart is
-//! parsed by [`crate::request::multipart`] with file parts going straight to the replay [`Replay`]
+//! parsed by [`crate::request::multipart`] with file parts going straight to the [`crate::request::replay::Replay`] store
 //! (slices of the chunks as they arrived, not copies), and only the small text parts and
 //! JSON bodies are held in memory.
 

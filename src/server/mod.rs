@@ -124,7 +124,7 @@ async fn serve(
         let eager = inline_wake.switch();
         let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             first_request.store(true, Ordering::Relaxed);
-            // The body hand-over is taken at once for small bodies only (src/inline_wake.rs).
+            // The body hand-over is taken at once for small bodies only (inline_wake.rs).
             let size = hyper::body::Body::size_hint(request.body()).upper();
             eager.set(size.is_some_and(|n| n <= EAGER_BODY_LIMIT));
             let gateway = gateway.clone();
