@@ -15,6 +15,13 @@ use super::raw::*;
 use super::*;
 use crate::route::FieldValue;
 
+/// What a path sent to an upstream must be: a request target that needs no encoding.
+const PATH_RULE: &str = "must start with / and hold no spaces or control characters";
+
+fn is_request_path(path: &str) -> bool {
+    path.starts_with('/') && path.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// Characters a `set` key may use: they end up inside a multipart `name="…"` parameter.
 fn is_field_name(name: &str) -> bool {
     !name.is_empty()
@@ -359,9 +366,9 @@ impl Validator<'_> {
         };
         let path = match raw.path {
             None => preset_path,
-            Some(p) if p.get_ref().starts_with('/') => p.into_inner(),
+            Some(p) if is_request_path(p.get_ref()) => p.into_inner(),
             Some(p) => {
-                self.error(p.span(), "health `path` must start with /");
+                self.error(p.span(), format!("health `path` {PATH_RULE}"));
                 preset_path
             }
         };
@@ -525,10 +532,10 @@ impl Validator<'_> {
     /// A path key's value: it must start with `/`.
     fn path_value(&mut self, value: Option<Spanned<String>>, key: &str) -> Option<String> {
         let value = value?;
-        if value.get_ref().starts_with('/') {
+        if is_request_path(value.get_ref()) {
             Some(value.into_inner())
         } else {
-            self.error(value.span(), format!("`{key}` must start with /"));
+            self.error(value.span(), format!("`{key}` {PATH_RULE}"));
             None
         }
     }
@@ -569,14 +576,11 @@ impl Validator<'_> {
         let drop_span = u.drop_fields.as_ref().map_or(0..0, |d| d.span());
         let mut paths = u.paths.take().map(Spanned::into_inner).unwrap_or_default();
         for (name, path) in &paths {
-            if !path.starts_with('/') {
-                self.error(
-                    paths_span.clone(),
-                    format!("`paths.{name}` must start with /"),
-                );
+            if !is_request_path(path) {
+                self.error(paths_span.clone(), format!("`paths.{name}` {PATH_RULE}"));
             }
         }
-        paths.retain(|_, path| path.starts_with('/'));
+        paths.retain(|_, path| is_request_path(path));
         let gender_span = u.voice_by_gender.as_ref().map_or(0..0, |g| g.span());
         let voice_by_gender = u
             .voice_by_gender
@@ -1243,5 +1247,19 @@ to = ["a"]
         assert!(e[0].2.contains("exactly `f` and `m`"), "{e:?}");
         let e = errors("[upstreams.k]\nurl = \"http://k\"\nlists_voices = \"voices\"\n[[routes]]\nto = [\"k\"]\n");
         assert!(e[0].2.contains("must start with /"), "{e:?}");
+    }
+
+    #[test]
+    fn paths_sent_upstream_must_need_no_encoding() {
+        let e = errors("[upstreams.w]\nurl = \"http://w\"\npaths = { transcriptions = \"/in ference\" }\n[[routes]]\nto = [\"w\"]\n");
+        assert_eq!(e[0].0, 3);
+        assert!(
+            e[0].2
+                .contains("`paths.transcriptions` must start with / and hold no spaces"),
+            "{e:?}"
+        );
+        let e = errors("[upstreams.w]\nurl = \"http://w\"\nhealth = { path = \"/he alth\" }\n[[routes]]\nto = [\"w\"]\n");
+        assert_eq!(e[0].0, 3);
+        assert!(e[0].2.contains("health `path` must start with /"), "{e:?}");
     }
 }

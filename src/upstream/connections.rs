@@ -706,4 +706,22 @@ pub(crate) mod tests {
             other => panic!("{:?}", other.map(|r| r.status())),
         }
     }
+
+    /// A request voxgate cannot put on the wire is its own failure: not a connect
+    /// failure (which falls back), and nothing reaches the upstream.
+    #[tokio::test]
+    async fn a_request_target_that_cannot_be_sent_is_an_internal_failure() {
+        let (url, accepted) = closing_server();
+        let c = connections(&url, Duration::from_secs(60));
+        match get(&c, "/in ference", Reuse::Kept).await {
+            Err(e) if e.kind() == ErrorKind::Internal => {
+                assert!(
+                    e.to_string().contains("cannot build the upstream URL"),
+                    "{e}"
+                )
+            }
+            other => panic!("{:?}", other.map(|r| r.status())),
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 0);
+    }
 }
