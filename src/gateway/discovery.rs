@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::route::Operation;
 use crate::route::RouteConfig;
-use crate::upstream::Upstream;
+use crate::upstream::{ClientRequest, Upstream};
 
 /// How long a live list may take.
 pub const LIST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -68,10 +68,12 @@ async fn fetch(
             .send(
                 picked.index,
                 timeout,
-                &Method::GET,
-                path,
-                &headers,
-                request_id,
+                &ClientRequest {
+                    method: &Method::GET,
+                    path_and_query: path,
+                    headers: &headers,
+                    request_id,
+                },
                 Vec::new,
             )
             .await

@@ -24,7 +24,7 @@ use crate::route::{FallbackPolicy, RouteConfig};
 use crate::telemetry::record::{summary, Attempt, AttemptResult};
 use crate::upstream::error::{ErrorKind, UpstreamError};
 use crate::upstream::pool::Picked;
-use crate::upstream::Upstream;
+use crate::upstream::{ClientRequest, Upstream};
 
 /// The one place that decides whether a failed attempt goes on to the next upstream: a
 /// status listed in the route's `fallback_on`, or a failure of a kind the route falls back
@@ -276,10 +276,12 @@ pub async fn forward(
             .send(
                 picked.index,
                 timeout,
-                head.method,
-                &path,
-                headers,
-                head.request_id,
+                &ClientRequest {
+                    method: head.method,
+                    path_and_query: &path,
+                    headers,
+                    request_id: head.request_id,
+                },
                 || payload.render(&edits),
             )
             .await;

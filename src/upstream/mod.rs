@@ -80,6 +80,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A request as the client sent it, with the path this upstream gets: what
+/// [`Upstream::send`] adapts for the upstream (its own key, no hop-by-hop headers).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientRequest<'a> {
+    pub method: &'a Method,
+    pub path_and_query: &'a str,
+    pub headers: &'a HeaderMap,
+    pub request_id: &'a HeaderValue,
+}
+
 pub struct Upstream {
     pub config: UpstreamConfig,
     pub pool: Arc<Pool>,
@@ -213,27 +223,23 @@ impl Upstream {
         emit(&REQUEST_ID_HEADER_NAME, request_id);
     }
 
-    /// Sends one attempt to endpoint `index`; resolves when response headers arrive, or
+    /// Sends `request` to endpoint `index`; resolves when response headers arrive, or
     /// the attempt fails, or `timeout` passes. `body` makes the request body: called once,
     /// and once more only if a kept connection turned out closed and the request is sent
     /// again (so that no copy is kept for that rare case).
-    #[allow(clippy::too_many_arguments)]
     pub async fn send(
         &self,
         index: usize,
         timeout: Duration,
-        method: &Method,
-        path_and_query: &str,
-        client_headers: &HeaderMap,
-        request_id: &HeaderValue,
+        request: &ClientRequest<'_>,
         body: impl Fn() -> Vec<Segment> + Sync,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let headers = |emit: &mut dyn FnMut(&HeaderName, &HeaderValue)| {
-            self.headers(client_headers, request_id, emit)
+            self.headers(request.headers, request.request_id, emit)
         };
         let request = UpstreamRequest {
-            method,
-            path_and_query,
+            method: request.method,
+            path_and_query: request.path_and_query,
             headers: &headers,
             body: &body,
         };
@@ -376,10 +382,12 @@ mod tests {
                 .send(
                     0,
                     Duration::from_secs(5),
-                    &Method::POST,
-                    "/v1/audio/speech",
-                    &HeaderMap::new(),
-                    &id,
+                    &ClientRequest {
+                        method: &Method::POST,
+                        path_and_query: "/v1/audio/speech",
+                        headers: &HeaderMap::new(),
+                        request_id: &id,
+                    },
                     || vec![Segment::Bytes("{}".into())],
                 )
                 .await
