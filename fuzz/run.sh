@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Fuzzes configuration loading and body inspection (JSON and multipart) with cargo-fuzz
-# (libFuzzer), each target for SECONDS (default 300), starting from the kept corpus.
+# Fuzzes configuration loading, body inspection (JSON and multipart) and the HTTP/1.1
+# client's reading of answers (h1) with cargo-fuzz (libFuzzer), each target for SECONDS
+# (default 300), starting from the kept corpus.
 # Not run by CI.
 #
 #   fuzz/run.sh [SECONDS]
@@ -14,7 +15,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 [ -d corpus ] || tar xzf corpus.tar.gz
 export RUSTC_BOOTSTRAP=1
-for target in config body; do
+for target in config body h1; do
     echo "fuzzing $target for ${seconds}s" >&2
     cargo fuzz run -O "$target" "corpus/$target" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 2>&1 \
@@ -26,5 +27,6 @@ for target in config body; do
 done
 cargo fuzz cmin -O config corpus/config >/dev/null 2>&1
 cargo fuzz cmin -O body corpus/body >/dev/null 2>&1
+cargo fuzz cmin -O h1 corpus/h1 >/dev/null 2>&1
 tar czf corpus.tar.gz corpus
 echo "0 crashes; corpus kept in fuzz/corpus.tar.gz" >&2

@@ -698,11 +698,12 @@ fn take_line(buf: &mut BytesMut) -> io::Result<Option<BytesMut>> {
 /// The size on a chunk-size line (`1a2b;ext=1\r\n`).
 fn chunk_size(line: &[u8]) -> io::Result<u64> {
     let line = &line[..line.len() - 2];
-    let digits = line
-        .split(|&b| b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii_end();
+    let mut digits = line.split(|&b| b == b';').next().unwrap_or_default();
+    // Only spaces and tabs may follow the size (BWS, RFC 9112 §7.1.1): not a form feed
+    // or a bare CR, which other readers of the same bytes refuse.
+    while let [rest @ .., b' ' | b'\t'] = digits {
+        digits = rest;
+    }
     let significant = &digits[digits.iter().take_while(|&&d| d == b'0').count()..];
     if digits.is_empty() || significant.len() > 15 {
         return Err(invalid("a chunk size is missing or too large"));
@@ -1157,6 +1158,28 @@ mod tests {
             let mut answer = conn.exchange(head(0), Vec::new(), false).await.unwrap();
             let e = body(&mut conn, &mut answer.decoder).await.unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{framing:?}: {e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn only_spaces_and_tabs_may_follow_a_chunk_size() {
+        for (framing, ok) in [
+            (&b"5 \t;a=1\r\nhello\r\n0\t\r\n\r\n"[..], true),
+            (b"5\x0c\r\nhello\r\n0\r\n\r\n", false),
+            (b"5\r\r\nhello\r\n0\r\n\r\n", false),
+            (b"5\x0b;a\r\nhello\r\n0\r\n\r\n", false),
+        ] {
+            let (mut conn, mut upstream) = pair();
+            let mut wire = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            wire.extend_from_slice(framing);
+            upstream.write_all(&wire).await.unwrap();
+            drop(upstream);
+            let mut answer = conn.exchange(head(0), Vec::new(), false).await.unwrap();
+            let read = body(&mut conn, &mut answer.decoder).await;
+            match read {
+                Ok(data) => assert!(ok && data == b"hello", "{framing:?}"),
+                Err(e) => assert!(!ok && e.kind() == io::ErrorKind::InvalidData, "{framing:?}"),
+            }
         }
     }
 
