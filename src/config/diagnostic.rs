@@ -43,7 +43,7 @@ pub struct Locator<'a> {
 impl Locator<'_> {
     pub fn at(&self, offset: usize, message: impl Into<String>) -> Diagnostic {
         let offset = offset.min(self.text.len());
-        let before = &self.text[..self.text.floor_char_boundary(offset)];
+        let before = &self.text[..floor_char_boundary(self.text, offset)];
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let column = before[line_start..].chars().count() + 1;
@@ -57,4 +57,13 @@ impl Locator<'_> {
     pub fn span(&self, span: Range<usize>, message: impl Into<String>) -> Diagnostic {
         self.at(span.start, message)
     }
+}
+
+/// The char boundary at or before `index` (`str::floor_char_boundary` is newer than the
+/// Rust version voxgate supports).
+fn floor_char_boundary(text: &str, mut index: usize) -> usize {
+    while index > 0 && !text.is_char_boundary(index) {
+        index -= 1;
+    }
+    index
 }

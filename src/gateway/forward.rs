@@ -21,9 +21,8 @@ use crate::error::ApiError;
 use crate::request::payload::{Edits, Payload};
 use crate::route::Operation;
 use crate::route::{FallbackPolicy, RouteConfig};
-use crate::telemetry::record::{summary, Attempt, AttemptResult};
+use crate::telemetry::record::{summary, Attempt, AttemptResult, RequestRecord};
 use crate::upstream::error::{ErrorKind, UpstreamError};
-use crate::upstream::pool::Picked;
 use crate::upstream::{ClientRequest, Upstream};
 
 /// The one place that decides whether a failed attempt goes on to the next upstream: a
@@ -159,12 +158,11 @@ pub struct RequestHead<'a> {
     pub request_id: &'a HeaderValue,
 }
 
-/// The answer that goes to the client.
+/// The answer that goes to the client (the endpoint that gave it is in the record's
+/// `served_by`, counted in flight until the response is over).
 pub struct Served {
     /// Index into `upstreams` of the upstream that answered.
     pub index: usize,
-    /// The endpoint that answered: in flight until the response is over.
-    pub picked: Option<Picked>,
     pub response: Response<UpstreamBody>,
     /// How its answer must be converted for the client.
     pub convert: Convert,
@@ -202,8 +200,9 @@ pub async fn forward(
     route: &RouteConfig,
     payload: &Payload,
     head: &RequestHead<'_>,
-    attempts: &mut Vec<Attempt>,
+    record: &mut RequestRecord,
 ) -> Result<Served, Exhausted> {
+    let attempts = &mut record.attempts;
     // Each suitable pool's availability, read once: it takes every endpoint's lock.
     let mut suitable = Vec::with_capacity(route.to.len());
     for &index in &route.to {
@@ -294,7 +293,7 @@ pub async fn forward(
         } else {
             upstream.name().to_string()
         };
-        let record = |result| Attempt {
+        let attempt = |result| Attempt {
             upstream: name.clone(),
             result,
             elapsed: started.elapsed(),
@@ -322,23 +321,23 @@ pub async fn forward(
                 // gets its body and its retry-after, and the SDK's own retry rules apply.
                 // So is an answer that no fallback may follow, for lack of budget or time.
                 if !failed || retry.is_none() {
-                    attempts.push(record(AttemptResult::Answered(status)));
+                    attempts.push(attempt(AttemptResult::Answered(status)));
+                    record.served_by = Some(picked);
                     return Ok(Served {
                         index,
-                        picked: Some(picked),
                         response,
                         convert: edits.convert,
                     });
                 }
                 let detail = error_detail(response).await;
-                attempts.push(record(AttemptResult::Refused { status, detail }));
+                attempts.push(attempt(AttemptResult::Refused { status, detail }));
             }
             Err(e) => {
                 upstream.pool.failed(picked.index, &e);
                 after_connect_failure = e.kind() == ErrorKind::Connect;
                 let go_on = may_fall_back(&route.fallback, Err(&e));
                 let kind = e.kind();
-                attempts.push(record(AttemptResult::Failed(e)));
+                attempts.push(attempt(AttemptResult::Failed(e)));
                 if !go_on {
                     stopped = Some(kind);
                     break;

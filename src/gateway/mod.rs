@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use http::{Method, Response, StatusCode};
+use http::{HeaderValue, Method, Response, StatusCode};
 
 use crate::body::ProxyBody;
 use crate::config::Config;
@@ -27,9 +27,9 @@ use crate::error::ApiError;
 use crate::gateway::forward::{Exhausted, RetryBudget};
 use crate::request::intake::{IntakeError, IntakeLimits};
 use crate::request::replay::{MemoryBudget, ReplayLimits};
-use crate::route::Router;
+use crate::route::{Operation, Router};
 use crate::telemetry::access_log::AccessLog;
-use crate::telemetry::observe::Observers;
+use crate::telemetry::observe::{Observers, Trace};
 use crate::upstream::Upstream;
 
 /// Where a request came from, handed by the server to [`Gateway::handle`] with the request
@@ -99,20 +99,45 @@ impl GatewayError {
     }
 }
 
-/// How a request is answered: what a phase stops with, or what the last one makes.
-pub enum Answer {
-    /// An upstream's response, streamed through; its record is closed when the body ends.
-    Streamed(Response<ProxyBody>),
-    /// voxgate's own response, whole (health, status, discovery, a converted body).
-    Local(Response<ProxyBody>),
+/// What a phase hands on: its result to go on with, or how the request stops.
+pub type Step<T> = Result<T, Stop>;
+
+/// How a request ends before an upstream's answer is streamed to it. Kept small (a box
+/// and a refusal): every phase's result carries it, and every hand-on is a copy.
+pub enum Stop {
+    /// voxgate's own response, whole (health, status, discovery, a converted answer).
+    Answered(Box<Response<ProxyBody>>),
     /// A refusal, answered in OpenAI's error shape.
     Refused(GatewayError),
 }
 
-impl From<GatewayError> for Answer {
-    fn from(e: GatewayError) -> Answer {
-        Answer::Refused(e)
+impl Stop {
+    pub fn answered(response: Response<ProxyBody>) -> Stop {
+        Stop::Answered(Box::new(response))
     }
+}
+
+impl From<GatewayError> for Stop {
+    fn from(e: GatewayError) -> Stop {
+        Stop::Refused(e)
+    }
+}
+
+/// One request as it goes through the phases.
+pub struct Context<'r> {
+    pub runtime: &'r Runtime,
+    pub listener: Listener,
+    /// The request's id, sent upstream and back to the client.
+    pub id: HeaderValue,
+    /// What is known so far, for the observers.
+    pub trace: Trace,
+}
+
+/// An API request, as classify found it.
+pub struct Api {
+    pub operation: Operation,
+    /// The path with `/v1` in front, as every upstream expects it.
+    pub path: String,
 }
 
 /// voxgate's answer when it sheds load: 503 with `retry-after`, which the SDKs honour.

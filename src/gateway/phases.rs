@@ -13,10 +13,13 @@
 //! ```
 //!
 //! Each phase is a function over the request's [`Context`] that goes on with what it made
-//! (`Ok`) or stops with the request's [`Answer`] (`Err`); `Gateway::phases` is the
+//! (`Ok`) or stops the request with voxgate's own answer or a refusal ([`Stop`], `Err`);
+//! the last one hands back the upstream's answer to stream. `Gateway::phases` is the
 //! sequence, one line a phase, so adding a phase is adding a function and a line. The
 //! observers (the access log; metrics next) are told once, from `observe`, however the
 //! request ended.
+
+use std::borrow::Cow;
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -28,9 +31,10 @@ use crate::body::{BoxError, ProxyBody};
 use crate::gateway::classify::{classify as target_of, Target};
 use crate::gateway::forward::{forward as try_upstreams, RequestHead, Served};
 use crate::gateway::request_id::request_id;
-use crate::gateway::respond::respond as answer_from;
+use crate::gateway::respond::respond;
 use crate::gateway::{
-    admin, discovery, Admission, Answer, Gateway, GatewayError, Listener, Origin, Runtime,
+    admin, discovery, Admission, Api, Context, Gateway, GatewayError, Listener, Origin, Runtime,
+    Step, Stop,
 };
 use crate::request::intake::{read_form, read_json, read_raw};
 use crate::request::payload::Payload;
@@ -38,26 +42,6 @@ use crate::route::{Operation, RequestFacts, RouteConfig};
 use crate::telemetry::observe::{ObservedBody, Trace};
 use crate::telemetry::record::RequestRecord;
 use crate::upstream::REQUEST_ID_HEADER_NAME;
-
-/// What a phase hands on: its result, or the request's answer.
-type Step<T> = Result<T, Answer>;
-
-/// One request as it goes through the phases.
-pub struct Context<'r> {
-    runtime: &'r Runtime,
-    listener: Listener,
-    /// The request's id, sent upstream and back to the client.
-    id: HeaderValue,
-    /// What is known so far, for the observers.
-    trace: Trace,
-}
-
-/// An API request, as classify found it.
-struct Api {
-    operation: Operation,
-    /// The path with `/v1` in front, as every upstream expects it.
-    path: String,
-}
 
 impl Gateway {
     /// Answers one request, which came from `origin`. Never fails: every error becomes an
@@ -69,26 +53,31 @@ impl Gateway {
     {
         let runtime = self.runtime.load_full();
         let id = request_id(request.headers());
-        let mut record = RequestRecord::new(
-            id.clone(),
-            request.method().clone(),
-            request.uri().path().to_string(),
-        );
-        record.client = Some(origin.peer);
+        // Built in place: the record is a few hundred bytes, and every move is a copy.
         let mut cx = Context {
             runtime: &runtime,
             listener: origin.listener,
+            trace: Trace::new(
+                RequestRecord::new(
+                    id.clone(),
+                    request.method().clone(),
+                    request.uri().path().to_string(),
+                    origin.peer,
+                ),
+                self.observers.clone(),
+            ),
             id,
-            trace: Trace::new(record, self.observers.clone()),
         };
-        let answer = match self.phases(&mut cx, request).await {
-            Ok(answer) | Err(answer) => answer,
-        };
-        observe(cx, answer)
+        let end = self.phases(&mut cx, request).await;
+        observe(cx.trace, cx.id, end)
     }
 
     /// The request path, one phase a line.
-    async fn phases<B>(&self, cx: &mut Context<'_>, request: Request<B>) -> Step<Answer>
+    async fn phases<B>(
+        &self,
+        cx: &mut Context<'_>,
+        request: Request<B>,
+    ) -> Step<Response<ProxyBody>>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -105,7 +94,7 @@ impl Gateway {
     /// admit: a request over `max_in_flight` is shed at once, not queued.
     fn admit(&self, cx: &Context<'_>) -> Step<Admission<'_>> {
         let limit = cx.runtime.config.server.max_in_flight as usize;
-        Admission::enter(&self.in_flight, limit).ok_or(Answer::Refused(GatewayError::Overloaded(
+        Admission::enter(&self.in_flight, limit).ok_or(Stop::Refused(GatewayError::Overloaded(
             "too many requests in flight",
         )))
     }
@@ -140,7 +129,7 @@ async fn classify(cx: &mut Context<'_>, head: &Parts) -> Step<Api> {
             admin::json_response(http::StatusCode::OK, &list)
         }
     };
-    Err(Answer::Local(local))
+    Err(Stop::answered(local))
 }
 
 /// intake: the body read within limits, JSON or multipart or raw by the operation.
@@ -202,9 +191,9 @@ async fn forward(
     route: &RouteConfig,
     payload: &Payload,
 ) -> Step<Served> {
-    let path_and_query = match head.uri.query() {
-        Some(q) => format!("{}?{q}", api.path),
-        None => api.path.clone(),
+    let path_and_query: Cow<str> = match head.uri.query() {
+        Some(q) => format!("{}?{q}", api.path).into(),
+        None => api.path.as_str().into(),
     };
     let request = RequestHead {
         operation: api.operation,
@@ -214,45 +203,33 @@ async fn forward(
         request_id: &cx.id,
     };
     let runtime = cx.runtime;
-    let record = &mut cx.trace.record;
     let outcome = try_upstreams(
         &runtime.upstreams,
         &runtime.retry_budget,
         route,
         payload,
         &request,
-        &mut record.attempts,
+        &mut cx.trace.record,
     )
     .await;
-    let mut served = outcome.map_err(GatewayError::Upstreams)?;
-    record.served_by = served.picked.take();
-    Ok(served)
+    outcome.map_err(|e| Stop::Refused(GatewayError::Upstreams(e)))
 }
 
-/// respond: the upstream's answer made the client's (`respond.rs`).
-async fn respond(
-    cx: &mut Context<'_>,
-    api: &Api,
-    served: Served,
-    payload: Payload,
-) -> Step<Answer> {
-    let upstream = &cx.runtime.upstreams[served.index];
-    let record = &mut cx.trace.record;
-    Ok(answer_from(upstream, served, api.operation, payload, &cx.id, record).await?)
-}
-
-/// observe: the answer goes out, and the trace closes when it is over: at once for
-/// voxgate's own answers, at the end of the body for a streamed one.
-fn observe(cx: Context<'_>, answer: Answer) -> Response<ProxyBody> {
-    let Context { id, mut trace, .. } = cx;
-    let mut response = match answer {
-        Answer::Streamed(response) => {
-            trace.record.status = response.status().as_u16();
-            let (parts, body) = response.into_parts();
+/// observe: the answer goes out, and the trace closes when it is over: at the end of the
+/// body for a streamed one, at once for voxgate's own.
+fn observe(
+    mut trace: Trace,
+    id: HeaderValue,
+    end: Step<Response<ProxyBody>>,
+) -> Response<ProxyBody> {
+    let mut response = match end {
+        Ok(streamed) => {
+            trace.record.status = streamed.status().as_u16();
+            let (parts, body) = streamed.into_parts();
             return Response::from_parts(parts, ObservedBody::new(body, trace).boxed());
         }
-        Answer::Local(response) => response,
-        Answer::Refused(e) => {
+        Err(Stop::Answered(response)) => *response,
+        Err(Stop::Refused(e)) => {
             let api = e.api_error();
             trace.record.error = Some(api.message.clone());
             api.into_response()

@@ -9,29 +9,31 @@
 use http::{header, HeaderValue, Response};
 use http_body_util::BodyExt;
 
+use crate::body::ProxyBody;
 use crate::body::{full, IdleTimeout};
 use crate::engine::answers;
 use crate::engine::dialect::Convert;
 use crate::gateway::forward::{Exhausted, Served};
-use crate::gateway::{Answer, GatewayError};
+use crate::gateway::{Api, Context, GatewayError, Step, Stop};
 use crate::request::payload::Payload;
-use crate::route::Operation;
-use crate::telemetry::record::RequestRecord;
 use crate::upstream::{strip_hop_by_hop, Upstream, REQUEST_ID_HEADER_NAME, UPSTREAM_HEADER_NAME};
 
-/// Makes the client's answer from `served`, the response of `upstream`. `payload` is taken
-/// so that its memory goes back before the answer streams.
+/// respond: the client's answer made from `served`, to be streamed; an answer voxgate
+/// had to read whole (an error body rewritten, a transcription made events) stops here
+/// instead. `payload` is taken so that its memory goes back before the answer streams.
 pub async fn respond(
-    upstream: &Upstream,
+    cx: &mut Context<'_>,
+    api: &Api,
     served: Served,
-    operation: Operation,
     payload: Payload,
-    id: &HeaderValue,
-    record: &mut RequestRecord,
-) -> Result<Answer, GatewayError> {
+) -> Step<Response<ProxyBody>> {
     let Served {
-        response, convert, ..
+        index,
+        response,
+        convert,
     } = served;
+    let upstream = &cx.runtime.upstreams[index];
+    let (id, record) = (&cx.id, &mut cx.trace.record);
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     if let Some(theirs) = parts.headers.remove(&REQUEST_ID_HEADER_NAME) {
@@ -50,7 +52,7 @@ pub async fn respond(
     record.upstream = Some(upstream.name().to_string());
     let idle = upstream.config.idle_timeout;
     answers::fix_text_content_type(
-        operation,
+        api.operation,
         payload.response_format(),
         parts.status,
         &mut parts.headers,
@@ -64,10 +66,10 @@ pub async fn respond(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            return Ok(Answer::Local(Response::from_parts(parts, full(error))));
+            return Err(Stop::answered(Response::from_parts(parts, full(error))));
         }
         // Not readable in time: the connection is gone with the body.
-        return Err(unreadable(upstream, "error body unreadable"));
+        return Err(unreadable(upstream, "error body unreadable").into());
     }
     let converting = parts.status.is_success() && convert != Convert::None;
     if converting {
@@ -78,12 +80,12 @@ pub async fn respond(
         Convert::TranscriptSse if converting => {
             let events = answers::transcript_events(body, idle)
                 .await
-                .map_err(|why| unreadable(upstream, &why))?;
-            return Ok(Answer::Local(Response::from_parts(parts, full(events))));
+                .map_err(|why| Stop::from(unreadable(upstream, &why)))?;
+            return Err(Stop::answered(Response::from_parts(parts, full(events))));
         }
         _ => IdleTimeout::new(body, idle).boxed(),
     };
-    Ok(Answer::Streamed(Response::from_parts(parts, body)))
+    Ok(Response::from_parts(parts, body))
 }
 
 /// An upstream answered, but its answer could not be read or made sense of.

@@ -34,11 +34,16 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
-    pub fn new(request_id: HeaderValue, method: Method, path: String) -> RequestRecord {
+    pub fn new(
+        request_id: HeaderValue,
+        method: Method,
+        path: String,
+        client: SocketAddr,
+    ) -> RequestRecord {
         RequestRecord {
             started: Instant::now(),
             request_id,
-            client: None,
+            client: Some(client),
             method,
             path,
             endpoint: "none",
