@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::upstream::connections::UpstreamBody;
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http::{Response, StatusCode};
 
 use crate::engine::dialect::{Convert, Dialect};
 use crate::engine::errors::error_detail;
@@ -149,13 +149,10 @@ impl RetryBudget {
     }
 }
 
-/// The request line and headers as the client sent them, normalised.
+/// The request as the client sent it (path normalised), and which operation it is.
 pub struct RequestHead<'a> {
     pub operation: Operation,
-    pub method: &'a Method,
-    pub path_and_query: &'a str,
-    pub headers: &'a HeaderMap,
-    pub request_id: &'a HeaderValue,
+    pub client: ClientRequest<'a>,
 }
 
 /// The answer that goes to the client (the endpoint that gave it is in the record's
@@ -264,9 +261,9 @@ pub async fn forward(
         // An answer voxgate converts is one it reads: it must not come compressed.
         let identity;
         let headers = if edits.convert == Convert::None {
-            head.headers
+            head.client.headers
         } else {
-            let mut h = head.headers.clone();
+            let mut h = head.client.headers.clone();
             h.remove(http::header::ACCEPT_ENCODING);
             identity = h;
             &identity
@@ -276,10 +273,9 @@ pub async fn forward(
                 picked.index,
                 timeout,
                 &ClientRequest {
-                    method: head.method,
                     path_and_query: &path,
                     headers,
-                    request_id: head.request_id,
+                    ..head.client
                 },
                 || payload.render(&edits),
             )
@@ -370,8 +366,8 @@ pub async fn forward(
 /// has one (whisper.cpp's `/inference`), else the client's.
 fn upstream_path<'a>(dialect: &Dialect, head: &RequestHead<'a>) -> std::borrow::Cow<'a, str> {
     match dialect.path(head.operation) {
-        None => head.path_and_query.into(),
-        Some(path) => match head.path_and_query.split_once('?') {
+        None => head.client.path_and_query.into(),
+        Some(path) => match head.client.path_and_query.split_once('?') {
             Some((_, query)) => format!("{path}?{query}").into(),
             None => path.to_string().into(),
         },

@@ -41,7 +41,7 @@ use crate::request::payload::Payload;
 use crate::route::{Operation, RequestFacts, RouteConfig};
 use crate::telemetry::observe::{ObservedBody, Trace};
 use crate::telemetry::record::RequestRecord;
-use crate::upstream::REQUEST_ID_HEADER_NAME;
+use crate::upstream::{ClientRequest, REQUEST_ID_HEADER_NAME};
 
 impl Gateway {
     /// Answers one request, which came from `origin`. Never fails: every error becomes an
@@ -197,10 +197,12 @@ async fn forward(
     };
     let request = RequestHead {
         operation: api.operation,
-        method: &head.method,
-        path_and_query: &path_and_query,
-        headers: &head.headers,
-        request_id: &cx.id,
+        client: ClientRequest {
+            method: &head.method,
+            path_and_query: &path_and_query,
+            headers: &head.headers,
+            request_id: &cx.id,
+        },
     };
     let runtime = cx.runtime;
     let outcome = try_upstreams(
