@@ -912,7 +912,6 @@ mod tests {
         )
     }
 
-    /// A connection, and the upstream's end of it.
     thread_local! {
         /// Answer heads parsed on this thread (a test's runtime is its thread).
         pub(super) static PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -945,6 +944,7 @@ mod tests {
         drop(sender.await.unwrap());
     }
 
+    /// A connection, and the upstream's end of it.
     fn pair() -> (Conn<DuplexStream>, DuplexStream) {
         let (ours, theirs) = duplex(1 << 20);
         (Conn::new(ours), theirs)
