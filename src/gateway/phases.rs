@@ -8,7 +8,7 @@
 //!              400/408/413/415)
 //!   route      facts from the payload → first matching route          (route.rs; 404)
 //!   forward    upstreams in order, fallback before any byte           (forward.rs; 400/500/502/504)
-//!   respond    the upstream's answer made the client's, streamed      (respond.rs)
+//!   respond    the upstream's answer made the client's, streamed      (respond.rs; 502)
 //!   observe    the record closed when the response is over            (telemetry/)
 //! ```
 //!

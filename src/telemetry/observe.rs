@@ -173,3 +173,85 @@ where
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use std::sync::Mutex;
+
+    /// Remembers every end it is told of.
+    #[derive(Debug, Default)]
+    struct Ends(Mutex<Vec<(u16, End)>>);
+
+    impl Observer for Arc<Ends> {
+        fn request_ended(&self, record: &RequestRecord, end: &End) {
+            self.0.lock().unwrap().push((record.status, *end));
+        }
+    }
+
+    fn trace() -> (Trace, Arc<Ends>) {
+        let ends = Arc::new(Ends::default());
+        let observers = Observers::new(vec![Box::new(ends.clone())]);
+        let record = RequestRecord::new(
+            http::HeaderValue::from_static("id"),
+            http::Method::POST,
+            "/v1/audio/speech".into(),
+            "127.0.0.1:1".parse().unwrap(),
+        );
+        (Trace::new(record, Arc::new(observers)), ends)
+    }
+
+    fn told(ends: &Ends) -> Vec<(u16, u64, Ending)> {
+        let ends = ends.0.lock().unwrap();
+        ends.iter()
+            .map(|(status, end)| (*status, end.bytes_out, end.ending))
+            .collect()
+    }
+
+    #[test]
+    fn a_local_answer_is_told_once_when_finished() {
+        let (mut t, ends) = trace();
+        t.record.status = 200;
+        t.finish(15);
+        assert_eq!(told(&ends), [(200, 15, Ending::Complete)]);
+    }
+
+    #[test]
+    fn a_request_dropped_unanswered_is_told_once_as_499() {
+        let (t, ends) = trace();
+        drop(t);
+        assert_eq!(told(&ends), [(499, 0, Ending::ClientGone)]);
+    }
+
+    #[tokio::test]
+    async fn a_streamed_answer_is_told_once_at_its_end_with_its_bytes() {
+        let (mut t, ends) = trace();
+        t.record.status = 200;
+        let body = ObservedBody::new(Full::new(Bytes::from_static(b"audio")), t);
+        assert!(told(&ends).is_empty(), "not before the body ends");
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"audio");
+        assert_eq!(told(&ends), [(200, 5, Ending::Complete)]);
+    }
+
+    #[tokio::test]
+    async fn a_stream_the_client_leaves_or_the_upstream_breaks_says_so() {
+        let (t, ends) = trace();
+        let pieces = futures_util::stream::iter([
+            Ok(http_body::Frame::data(Bytes::from_static(b"ab"))),
+            Err(std::io::Error::other("upstream reset")),
+        ]);
+        let mut body = ObservedBody::new(StreamBody::new(pieces), t);
+        assert!(body.frame().await.unwrap().is_ok());
+        assert!(body.frame().await.unwrap().is_err());
+        drop(body);
+        assert_eq!(told(&ends), [(0, 2, Ending::UpstreamFailed)]);
+
+        let (t, ends) = trace();
+        let pending =
+            futures_util::stream::pending::<Result<http_body::Frame<Bytes>, std::io::Error>>();
+        drop(ObservedBody::new(StreamBody::new(pending), t));
+        assert_eq!(told(&ends), [(0, 0, Ending::ClientGone)]);
+    }
+}
