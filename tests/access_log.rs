@@ -170,7 +170,7 @@ async fn one_line_per_request_with_attempts_and_never_a_key() {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_client_that_leaves_before_the_answer_is_still_logged() {
     let (captured, _guard) = capture(tracing::Level::INFO);
 
@@ -195,7 +195,7 @@ async fn a_client_that_leaves_before_the_answer_is_still_logged() {
     assert_eq!(lines[0]["model"], "tts-1");
 }
 
-#[tokio::test(flavor = "current_thread")]
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn health_transitions_are_logged_once_when_they_happen() {
     let (captured, _guard) = capture(tracing::Level::INFO);
 
@@ -231,7 +231,7 @@ async fn health_transitions_are_logged_once_when_they_happen() {
     assert_eq!(down["check"], "status 503", "the reason is in the line");
 }
 
-#[tokio::test(flavor = "current_thread")]
+#[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn no_key_reaches_the_log_at_trace_level_through_every_kind_of_failure() {
     let (captured, _guard) = capture(tracing::Level::TRACE);
 

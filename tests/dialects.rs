@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use http::Request;
@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use support::engines::{self, form_names, form_text, HEARD, KOKORO_CHUNKS, OPENAI_AUDIO};
 use support::*;
+use tokio::time::Instant;
 
 const KEY: &str = "sk-configured-key";
 
@@ -124,7 +125,7 @@ async fn speech_falling_back_from_kokoro_reaches_openai_in_openais_terms() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn kokoro_keeps_its_extras_and_gets_voice_objects_as_strings() {
     let kokoro = engines::kokoro().await;
     let openai = engines::openai(KEY).await;
@@ -367,7 +368,7 @@ async fn streamed_transcriptions_from_whisper_cpp_become_openai_events() {
     assert_eq!(whisper.count(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn sse_speech_from_kokoro_is_made_of_its_chunks_as_they_arrive() {
     let kokoro = engines::kokoro().await;
     let config = single_of_kind("kokoro", &kokoro.url(), "");
@@ -536,7 +537,7 @@ async fn discovery_merges_the_models_and_voices_of_the_routed_upstreams() {
     assert_eq!(r.status, 200);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_kind_brings_its_health_check_unless_turned_off() {
     let kokoro = engines::kokoro().await;
     let config = format!(

@@ -1,18 +1,25 @@
 //! The fault matrix: every upstream fault × (a healthy fallback exists / none does) ×
-//! (speech / transcription upload / streaming response). For each cell: the outcome
-//! (served by the fallback, passed through, the right OpenAI-shaped error, or a broken
-//! stream — never a clean short 200), and that it came within its deadline. The matrix is
-//! printed as a table (`cargo test --test faults -- --nocapture`).
+//! (speech / transcription upload / streaming response), one test per cell, named for it:
+//! `primary_answers_503::with_a_fallback::upload`. For each cell: the outcome (served by
+//! the fallback, passed through, the right OpenAI-shaped error, or a broken stream — never
+//! a clean short 200), and that it came within its deadline. Each cell prints its row of
+//! the table (`cargo test --test faults -- --nocapture --test-threads=1`).
+//!
+//! The cells run on a paused clock: every wait in them is a timer on the test's own
+//! runtime (the per-try and idle timeouts, the scripted upstream's delays), so a cell
+//! takes milliseconds and its deadline is measured in exact virtual time. Only the row
+//! whose host does not resolve runs on the real clock: its wait is the system resolver.
 
 mod support;
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use serde_json::json;
 use support::*;
+use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
@@ -31,22 +38,6 @@ enum Fault {
     /// A host name that does not resolve (`.invalid`, RFC 6761).
     Unresolvable,
 }
-
-const FAULTS: [Fault; 13] = [
-    Fault::Refused,
-    Fault::Status502,
-    Fault::Status503,
-    Fault::Status504,
-    Fault::Status500,
-    Fault::Status429,
-    Fault::ResetBeforeHeaders,
-    Fault::ResetMidBody,
-    Fault::SlowHeaders,
-    Fault::StallMidBody,
-    Fault::NeverAnswers,
-    Fault::UntrustedTls,
-    Fault::Unresolvable,
-];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -208,54 +199,94 @@ async fn cell(fault: Fault, fallback: bool, kind: Kind) -> (Seen, Duration) {
     (seen, start.elapsed())
 }
 
-#[tokio::test]
-async fn every_fault_gets_its_answer_within_its_deadline() {
-    let mut cells = Vec::new();
-    for fault in FAULTS {
-        for fallback in [true, false] {
-            for kind in [Kind::Speech, Kind::Upload, Kind::Streaming] {
-                cells.push((fault, fallback, kind));
+/// Runs one cell and checks it: the answer `expected` says, within the deadline.
+async fn check(fault: Fault, fallback: bool, kind: Kind) {
+    // The resolver is outside the runtime: the clock stays real for that row only.
+    if fault != Fault::Unresolvable {
+        tokio::time::pause();
+    }
+    let (seen, took) = cell(fault, fallback, kind).await;
+    let want = expected(fault, fallback);
+    // A resolver that does not answer within the per-try timeout makes the lookup a
+    // timeout (504) instead of a connect failure (502): both are right.
+    let slow_dns = fault == Fault::Unresolvable && seen == Seen::Error { status: 504 };
+    let right = seen == want || slow_dns;
+    println!(
+        "{:<36} {:<9} {:<10} {:<24} {:>8.1}{}",
+        row(fault),
+        if fallback { "yes" } else { "no" },
+        format!("{kind:?}"),
+        seen.to_string(),
+        took.as_secs_f64() * 1000.0,
+        if right {
+            String::new()
+        } else {
+            format!("  <-- expected {want}")
+        },
+    );
+    assert!(
+        right,
+        "{fault:?}/{fallback}/{kind:?}: {seen} instead of {want}"
+    );
+    // Per-try timeout 300 ms and idle timeout 300 ms: nothing may take much longer.
+    assert!(
+        took < Duration::from_millis(1500),
+        "{fault:?}/{fallback}/{kind:?} took {took:?}"
+    );
+}
+
+/// One module per fault, named as a sentence about the primary, with a test per cell
+/// inside; `row` names the module of each fault, and its match fails to compile when a
+/// fault has no row.
+macro_rules! matrix {
+    ($($fault:ident => $row:ident,)*) => {
+        fn row(fault: Fault) -> &'static str {
+            match fault {
+                $(Fault::$fault => stringify!($row),)*
             }
         }
-    }
-    let results =
-        futures_util::future::join_all(cells.iter().map(|&(f, fb, k)| cell(f, fb, k))).await;
+        $(
+            mod $row {
+                use super::{check, Fault, Kind};
+                matrix!(@cells with_a_fallback, $fault, true);
+                matrix!(@cells without_a_fallback, $fault, false);
+            }
+        )*
+    };
+    (@cells $fallback:ident, $fault:ident, $has:expr) => {
+        mod $fallback {
+            use super::{check, Fault, Kind};
 
-    println!(
-        "\n{:<20} {:<9} {:<10} {:<24} {:>8}",
-        "fault", "fallback", "request", "outcome", "ms"
-    );
-    let mut wrong = Vec::new();
-    for (&(fault, fallback, kind), (seen, took)) in cells.iter().zip(&results) {
-        let want = expected(fault, fallback);
-        // A resolver that does not answer within the per-try timeout makes the lookup a
-        // timeout (504) instead of a connect failure (502): both are right.
-        let slow_dns = fault == Fault::Unresolvable && *seen == Seen::Error { status: 504 };
-        let right = *seen == want || slow_dns;
-        let mark = if right { "" } else { "  <-- expected " };
-        println!(
-            "{:<20} {:<9} {:<10} {:<24} {:>8.1}{mark}{}",
-            format!("{fault:?}"),
-            if fallback { "yes" } else { "no" },
-            format!("{kind:?}"),
-            seen.to_string(),
-            took.as_secs_f64() * 1000.0,
-            if mark.is_empty() {
-                String::new()
-            } else {
-                want.to_string()
-            },
-        );
-        if !right {
-            wrong.push(format!(
-                "{fault:?}/{fallback}/{kind:?}: {seen} instead of {want}"
-            ));
+            #[tokio::test]
+            async fn speech() {
+                check(Fault::$fault, $has, Kind::Speech).await;
+            }
+
+            #[tokio::test]
+            async fn upload() {
+                check(Fault::$fault, $has, Kind::Upload).await;
+            }
+
+            #[tokio::test]
+            async fn streaming() {
+                check(Fault::$fault, $has, Kind::Streaming).await;
+            }
         }
-        // Per-try timeout 300 ms and idle timeout 300 ms: nothing may take much longer.
-        assert!(
-            *took < Duration::from_millis(1500),
-            "{fault:?}/{fallback}/{kind:?} took {took:?}"
-        );
-    }
-    assert!(wrong.is_empty(), "{wrong:#?}");
+    };
+}
+
+matrix! {
+    Refused => primary_refuses_the_connection,
+    Status502 => primary_answers_502,
+    Status503 => primary_answers_503,
+    Status504 => primary_answers_504,
+    Status500 => primary_answers_500,
+    Status429 => primary_answers_429,
+    ResetBeforeHeaders => primary_resets_before_the_headers,
+    ResetMidBody => primary_resets_mid_body,
+    SlowHeaders => primary_sends_its_headers_too_late,
+    StallMidBody => primary_stalls_mid_body,
+    NeverAnswers => primary_never_answers,
+    UntrustedTls => primary_has_an_untrusted_certificate,
+    Unresolvable => primary_host_does_not_resolve,
 }

@@ -4,12 +4,13 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 const SPEECH: &str = r#"{"model":"tts-1","input":"hi","voice":"alloy"}"#;
 
@@ -23,7 +24,7 @@ async fn proxy_with(upstream: &Scripted, server: &str) -> Proxy {
 
 /// Sends raw bytes and reads until the server closes or `wait` passes; returns the text.
 async fn raw(proxy: &Proxy, bytes: &[u8], wait: Duration) -> String {
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut stream = connect(proxy.addr).await;
     let _ = stream.write_all(bytes).await;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(wait, stream.read_to_end(&mut out)).await;
@@ -87,11 +88,11 @@ async fn smuggling_shapes_never_reach_the_upstream_as_two_requests() {
     still_serves(&proxy).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_client_sending_headers_slowly_is_cut_off() {
     let up = Scripted::always(Reply::ok("audio/pcm", "ok")).await;
     let proxy = proxy_with(&up, "header_read_timeout = \"500ms\"").await;
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut stream = connect(proxy.addr).await;
     let start = Instant::now();
     let request = speech_bytes("");
     let mut closed = false;
@@ -133,7 +134,7 @@ async fn http_1_0_and_expect_continue_clients_are_served() {
     assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
     assert!(answer.ends_with("ok"), "{answer}");
 
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut stream = connect(proxy.addr).await;
     let head = format!(
         "POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
         SPEECH.len()
@@ -186,7 +187,7 @@ async fn thousands_of_parts_and_huge_text_parts_are_refused() {
     still_serves(&proxy).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn beyond_the_in_flight_limit_requests_are_shed_at_once_with_retry_after() {
     let up = Scripted::always(Reply::Late {
         after: Duration::from_millis(500),
@@ -217,11 +218,11 @@ async fn beyond_the_in_flight_limit_requests_are_shed_at_once_with_retry_after()
     still_serves(&proxy).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn beyond_the_connection_limit_connections_get_503_and_are_closed() {
     let up = Scripted::always(Reply::ok("audio/pcm", "ok")).await;
     let proxy = proxy_with(&up, "max_connections = 1").await;
-    let _held = TcpStream::connect(proxy.addr).await.unwrap();
+    let _held = connect(proxy.addr).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let answer = raw(&proxy, &speech_bytes(""), Duration::from_secs(3)).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
@@ -234,7 +235,7 @@ async fn beyond_the_connection_limit_connections_get_503_and_are_closed() {
     still_serves(&proxy).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_client_that_stalls_mid_upload_gets_408() {
     let up = Scripted::always(Reply::json(200, json!({"text": "ok"}))).await;
     let proxy = proxy_with(&up, "body_read_timeout = \"300ms\"").await;
@@ -270,14 +271,14 @@ async fn read_to_close(stream: &mut TcpStream, wait: Duration) -> Option<Vec<u8>
     tokio::time::timeout(wait, read).await.ok().map(|_| all)
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_connection_that_never_sends_a_request_is_closed() {
     let up = Scripted::always(Reply::ok("audio/pcm", "ok")).await;
     let proxy = proxy_with(&up, "header_read_timeout = \"400ms\"").await;
     // Nothing at all: not even the bytes that tell HTTP/1 from HTTP/2.
-    let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut silent = connect(proxy.addr).await;
     // An h2c client: the preface and an empty SETTINGS frame, then no HEADERS.
-    let mut h2c = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut h2c = connect(proxy.addr).await;
     h2c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .await
         .unwrap();
@@ -302,13 +303,13 @@ async fn a_connection_that_never_sends_a_request_is_closed() {
     still_serves(&proxy).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn h2c_clients_are_served_and_may_idle_after_their_first_request() {
     let up = Scripted::always(Reply::ok("audio/pcm", "h2-audio")).await;
     let proxy = proxy_with(&up, "header_read_timeout = \"300ms\"").await;
     let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
-        .build_http();
+        .build(connector());
     for round in 0..2 {
         let request = speech_request(
             &proxy.url("/v1/audio/speech"),
@@ -328,12 +329,12 @@ async fn h2c_clients_are_served_and_may_idle_after_their_first_request() {
     assert_eq!(up.count(), 2);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_silent_connection_over_the_limit_is_closed_too() {
     let up = Scripted::always(Reply::ok("audio/pcm", "ok")).await;
     let proxy = proxy_with(&up, "header_read_timeout = \"400ms\"\nmax_connections = 1").await;
     // The one allowed connection: a keep-alive client that was served and stays.
-    let mut kept = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut kept = connect(proxy.addr).await;
     let keep_alive = String::from_utf8(speech_bytes(""))
         .unwrap()
         .replace("Connection: close\r\n", "");
@@ -342,7 +343,7 @@ async fn a_silent_connection_over_the_limit_is_closed_too() {
     let n = kept.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     // Over the limit, and silent: it is being shed, and must not be held forever.
-    let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut silent = connect(proxy.addr).await;
     let start = Instant::now();
     assert!(
         read_to_close(&mut silent, Duration::from_secs(3))

@@ -5,11 +5,12 @@ mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::Request;
 use serde_json::{json, Value};
 use support::*;
+use tokio::time::Instant;
 
 /// An upstream whose `/health` answers 200 while `healthy` is set, 503 otherwise, and whose
 /// API answers `name`.
@@ -61,7 +62,7 @@ fn api_requests(s: &Scripted) -> usize {
     s.received().iter().filter(|r| r.path != "/health").count()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn killing_and_restarting_an_upstream_flips_its_health_within_rise_and_fall() {
     let healthy = Arc::new(AtomicBool::new(true));
     let kokoro = switchable("kokoro", healthy.clone()).await;
@@ -125,7 +126,7 @@ async fn once_an_endpoint_is_ejected_requests_reach_the_fallback_without_touchin
     assert_eq!(a["ejections"], 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_hanging_primary_costs_one_per_try_timeout_then_nothing() {
     let hanging = Scripted::always(Reply::Hang).await;
     let fallback = Scripted::always(Reply::ok("audio/pcm", "fallback")).await;
@@ -151,7 +152,7 @@ async fn a_hanging_primary_costs_one_per_try_timeout_then_nothing() {
     assert_eq!(hanging.count(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn backup_endpoints_get_nothing_while_a_primary_is_healthy_and_everything_when_none_is() {
     let healthy = Arc::new(AtomicBool::new(true));
     let primary = switchable("primary", healthy.clone()).await;
@@ -207,7 +208,7 @@ async fn weights_are_respected() {
     assert_eq!((light.count(), heavy.count()), (50, 150));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn when_everything_is_marked_down_requests_are_tried_anyway() {
     let healthy = Arc::new(AtomicBool::new(false));
     let kokoro = switchable("still works", healthy).await;
@@ -221,7 +222,7 @@ async fn when_everything_is_marked_down_requests_are_tried_anyway() {
     assert_eq!((r.status, &r.body[..]), (200, &b"still works"[..]));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn ready_says_which_route_has_no_available_upstream() {
     let healthy = Arc::new(AtomicBool::new(true));
     let kokoro = switchable("kokoro", healthy.clone()).await;
@@ -253,7 +254,7 @@ async fn ready_says_which_route_has_no_available_upstream() {
     assert_eq!(endpoint["last_check"]["detail"], "status 503");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_retry_budget_caps_fallback_attempts_when_every_upstream_fails() {
     let a = Scripted::always(Reply::Hang).await;
     let b = Scripted::always(Reply::Hang).await;
@@ -303,6 +304,8 @@ async fn falling_back_from_a_refused_connection_needs_no_budget() {
     assert_eq!(b.count(), 16);
 }
 
+/// On the real clock: voxgate reckons the route deadline with `std::time::Instant`
+/// (src/gateway/forward.rs), which a paused clock does not move.
 #[tokio::test]
 async fn a_route_deadline_bounds_every_attempt_together() {
     let a = Scripted::always(Reply::Hang).await;

@@ -3,13 +3,14 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::BodyExt;
 use serde_json::json;
 use support::*;
+use tokio::time::Instant;
 
 /// A config with upstreams `a` and `b` and the given routes (and extra upstream keys).
 fn two_upstreams(a: &str, b: &str, a_extra: &str, b_extra: &str, routes: &str) -> String {
@@ -124,7 +125,7 @@ async fn falls_back_when_the_primary_refuses_connections() {
     assert_eq!(r.header("x-voxgate-upstream"), Some("b"));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn falls_back_when_the_primary_does_not_answer_in_time() {
     let a = Scripted::always(Reply::Hang).await;
     let b = Scripted::always(Reply::ok("audio/pcm", "ok")).await;
@@ -248,7 +249,7 @@ async fn the_last_upstreams_fallback_status_is_passed_through_as_it_is() {
     assert_eq!(a.count(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn all_upstreams_timing_out_gives_504() {
     let a = Scripted::always(Reply::Hang).await;
     let config = single_upstream(&a.url(), "response_timeout = \"200ms\"");
@@ -258,7 +259,7 @@ async fn all_upstreams_timing_out_gives_504() {
     assert!(r.error_message().contains("no response headers within"));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn no_fallback_once_the_first_byte_went_out_and_the_client_sees_a_broken_stream() {
     let a = Scripted::always(Reply::ChunksThenReset {
         chunks: vec![Bytes::from_static(b"first-audio")],
@@ -282,7 +283,7 @@ async fn no_fallback_once_the_first_byte_went_out_and_the_client_sees_a_broken_s
     assert_eq!(b.count(), 0, "no fallback after the first byte");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_first_chunk_reaches_the_client_before_the_upstream_finishes() {
     let chunks: Vec<Bytes> = (0..5).map(|i| Bytes::from(vec![i as u8; 4096])).collect();
     let a = Scripted::always(Reply::Chunks {
@@ -662,7 +663,7 @@ async fn health_answers_without_any_upstream() {
     assert_eq!(r.json()["status"], "ok");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn shutdown_lets_a_stream_in_flight_finish() {
     let a = Scripted::always(Reply::Chunks {
         status: 200,
@@ -696,7 +697,7 @@ async fn shutdown_lets_a_stream_in_flight_finish() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_stream_that_stalls_is_cut_off_after_the_idle_timeout() {
     let a = Scripted::always(Reply::Chunks {
         status: 200,
@@ -783,7 +784,7 @@ async fn https_upstreams_without_http2_get_http1_on_a_kept_connection() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_client_that_leaves_mid_response_cancels_the_upstream_request() {
     let a = Scripted::always(Reply::Chunks {
         status: 200,

@@ -4,6 +4,13 @@
 //! body) and counts the connections made to it, and answers each request as its script
 //! says: a full response, chunks with delays, a hang, a reset before headers, or a reset in
 //! the middle of the body.
+//!
+//! Every socket the tests open has Nagle's algorithm off, as voxgate's own do. Tests that
+//! wait on timeouts run on a paused clock (`#[tokio::test(start_paused = true)]`), and
+//! tokio then jumps the clock to the next timer whenever the runtime has nothing to do.
+//! With Nagle on, the kernel may hold a small write back until the peer's delayed ACK (40
+//! ms of real time): the runtime idles meanwhile, the clock jumps, and a timeout fires
+//! before bytes that were already sent arrive.
 #![allow(dead_code)]
 
 pub mod daemon;
@@ -14,7 +21,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream;
@@ -22,9 +29,10 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{channel::Channel, combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use voxgate::config::Config;
 use voxgate::gateway::Gateway;
@@ -140,6 +148,7 @@ impl Scripted {
                     r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
                     _ = stop_accepting.changed() => return,
                 };
+                let _ = stream.set_nodelay(true);
                 conns.fetch_add(1, Ordering::SeqCst);
                 let (script, rec, ended) = (script.clone(), rec.clone(), ended.clone());
                 let mut stop_serving = stopped.clone();
@@ -346,6 +355,7 @@ pub async fn tls_upstream_speaking(protocols: &[&[u8]]) -> TlsUpstream {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
+            let _ = stream.set_nodelay(true);
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(stream).await else {
@@ -446,8 +456,22 @@ pub fn single_of_kind(kind: &str, url: &str, extra: &str) -> String {
 }
 
 /// A plain HTTP client for tests.
-pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, TestBody> {
-    Client::builder(TokioExecutor::new()).build_http()
+pub fn client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build(connector())
+}
+
+/// The connector of test clients: plain HTTP, Nagle off.
+pub fn connector() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector
+}
+
+/// A raw TCP connection, Nagle off.
+pub async fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
 }
 
 pub fn full_body(bytes: impl Into<Bytes>) -> TestBody {
@@ -587,8 +611,8 @@ pub fn noise(len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Time since `start` in milliseconds.
-pub fn ms(start: Instant) -> f64 {
+/// Time since `start` in milliseconds: virtual time in a test that paused the clock.
+pub fn ms(start: tokio::time::Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
 }
 
