@@ -304,9 +304,7 @@ async fn falling_back_from_a_refused_connection_needs_no_budget() {
     assert_eq!(b.count(), 16);
 }
 
-/// On the real clock: voxgate reckons the route deadline with `std::time::Instant`
-/// (src/gateway/forward.rs), which a paused clock does not move.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_route_deadline_bounds_every_attempt_together() {
     let a = Scripted::always(Reply::Hang).await;
     let b = Scripted::always(Reply::Hang).await;

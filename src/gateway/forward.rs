@@ -10,7 +10,10 @@
 //! all of them fail.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// The route deadline and the per-try timeout (`tokio::time::timeout`) read the same clock.
+use tokio::time::Instant;
 
 use crate::upstream::connections::UpstreamBody;
 use http::{Response, StatusCode};
