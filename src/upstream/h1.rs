@@ -522,10 +522,15 @@ impl<T: AsyncRead + AsyncWrite + SendFile + Unpin> Conn<T> {
                 return Poll::Pending;
             }
             loop {
+                // The first bytes are parsed at once: a whole head in one read is the
+                // common case, and needs no search for a line's end.
                 let fresh = self.buf.get(scanned..).unwrap_or_default();
-                let line_ended = memchr::memchr(b'\n', fresh).is_some();
+                let look = !fresh.is_empty()
+                    && (scanned == 0
+                        || self.buf.len() >= MAX_HEAD
+                        || memchr::memchr(b'\n', fresh).is_some());
                 scanned = self.buf.len();
-                if line_ended || self.buf.len() >= MAX_HEAD {
+                if look {
                     read_any = true;
                     match parse_answer(&mut self.buf, head_request) {
                         Ok(Some(answer))
