@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use http::Method;
 
 use crate::gateway::discovery::Listing;
-use crate::gateway::GatewayError;
+use crate::gateway::{Api, GatewayError};
 use crate::route::Operation;
 
 /// What a request is, from its method and path alone.
@@ -23,11 +23,7 @@ pub enum Target {
     Status,
     /// `GET /v1/models` or `GET /v1/audio/voices`: merged over the routed upstreams.
     Discovery(Listing),
-    Api {
-        operation: Operation,
-        /// The path with `/v1` in front, as every upstream expects it.
-        path: String,
-    },
+    Api(Api),
 }
 
 /// Decodes percent-encoded unreserved characters (RFC 3986 §6.2.2.2): `/v1/audio/spe%65ch`
@@ -68,7 +64,7 @@ pub fn classify(method: &Method, path: &str) -> Result<Target, GatewayError> {
         };
         if let Some(operation) = operation {
             let path = path.to_string();
-            return Ok(Target::Api { operation, path });
+            return Ok(Target::Api(Api { operation, path }));
         }
     }
     let dotted = path.split('/').any(|s| s == "." || s == "..");
@@ -123,7 +119,7 @@ pub fn classify(method: &Method, path: &str) -> Result<Target, GatewayError> {
             path,
         });
     }
-    Ok(Target::Api { operation, path })
+    Ok(Target::Api(Api { operation, path }))
 }
 
 #[cfg(test)]
@@ -135,10 +131,10 @@ mod tests {
     }
 
     fn api(operation: Operation, path: &str) -> Result<Target, u16> {
-        Ok(Target::Api {
+        Ok(Target::Api(Api {
             operation,
             path: path.to_string(),
-        })
+        }))
     }
 
     #[test]

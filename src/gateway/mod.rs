@@ -134,6 +134,7 @@ pub struct Context<'r> {
 }
 
 /// An API request, as classify found it.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Api {
     pub operation: Operation,
     /// The path with `/v1` in front, as every upstream expects it.

@@ -115,9 +115,9 @@ async fn classify(cx: &mut Context<'_>, head: &Parts) -> Step<Api> {
     }
     let runtime = cx.runtime;
     let local = match target {
-        Target::Api { operation, path } => {
-            cx.trace.record.endpoint = operation.name();
-            return Ok(Api { operation, path });
+        Target::Api(api) => {
+            cx.trace.record.endpoint = api.operation.name();
+            return Ok(api);
         }
         Target::Health | Target::Root => admin::health(),
         Target::Ready => admin::readiness(runtime),

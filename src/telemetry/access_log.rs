@@ -17,7 +17,7 @@ impl Observer for AccessLog {
         tracing::info!(
             target: "voxgate::access",
             request_id = %record.request_id.to_str().unwrap_or_default(),
-            client = record.client.map(tracing::field::display),
+            client = %record.client,
             method = %record.method,
             path = %record.path,
             endpoint = record.endpoint,

@@ -15,7 +15,7 @@ use crate::upstream::pool::Picked;
 pub struct RequestRecord {
     pub started: Instant,
     pub request_id: HeaderValue,
-    pub client: Option<SocketAddr>,
+    pub client: SocketAddr,
     pub method: Method,
     pub path: String,
     /// The operation's name (`speech`, `transcriptions`, …), or `none`.
@@ -43,7 +43,7 @@ impl RequestRecord {
         RequestRecord {
             started: Instant::now(),
             request_id,
-            client: Some(client),
+            client,
             method,
             path,
             endpoint: "none",

@@ -68,13 +68,6 @@ impl UpstreamError {
         self.kind
     }
 
-    /// The same failure seen as another kind (a connection closed before an answer is
-    /// stale when it was a kept one).
-    pub fn with_kind(mut self, kind: ErrorKind) -> UpstreamError {
-        self.kind = kind;
-        self
-    }
-
     /// What happened, without the kind's lead-in.
     pub fn message(&self) -> &str {
         &self.message
