@@ -1195,6 +1195,18 @@ mod tests {
         let _ = writer.await;
     }
 
+    /// The body of a chunked answer whose framing, after the head, is `framing`; the
+    /// upstream closes after it.
+    async fn chunked_body(framing: &[u8]) -> io::Result<Vec<u8>> {
+        let (mut conn, mut upstream) = pair();
+        let mut wire = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        wire.extend_from_slice(framing);
+        upstream.write_all(&wire).await.unwrap();
+        drop(upstream);
+        let mut answer = conn.exchange(head(0), Vec::new(), false).await.unwrap();
+        body(&mut conn, &mut answer.decoder).await
+    }
+
     #[tokio::test]
     async fn bad_chunked_framing_is_an_error() {
         for framing in [
@@ -1203,13 +1215,7 @@ mod tests {
             b"5\nhello",
             b"12345678901234567\r\n",
         ] {
-            let (mut conn, mut upstream) = pair();
-            let mut wire = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
-            wire.extend_from_slice(framing);
-            upstream.write_all(&wire).await.unwrap();
-            drop(upstream);
-            let mut answer = conn.exchange(head(0), Vec::new(), false).await.unwrap();
-            let e = body(&mut conn, &mut answer.decoder).await.unwrap_err();
+            let e = chunked_body(framing).await.unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{framing:?}: {e}");
         }
     }
@@ -1222,13 +1228,7 @@ mod tests {
             (b"5\r\r\nhello\r\n0\r\n\r\n", false),
             (b"5\x0b;a\r\nhello\r\n0\r\n\r\n", false),
         ] {
-            let (mut conn, mut upstream) = pair();
-            let mut wire = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
-            wire.extend_from_slice(framing);
-            upstream.write_all(&wire).await.unwrap();
-            drop(upstream);
-            let mut answer = conn.exchange(head(0), Vec::new(), false).await.unwrap();
-            let read = body(&mut conn, &mut answer.decoder).await;
+            let read = chunked_body(framing).await;
             match read {
                 Ok(data) => assert!(ok && data == b"hello", "{framing:?}"),
                 Err(e) => assert!(!ok && e.kind() == io::ErrorKind::InvalidData, "{framing:?}"),
