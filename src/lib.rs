@@ -37,5 +37,6 @@ pub mod gateway;
 pub mod request;
 pub mod route;
 pub mod server;
+pub mod service;
 pub mod telemetry;
 pub mod upstream;

@@ -81,6 +81,19 @@ pub struct ServerConfig {
     pub max_in_flight: u32,
     /// Threads that serve requests; by default one per core this process may run on.
     pub threads: Option<u32>,
+    /// Reload when the config file changes (besides SIGHUP).
+    pub watch_config: bool,
+    /// Clients connect over TLS (HTTP/2 or HTTP/1.1 by ALPN) when set.
+    pub tls: Option<InboundTls>,
+}
+
+/// The listeners' TLS: certificate chain and key, read and checked at load, so a reload
+/// picks up renewed files.
+#[derive(Debug, Clone)]
+pub struct InboundTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub server: std::sync::Arc<rustls::ServerConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -116,7 +129,7 @@ impl fmt::Debug for Secret {
 }
 
 /// One server of an upstream's pool.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EndpointConfig {
     /// Scheme and authority, plus an optional path prefix; never a query.
     pub url: Uri,
@@ -138,7 +151,7 @@ pub enum Balance {
 }
 
 /// An active health check: a cheap request, never a paid synthesis or transcription.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheck {
     pub method: http::Method,
     pub path: String,
@@ -164,7 +177,9 @@ pub struct Ejection {
     pub max_percent: u32,
 }
 
-#[derive(Debug, Clone)]
+/// Compared whole on reload: an upstream whose definition did not change keeps its
+/// connections, health state and ejections (`gateway::reload`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub name: String,
     /// At least one; `url = …` is a pool of one.

@@ -40,6 +40,16 @@ pub(super) struct RawServer {
     pub(super) max_in_flight: Option<Spanned<i64>>,
     pub(super) threads: Option<Spanned<i64>>,
     pub(super) admin_listen: Option<Spanned<String>>,
+    pub(super) watch_config: Option<bool>,
+    pub(super) tls: Option<Spanned<RawTls>>,
+}
+
+/// `[server] tls = { cert = "…", key = "…" }`: PEM files.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) cert: Spanned<String>,
+    pub(super) key: Spanned<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -331,6 +331,56 @@ impl Validator<'_> {
         }
     }
 
+    /// `[server] tls`: the certificate chain and its key, read and matched now, so that a
+    /// bad pair fails the load (or the reload) instead of every handshake.
+    fn inbound_tls(&mut self, raw: Spanned<RawTls>) -> Option<InboundTls> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let RawTls { cert, key } = raw.into_inner();
+        let chain: Result<Vec<_>, _> =
+            CertificateDer::pem_file_iter(cert.get_ref()).and_then(Iterator::collect);
+        let chain = match chain {
+            Ok(chain) if !chain.is_empty() => Some(chain),
+            Ok(_) => {
+                self.error(cert.span(), "`tls.cert` holds no PEM certificate");
+                None
+            }
+            Err(e) => {
+                let message = format!("`tls.cert` cannot be read as PEM certificates: {e}");
+                self.error(cert.span(), message);
+                None
+            }
+        };
+        let private = match PrivateKeyDer::from_pem_file(key.get_ref()) {
+            Ok(private) => Some(private),
+            Err(e) => {
+                let message = format!("`tls.key` cannot be read as a PEM private key: {e}");
+                self.error(key.span(), message);
+                None
+            }
+        };
+        let (chain, private) = (chain?, private?);
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let built = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .and_then(|b| b.with_no_client_auth().with_single_cert(chain, private));
+        match built {
+            Ok(mut server) => {
+                server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                Some(InboundTls {
+                    cert: PathBuf::from(cert.get_ref()),
+                    key: PathBuf::from(key.get_ref()),
+                    server: std::sync::Arc::new(server),
+                })
+            }
+            Err(e) => {
+                let message = format!("`tls.key` does not fit `tls.cert`: {e}");
+                self.error(key.span(), message);
+                None
+            }
+        }
+    }
+
     /// The upstream's `health` table, or its kind's check (`preset` is that check's path).
     fn health(
         &mut self,
@@ -775,6 +825,8 @@ pub(super) fn validate(
                     None
                 }
             }),
+        watch_config: raw.server.watch_config.unwrap_or(false),
+        tls: raw.server.tls.and_then(|tls| v.inbound_tls(tls)),
     };
 
     let mut upstreams = Vec::with_capacity(raw.upstreams.len());

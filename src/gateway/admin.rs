@@ -1,10 +1,13 @@
-//! voxgate's own endpoints: `/health` (and `/`), `/ready` and `/status`, answered without
-//! an upstream. With `server.admin_listen` set, `/ready` and `/status` are served on the
-//! admin listener only.
+//! voxgate's own endpoints: `/health` (and `/`), `/ready`, `/status` and `POST /reload`,
+//! answered without an upstream. With `server.admin_listen` set, `/ready` and `/status`
+//! are served on the admin listener only; `/reload` is never served on the API listener.
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::body::{full, ProxyBody};
+use crate::gateway::reload::{Reloaded, Reloads};
 use crate::gateway::Runtime;
 
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
@@ -50,8 +53,39 @@ pub fn readiness(runtime: &Runtime) -> Response<ProxyBody> {
     )
 }
 
-/// `/status`: the pools as they are now. Shows upstream URLs, never keys.
-pub fn status(runtime: &Runtime) -> Response<ProxyBody> {
+/// A time as seconds since the Unix epoch and as RFC 3339 text.
+fn timestamp(at: SystemTime) -> serde_json::Value {
+    let seconds = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    serde_json::json!({
+        "unix": seconds,
+        "utc": humantime::format_rfc3339_seconds(at).to_string(),
+    })
+}
+
+/// `POST /reload`: 200 with what changed, or 422 with every mistake in the file (the
+/// configuration serving is then unchanged).
+pub fn reloaded(result: Result<Reloaded, String>) -> Response<ProxyBody> {
+    match result {
+        Ok(r) => json_response(
+            StatusCode::OK,
+            &serde_json::json!({
+                "reloaded": true,
+                "upstreams": {
+                    "kept": r.kept, "changed": r.changed, "added": r.added, "removed": r.removed,
+                },
+                "needs_restart": r.needs_restart,
+            }),
+        ),
+        Err(e) => json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &serde_json::json!({ "reloaded": false, "error": e }),
+        ),
+    }
+}
+
+/// `/status`: the pools as they are now, and where the configuration came from. Shows
+/// upstream URLs, never keys.
+pub fn status(runtime: &Runtime, reloads: &Reloads) -> Response<ProxyBody> {
     let upstreams: Vec<serde_json::Value> = runtime
         .upstreams
         .iter()
@@ -63,8 +97,18 @@ pub fn status(runtime: &Runtime) -> Response<ProxyBody> {
             status
         })
         .collect();
+    let history = reloads.history();
+    let config = serde_json::json!({
+        "path": reloads.source().path.as_ref().map(|p| p.display().to_string()),
+        "loaded_at": timestamp(history.loaded_at),
+        "reloads": { "succeeded": history.succeeded, "failed": history.failed },
+        "last_reload_error": history.last_error.map(|(at, message)| serde_json::json!({
+            "at": timestamp(at),
+            "message": message,
+        })),
+    });
     json_response(
         StatusCode::OK,
-        &serde_json::json!({ "upstreams": upstreams }),
+        &serde_json::json!({ "config": config, "upstreams": upstreams }),
     )
 }

@@ -19,8 +19,11 @@ pub enum Target {
     Root,
     /// 200 when every route has an upstream with an available endpoint, else 503.
     Ready,
-    /// Upstreams, endpoints, health, ejections, in-flight counts, last checks.
+    /// Upstreams, endpoints, health, ejections, in-flight counts, last checks; the
+    /// configuration's file, load time and last reload error.
     Status,
+    /// `POST /reload` (admin listener only): read the configuration file again.
+    Reload,
     /// `GET /v1/models` or `GET /v1/audio/voices`: merged over the routed upstreams.
     Discovery(Listing),
     Api(Api),
@@ -86,6 +89,13 @@ pub fn classify(method: &Method, path: &str) -> Result<Target, GatewayError> {
         "/health" => return Ok(Target::Health),
         "/ready" => return Ok(Target::Ready),
         "/status" => return Ok(Target::Status),
+        "/reload" if *method == Method::POST => return Ok(Target::Reload),
+        "/reload" => {
+            return Err(GatewayError::MethodNotAllowed {
+                method: method.clone(),
+                path: "/reload".to_string(),
+            })
+        }
         "/" => return Ok(Target::Root),
         p if p.starts_with("/v1/") => Cow::Borrowed(p),
         // A base URL without /v1 yields these.

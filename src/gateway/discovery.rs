@@ -8,6 +8,7 @@
 //! names its maps accept, and the literal models the routes match. An upstream that is down
 //! or slow leaves its static names in the list; nothing here fails the request.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method};
@@ -129,7 +130,7 @@ pub enum Listing {
 /// the first upstream that has it: the live list, then the kind's names, then the map's.
 async fn merged(
     listing: Listing,
-    upstreams: &[Upstream],
+    upstreams: &[Arc<Upstream>],
     routes: &[RouteConfig],
     headers: &HeaderMap,
     request_id: &HeaderValue,
@@ -174,7 +175,7 @@ async fn merged(
 /// routes can reach, or the voices speech requests can use, as Kokoro lists them.
 pub async fn answer(
     listing: Listing,
-    upstreams: &[Upstream],
+    upstreams: &[Arc<Upstream>],
     routes: &[RouteConfig],
     headers: &HeaderMap,
     request_id: &HeaderValue,

@@ -10,6 +10,7 @@
 //! all of them fail.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 // The route deadline and the per-try timeout (`tokio::time::timeout`) read the same clock.
@@ -195,7 +196,7 @@ fn edits_for<'a>(
 /// unless none has one, in which case every upstream is tried anyway — and those that
 /// cannot take the request. On success returns the upstream that answered and its response.
 pub async fn forward(
-    upstreams: &[Upstream],
+    upstreams: &[Arc<Upstream>],
     budget: &RetryBudget,
     route: &RouteConfig,
     payload: &Payload,

@@ -11,6 +11,7 @@ pub mod classify;
 pub mod discovery;
 pub mod forward;
 pub mod phases;
+pub mod reload;
 pub mod request_id;
 pub mod respond;
 
@@ -151,18 +152,33 @@ pub fn overloaded(what: &'static str) -> ApiError {
 pub struct Runtime {
     pub config: Config,
     router: Router,
-    upstreams: Vec<Upstream>,
+    /// Shared with the runtime before a reload where their definition did not change.
+    upstreams: Vec<Arc<Upstream>>,
     limits: IntakeLimits,
     retry_budget: RetryBudget,
 }
 
 impl Runtime {
-    fn new(config: Config, budget: Arc<MemoryBudget>) -> Runtime {
+    /// Compiles `config`. An upstream defined exactly as in `previous` is the same one
+    /// (connections, health checks, ejections and all); a changed one is built anew but
+    /// keeps what was known of each endpoint whose URL it still has.
+    fn new(config: Config, budget: Arc<MemoryBudget>, previous: Option<&Runtime>) -> Runtime {
         let upstreams = config
             .upstreams
             .iter()
-            .cloned()
-            .map(Upstream::new)
+            .map(|u| {
+                let old = previous.and_then(|p| p.upstreams.iter().find(|o| o.name() == u.name));
+                match old {
+                    Some(old) if old.config == *u => old.clone(),
+                    _ => {
+                        let new = Upstream::new(u.clone());
+                        if let Some(old) = old {
+                            new.pool.inherit(&old.pool);
+                        }
+                        Arc::new(new)
+                    }
+                }
+            })
             .collect();
         let limits = IntakeLimits {
             max_body_bytes: config.server.max_body_bytes,
@@ -197,21 +213,36 @@ pub struct Gateway {
     in_flight: AtomicUsize,
     /// Told about every request when its response is over.
     observers: Arc<Observers>,
+    /// Where the configuration came from, and how its reloads went.
+    reloads: reload::Reloads,
 }
 
 impl Gateway {
+    /// A gateway on `config`, which was not read from a file (tests, the built-in default).
     pub fn new(config: Config) -> Gateway {
+        Gateway::from_source(config, reload::Source::default())
+    }
+
+    /// A gateway on `config`, read from `source`: a reload reads it from there again.
+    pub fn from_source(config: Config, source: reload::Source) -> Gateway {
         let budget = Arc::new(MemoryBudget::new(config.server.replay_memory_total));
         Gateway {
-            runtime: ArcSwap::from_pointee(Runtime::new(config, budget.clone())),
+            runtime: ArcSwap::from_pointee(Runtime::new(config, budget.clone(), None)),
             budget,
             in_flight: AtomicUsize::new(0),
             observers: Arc::new(Observers::new(vec![Box::new(AccessLog)])),
+            reloads: reload::Reloads::new(source),
         }
     }
 
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()
+    }
+
+    /// The listeners' TLS settings in the configuration serving now, if it has any.
+    pub fn inbound_tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        let runtime = self.runtime.load();
+        runtime.config.server.tls.as_ref().map(|t| t.server.clone())
     }
 
     /// Request-body memory currently held for replay.

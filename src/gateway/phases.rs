@@ -84,7 +84,7 @@ impl Gateway {
     {
         let _admitted = self.admit(cx)?;
         let (head, body) = request.into_parts();
-        let api = classify(cx, &head).await?;
+        let api = self.classify(cx, &head).await?;
         let payload = intake(cx, &api, &head, body).await?;
         let route = route(cx, &api, &head, &payload)?;
         let served = forward(cx, &api, &head, route, &payload).await?;
@@ -100,36 +100,48 @@ impl Gateway {
     }
 }
 
-/// classify: what the request is. voxgate's own endpoints are answered here; an API
-/// request goes on.
-async fn classify(cx: &mut Context<'_>, head: &Parts) -> Step<Api> {
-    let target = target_of(&head.method, head.uri.path())?;
-    let operational = matches!(target, Target::Health | Target::Ready | Target::Status);
-    let admin_elsewhere = cx.runtime.config.server.admin_listen.is_some();
-    let allowed = match cx.listener {
-        Listener::Admin => operational,
-        Listener::Public => !(admin_elsewhere && matches!(target, Target::Ready | Target::Status)),
-    };
-    if !allowed {
-        return Err(GatewayError::NotFound(head.uri.path().to_string()).into());
+impl Gateway {
+    /// classify: what the request is. voxgate's own endpoints are answered here; an API
+    /// request goes on.
+    async fn classify(&self, cx: &mut Context<'_>, head: &Parts) -> Step<Api> {
+        let target = target_of(&head.method, head.uri.path())?;
+        let operational = matches!(
+            target,
+            Target::Health | Target::Ready | Target::Status | Target::Reload
+        );
+        let admin_elsewhere = cx.runtime.config.server.admin_listen.is_some();
+        let allowed = match cx.listener {
+            Listener::Admin => operational,
+            // Reloading over HTTP is for the admin listener only: the API port may face
+            // clients that must not be able to make voxgate re-read its files.
+            Listener::Public => {
+                !(matches!(target, Target::Reload)
+                    || admin_elsewhere && matches!(target, Target::Ready | Target::Status))
+            }
+        };
+        if !allowed {
+            return Err(GatewayError::NotFound(head.uri.path().to_string()).into());
+        }
+        let runtime = cx.runtime;
+        let local = match target {
+            Target::Api(api) => {
+                cx.trace.record.endpoint = api.operation.name();
+                return Ok(api);
+            }
+            Target::Health | Target::Root => admin::health(),
+            Target::Ready => admin::readiness(runtime),
+            Target::Status => admin::status(runtime, self.reloads()),
+            Target::Reload => admin::reloaded(self.reload("POST /reload").await),
+            Target::Discovery(listing) => {
+                let routes = runtime.router.routes();
+                let list =
+                    discovery::answer(listing, &runtime.upstreams, routes, &head.headers, &cx.id)
+                        .await;
+                admin::json_response(http::StatusCode::OK, &list)
+            }
+        };
+        Err(Stop::answered(local))
     }
-    let runtime = cx.runtime;
-    let local = match target {
-        Target::Api(api) => {
-            cx.trace.record.endpoint = api.operation.name();
-            return Ok(api);
-        }
-        Target::Health | Target::Root => admin::health(),
-        Target::Ready => admin::readiness(runtime),
-        Target::Status => admin::status(runtime),
-        Target::Discovery(listing) => {
-            let routes = runtime.router.routes();
-            let list =
-                discovery::answer(listing, &runtime.upstreams, routes, &head.headers, &cx.id).await;
-            admin::json_response(http::StatusCode::OK, &list)
-        }
-    };
-    Err(Stop::answered(local))
 }
 
 /// intake: the body read within limits, JSON or multipart or raw by the operation.

@@ -5,6 +5,11 @@
 //! tests bind `127.0.0.1:0` and stop the server when they like. On shutdown it stops
 //! accepting at once, lets in-flight requests and streams finish for up to the configured
 //! grace period, and then returns, dropping whatever is left.
+//!
+//! With `[server] tls` set, each new connection on the API listener is a TLS one (ALPN:
+//! `h2`, `http/1.1`), with the certificate of the configuration serving when it was
+//! accepted: a reload with renewed files applies to the next connection. The admin
+//! listener stays plain HTTP (bind it to loopback).
 
 pub mod inline_wake;
 
@@ -18,13 +23,13 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::gateway::{overloaded, Gateway};
 use crate::gateway::{Listener, Origin};
 use crate::server::inline_wake::InlineWake;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Serves a connection over the limit: every request gets 503 with `retry-after`, and the
 /// connection closes after the first answer.
@@ -55,6 +60,98 @@ const EAGER_BODY_LIMIT: u64 = 64 * 1024;
 /// request; it falls just after hyper's own so that HTTP/1 clients still get the 408.
 fn first_request_deadline(header_read_timeout: Duration) -> Duration {
     header_read_timeout + header_read_timeout / 4
+}
+
+/// One accepted connection, to be served.
+struct Connection {
+    builder: auto::Builder<TokioExecutor>,
+    /// Keeps graceful shutdown waiting for this connection.
+    graceful: Watcher,
+    gateway: Arc<Gateway>,
+    origin: Origin,
+    /// For the first request (and the TLS handshake before it).
+    deadline: Duration,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    /// Serves HTTP on `io` in a task of its own.
+    fn spawn<I>(self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            builder,
+            graceful,
+            gateway,
+            origin,
+            deadline,
+            permit,
+        } = self;
+        let peer = origin.peer;
+        let asked = Arc::new(AtomicBool::new(false));
+        let first_request = asked.clone();
+        let inline_wake = InlineWake::new();
+        let eager = inline_wake.switch();
+        let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            first_request.store(true, Ordering::Relaxed);
+            // The body hand-over is taken at once for small bodies only (inline_wake.rs).
+            let size = hyper::body::Body::size_hint(request.body()).upper();
+            eager.set(size.is_some_and(|n| n <= EAGER_BODY_LIMIT));
+            let gateway = gateway.clone();
+            // Boxed: the request's future is about 4 KiB, and hyper moves the future it
+            // is given into its own slot; a box moves as a pointer.
+            Box::pin(async move { Ok::<_, Infallible>(gateway.handle(request, origin).await) })
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            tokio::pin!(connection);
+            let mut first_deadline = std::pin::pin!(tokio::time::sleep(deadline));
+            // The deadline is looked at only until the first request has come: after
+            // that, a wake-up of the connection costs no timer poll.
+            let result = std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = inline_wake.poll(connection.as_mut(), cx) {
+                    return Poll::Ready(Some(result));
+                }
+                if asked.load(Ordering::Relaxed) {
+                    return Poll::Pending;
+                }
+                first_deadline.as_mut().poll(cx).map(|()| None)
+            })
+            .await;
+            let result = match result {
+                Some(result) => result,
+                None => {
+                    tracing::debug!(%peer, "no request within the header timeout; closed");
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+
+    /// Completes the TLS handshake (within the first request's deadline), then serves
+    /// HTTP/2 or HTTP/1.1 as ALPN agreed.
+    fn spawn_tls(self, stream: TcpStream, tls: Arc<rustls::ServerConfig>) {
+        let peer = self.origin.peer;
+        let deadline = self.deadline;
+        // A handshake under way holds the connection's watcher, so shutdown waits for it
+        // (bounded by the deadline) as for any connection.
+        tokio::spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => self.spawn(stream),
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "no TLS handshake within the header timeout"),
+            }
+        });
+    }
 }
 
 /// Serves `gateway` on `listener` until `shutdown` resolves.
@@ -105,6 +202,11 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let Ok(permit) = connections.clone().try_acquire_owned() else {
+            if role == Listener::Public && gateway.inbound_tls().is_some() {
+                // Over the limit on TLS: a handshake would cost what the limit saves.
+                drop(stream);
+                continue;
+            }
             // Over the limit: answer 503 at once and close, rather than queue.
             let deadline = first_request_deadline(server.header_read_timeout);
             tokio::spawn(tokio::time::timeout(
@@ -114,62 +216,36 @@ async fn serve(
             continue;
         };
         let gateway = gateway.clone();
-        let asked = Arc::new(AtomicBool::new(false));
-        let first_request = asked.clone();
         let origin = Origin {
             peer,
             listener: role,
         };
-        let inline_wake = InlineWake::new();
-        let eager = inline_wake.switch();
-        let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-            first_request.store(true, Ordering::Relaxed);
-            // The body hand-over is taken at once for small bodies only (inline_wake.rs).
-            let size = hyper::body::Body::size_hint(request.body()).upper();
-            eager.set(size.is_some_and(|n| n <= EAGER_BODY_LIMIT));
-            let gateway = gateway.clone();
-            // Boxed: the request's future is about 4 KiB, and hyper moves the future it
-            // is given into its own slot; a box moves as a pointer.
-            Box::pin(async move { Ok::<_, Infallible>(gateway.handle(request, origin).await) })
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        let deadline = first_request_deadline(server.header_read_timeout);
-        tokio::spawn(async move {
-            tokio::pin!(connection);
-            let mut first_deadline = std::pin::pin!(tokio::time::sleep(deadline));
-            // The deadline is looked at only until the first request has come: after
-            // that, a wake-up of the connection costs no timer poll.
-            let result = std::future::poll_fn(|cx| {
-                if let Poll::Ready(result) = inline_wake.poll(connection.as_mut(), cx) {
-                    return Poll::Ready(Some(result));
-                }
-                if asked.load(Ordering::Relaxed) {
-                    return Poll::Pending;
-                }
-                first_deadline.as_mut().poll(cx).map(|()| None)
-            })
-            .await;
-            let result = match result {
-                Some(result) => result,
-                None => {
-                    tracing::debug!(%peer, "no request within the header timeout; closed");
-                    Ok(())
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            drop(permit);
-        });
+        let connection = Connection {
+            builder: builder.clone(),
+            graceful: graceful.watcher(),
+            gateway,
+            origin,
+            deadline: first_request_deadline(server.header_read_timeout),
+            permit,
+        };
+        // TLS (public listener only) is taken from the configuration serving now, so a
+        // reload with renewed certificates applies to the next connection.
+        let tls = match role {
+            Listener::Public => connection.gateway.inbound_tls(),
+            Listener::Admin => None,
+        };
+        match tls {
+            None => connection.spawn(stream),
+            Some(tls) => connection.spawn_tls(stream, tls),
+        }
     }
     drop(listener);
-    tracing::info!(grace = ?server.shutdown_grace, "shutting down: waiting for requests in flight");
+    // Read now: a reload may have changed it since the listener started.
+    let grace = gateway.runtime().config.server.shutdown_grace;
+    tracing::info!(?grace, "shutting down: waiting for requests in flight");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(server.shutdown_grace) => {
+        () = tokio::time::sleep(grace) => {
             tracing::warn!("grace period over; closing the remaining connections");
         }
     }

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use crate::config::{Balance, Ejection, EndpointConfig, HealthCheck};
 
 /// What is known about one endpoint's health.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct State {
     /// What the active checks last concluded (true when there are none).
     healthy: bool,
@@ -122,6 +122,18 @@ impl Pool {
             fall: health.map_or(1, |h| h.fall),
             turn: AtomicUsize::new(0),
             seed: RandomState::new(),
+        }
+    }
+
+    /// Takes over what `previous` knew of each endpoint with the same URL (health, check
+    /// streak, failures, ejection): a reload that changed the upstream's other settings does
+    /// not bring a down endpoint back, nor forget an ejection.
+    pub fn inherit(&self, previous: &Pool) {
+        for endpoint in &self.endpoints {
+            if let Some(old) = previous.endpoints.iter().find(|o| o.url == endpoint.url) {
+                let state = old.state().clone();
+                *endpoint.state() = state;
+            }
         }
     }
 
