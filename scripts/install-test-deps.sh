@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need: the OpenAI SDKs the end-to-end tests drive (openai-python
 # into target/sdk-venv, openai-node into tests/sdk/node/node_modules), voice-mode into
-# target/voicemode-venv, and the Debian packages voice-mode's audio libraries and
-# voxgate's jemalloc build need (apt-get, as root or through sudo).
+# target/voicemode-venv, and the Debian packages that voice-mode's audio libraries,
+# voxgate's jemalloc build and tests/packaging.rs (systemd-analyze, from systemd) need
+# (apt-get, as root or through sudo).
 # Idempotent: each step is skipped while its lock file is unchanged.
 set -euo pipefail
 
@@ -41,8 +42,9 @@ vm_venv="$repo/target/voicemode-venv"
 vm_requirements="$repo/tests/voicemode/requirements.txt"
 vm_constraints="$repo/tests/voicemode/constraints.txt"
 missing=()
-# gcc and make also build jemalloc (tikv-jemalloc-sys), voxgate's allocator.
-for pkg in libportaudio2 libasound2-dev gcc make; do
+# gcc and make also build jemalloc (tikv-jemalloc-sys), voxgate's allocator; systemd
+# brings systemd-analyze, which checks packaging/systemd/voxgate.service.
+for pkg in libportaudio2 libasound2-dev gcc make systemd; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
