@@ -58,9 +58,19 @@ fn wav() -> (tempfile::TempPath, Vec<u8>) {
 }
 
 /// Runs a client script against `proxy` with the SDK pointed at it, bounded by 60 s.
-async fn run(mut command: Command, proxy: &Proxy, audio: &Path, env: &[(&str, &str)]) -> Outcome {
+async fn run(command: Command, proxy: &Proxy, audio: &Path, env: &[(&str, &str)]) -> Outcome {
+    run_at(command, &proxy.url("/v1"), audio, env).await
+}
+
+/// Runs a client script with the SDK's base URL set to `base_url`.
+async fn run_at(
+    mut command: Command,
+    base_url: &str,
+    audio: &Path,
+    env: &[(&str, &str)],
+) -> Outcome {
     command
-        .env("OPENAI_BASE_URL", proxy.url("/v1"))
+        .env("OPENAI_BASE_URL", base_url)
         .env("OPENAI_API_KEY", "sk-client-test")
         .env("VOXGATE_AUDIO_FILE", audio)
         .envs(env.iter().copied());
@@ -68,17 +78,15 @@ async fn run(mut command: Command, proxy: &Proxy, audio: &Path, env: &[(&str, &s
     run_script(command, &cleared, Duration::from_secs(60), INSTALL_HINT).await
 }
 
-/// Runs a scenario of tests/sdk/python_client.py.
-async fn run_python(scenario: &str, proxy: &Proxy, audio: &Path, env: &[(&str, &str)]) -> Outcome {
+fn python_command(scenario: &str) -> Command {
     let mut command = Command::new(python());
     command
         .arg(repo("tests/sdk/python_client.py"))
         .arg(scenario);
-    run(command, proxy, audio, env).await
+    command
 }
 
-/// Runs a scenario of tests/sdk/node/node_client.mjs.
-async fn run_node(scenario: &str, proxy: &Proxy, audio: &Path, env: &[(&str, &str)]) -> Outcome {
+fn node_command(scenario: &str) -> Command {
     let modules = repo("tests/sdk/node/node_modules/openai");
     assert!(
         modules.exists(),
@@ -89,7 +97,17 @@ async fn run_node(scenario: &str, proxy: &Proxy, audio: &Path, env: &[(&str, &st
     command
         .arg(repo("tests/sdk/node/node_client.mjs"))
         .arg(scenario);
-    run(command, proxy, audio, env).await
+    command
+}
+
+/// Runs a scenario of tests/sdk/python_client.py.
+async fn run_python(scenario: &str, proxy: &Proxy, audio: &Path, env: &[(&str, &str)]) -> Outcome {
+    run(python_command(scenario), proxy, audio, env).await
+}
+
+/// Runs a scenario of tests/sdk/node/node_client.mjs.
+async fn run_node(scenario: &str, proxy: &Proxy, audio: &Path, env: &[(&str, &str)]) -> Outcome {
+    run(node_command(scenario), proxy, audio, env).await
 }
 
 /// SHA-256 in hex, as the scripts print it.
@@ -438,4 +456,68 @@ async fn upstreams_get_their_own_key_or_none_never_the_clients() {
             got.headers
         );
     }
+}
+
+/// Both SDKs over https, trusting a test CA the way users do (`SSL_CERT_FILE` for
+/// openai-python's httpx, `NODE_EXTRA_CA_CERTS` for Node): streamed speech plays before
+/// the upstream is done, and the Node client gets the audio whole.
+#[tokio::test]
+async fn both_sdks_speak_https_to_voxgate_streaming_included() {
+    let chunks: Vec<Bytes> = (0..5u8).map(|i| Bytes::from(vec![i; 4096])).collect();
+    let kokoro = Scripted::always(Reply::Chunks {
+        status: 200,
+        content_type: "audio/pcm",
+        chunks: chunks.clone(),
+        delay: Duration::from_millis(150),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::pki::TestCa::new();
+    let ca_file = ca.write(dir.path());
+    let leaf = ca.leaf(dir.path(), "server");
+    let toml = format!(
+        "[server]\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n{}",
+        leaf.cert.display(),
+        leaf.key.display(),
+        single_upstream(&kokoro.url(), "")
+    );
+    let proxy = Proxy::start(&toml).await;
+    let base = format!("https://localhost:{}/v1", proxy.addr.port());
+    let (file, _) = wav();
+    let ca_path = ca_file.to_str().unwrap();
+    let all = chunks.concat();
+
+    let out = run_at(
+        python_command("speech_stream"),
+        &base,
+        &file,
+        &[("SSL_CERT_FILE", ca_path)],
+    )
+    .await
+    .ok();
+    assert_eq!(out["sha256"], sha256(&all));
+    let (first, total) = (
+        out["first_chunk_ms"].as_f64().unwrap(),
+        out["total_ms"].as_f64().unwrap(),
+    );
+    assert!(
+        first + 400.0 < total,
+        "over https, first audio at {first} ms of {total} ms: the upstream takes 750 ms"
+    );
+
+    let out = run_at(
+        node_command("speech"),
+        &base,
+        &file,
+        &[("NODE_EXTRA_CA_CERTS", ca_path)],
+    )
+    .await
+    .ok();
+    assert_eq!(out["bytes"], all.len());
+    assert_eq!(out["sha256"], sha256(&all));
+
+    // Without the CA, neither SDK trusts voxgate's certificate: the test above is real.
+    let refused = run_at(python_command("speech"), &base, &file, &[]).await;
+    assert_eq!(refused.code, Some(1), "{:?}", refused.json);
+    assert_eq!(kokoro.count(), 2);
 }

@@ -15,6 +15,7 @@
 
 pub mod daemon;
 pub mod engines;
+pub mod pki;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -408,9 +409,22 @@ impl Proxy {
     }
 
     pub async fn start_with(config: Config) -> Proxy {
+        Proxy::serve(Arc::new(Gateway::new(config))).await
+    }
+
+    /// A voxgate on the config file at `path`, which `gateway.reload(…)` reads again.
+    pub async fn start_from_file(path: &std::path::Path) -> Proxy {
+        let config = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+        let source = voxgate::gateway::reload::Source {
+            path: Some(path.to_path_buf()),
+            listen: None,
+        };
+        Proxy::serve(Arc::new(Gateway::from_source(config, source))).await
+    }
+
+    async fn serve(gateway: Arc<Gateway>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let gateway = Arc::new(Gateway::new(config));
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::spawn(voxgate::server::run(listener, gateway.clone(), async {
             let _ = stopped.await;
