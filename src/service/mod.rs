@@ -131,28 +131,28 @@ impl Drop for PidFile {
 
 async fn serve(config: Config, threads: usize, options: Options) -> anyhow::Result<()> {
     init_logging(config.log.format);
+    // Before anything says voxgate is up: SIGHUP's default action ends the process.
+    let hangups = hangups();
     let notifier = Arc::new(Notifier::from_env().context("cannot use $NOTIFY_SOCKET")?);
     let listen = config.server.listen;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let admin = match config.server.admin_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (admin)"))?,
+        ),
+        None => None,
+    };
     log_upstreams(&config);
     let scheme = if config.server.tls.is_some() {
         "https"
     } else {
         "http"
     };
-    tracing::info!(address = %listener.local_addr()?, scheme, routes = config.routes.len(), threads, "voxgate listening");
-    let admin = match config.server.admin_listen {
-        Some(addr) => {
-            let admin = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (admin)"))?;
-            tracing::info!(address = %admin.local_addr()?, "admin endpoints listening");
-            Some(admin)
-        }
-        None => None,
-    };
+    let routes = config.routes.len();
     let watch_config = config.server.watch_config;
     let gateway = Arc::new(Gateway::from_source(config, options.source.clone()));
     let _pid_file = options.pid_file.map(PidFile::create).transpose()?;
@@ -185,13 +185,14 @@ async fn serve(config: Config, threads: usize, options: Options) -> anyhow::Resu
             }
         })
     });
-    let reloads = tokio::spawn(reload_on_hangup(gateway.clone()));
+    let reloads = tokio::spawn(reload_on_hangup(hangups, gateway.clone()));
 
     // One signal stops both listeners.
     let (stop, stopped) = tokio::sync::watch::channel(());
     let stopped_when = |mut rx: tokio::sync::watch::Receiver<()>| async move {
         let _ = rx.changed().await;
     };
+    let admin_address = admin.as_ref().map(TcpListener::local_addr).transpose()?;
     let admin_task = admin.map(|admin| {
         tokio::spawn(crate::server::run_admin(
             admin,
@@ -199,6 +200,11 @@ async fn serve(config: Config, threads: usize, options: Options) -> anyhow::Resu
             stopped_when(stopped.clone()),
         ))
     });
+    // Everything is in place (pid file, signal, watcher): now say so.
+    tracing::info!(address = %listener.local_addr()?, scheme, routes, threads, "voxgate listening");
+    if let Some(address) = admin_address {
+        tracing::info!(%address, "admin endpoints listening");
+    }
     notifier.ready(&summary(&gateway));
     let public = crate::server::run(listener, gateway, stopped_when(stopped));
     tokio::pin!(public);
@@ -237,26 +243,40 @@ fn gateway_hook(
     });
 }
 
-/// Reloads on every SIGHUP (systemd's `ExecReload=/bin/kill -HUP $MAINPID`, `docker kill
-/// -s HUP`). Signals that come while a reload runs make one more reload after it.
-async fn reload_on_hangup(gateway: Arc<Gateway>) {
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = Option<()>;
+
+/// SIGHUP, caught from now on.
+fn hangups() -> Hangups {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
+        match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /reload");
-                return;
+                tracing::warn!(error = %e, "cannot catch SIGHUP; reload with POST /reload");
+                None
             }
-        };
+        }
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// Reloads on every SIGHUP (systemd's `ExecReload=/bin/kill -HUP $MAINPID`, `docker kill
+/// -s HUP`). Signals that come while a reload runs make one more reload after it.
+async fn reload_on_hangup(hangups: Hangups, gateway: Arc<Gateway>) {
+    #[cfg(unix)]
+    if let Some(mut hangups) = hangups {
         while hangups.recv().await.is_some() {
             // The outcome is logged and kept for /status by the reload itself.
             let _ = gateway.reload("SIGHUP").await;
         }
     }
     #[cfg(not(unix))]
-    let _ = gateway;
+    let _ = (hangups, gateway);
 }
 
 async fn shutdown_signal() {
