@@ -1,11 +1,14 @@
 //! voxgate: a routing, streaming, falling-back reverse proxy for the OpenAI audio API.
 //!
 //! Layout, top of the request path first; a module imports only modules below it:
-//! - [`server`]     accept loop, HTTP/1.1 + HTTP/2, graceful shutdown; `inline_wake`: a
-//!   connection's wake-ups to itself taken at once for small bodies.
+//! - [`service`]    the daemon: runtime, listeners, signals (SIGHUP reloads), `notify`
+//!   (systemd), `watch` (`watch_config`), `control` (`voxgate reload`).
+//! - [`server`]     accept loop, HTTP/1.1 + HTTP/2, plain or TLS, graceful shutdown;
+//!   `inline_wake`: a connection's wake-ups to itself taken at once for small bodies.
 //! - [`gateway`]    the request path: `phases` (admit → classify → intake → route → forward →
-//!   respond → observe), `classify`, `admin` (/health /ready /status), `discovery`,
-//!   `forward` (the fallback loop and its one decision), `respond`, `request_id`.
+//!   respond → observe), `classify`, `admin` (/health /ready /status /reload), `discovery`,
+//!   `forward` (the fallback loop and its one decision), `respond`, `request_id`; `reload`
+//!   (a new config compiled beside the old, unchanged upstreams shared, swapped whole).
 //! - [`telemetry`]  each request's `record`, the `observe`rs told once at its end, the
 //!   `access_log`.
 //! - [`upstream`]   an upstream and how a request is sent to it: `pool` (balancing,

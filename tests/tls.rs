@@ -210,3 +210,20 @@ fn a_key_that_does_not_fit_the_certificate_is_refused_at_load_with_its_place() {
         "{error}"
     );
 }
+
+#[test]
+fn tls_paths_may_name_an_environment_variable_as_systemd_credentials_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    ca.leaf(dir.path(), "tls");
+    let text = "[server]\ntls = { cert = \"${CREDENTIALS_DIRECTORY}/tls.pem\", key = \"${CREDENTIALS_DIRECTORY}/tls.key\" }\n[upstreams.a]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\nto = [\"a\"]\n";
+    let credentials = dir.path().display().to_string();
+    let env = |name: &str| (name == "CREDENTIALS_DIRECTORY").then(|| credentials.clone());
+    let config = Config::from_toml_with_env(text, "voxgate.toml", &env).unwrap();
+    let tls = config.server.tls.unwrap();
+    assert_eq!(tls.cert, dir.path().join("tls.pem"));
+    let unset = Config::from_toml_with_env(text, "voxgate.toml", &|_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(unset.contains("CREDENTIALS_DIRECTORY"), "{unset}");
+}

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MIB = 1024 * 1024
@@ -34,6 +35,9 @@ STREAM_REPLY_BYTES = 10 * 4 * 1024
 BIG_UPLOAD_BYTES = 25 * MIB
 TARGETS = ["direct", "voxgate", "nginx", "haproxy"]
 PROXIES = ["voxgate", "nginx", "haproxy"]
+# The same voxgate process, sent SIGHUP every second while wrk runs (small TTS only): what
+# hot reload costs the requests going through it.
+RELOADING = "voxgate, reload 1/s"
 
 
 def log(msg):
@@ -414,13 +418,30 @@ class Bench:
     def pids(self, target):
         if target == "direct":
             return []
-        p = self.running[target]
+        p = self.running["voxgate" if target == RELOADING else target]
         pids = tree(p.pid)
         self.procs.note_children(p, pids)
         return pids
 
+    def reloads_done(self):
+        """(succeeded, failed) reloads so far, from voxgate's /status."""
+        url = f"http://127.0.0.1:{self.ports['voxgate']}/status"
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no http_proxy
+        with direct.open(url, timeout=10) as response:
+            r = json.load(response)["config"]["reloads"]
+        return r["succeeded"], r["failed"]
+
+    def reloading(self, stop):
+        """SIGHUP to voxgate every second until `stop` is set."""
+        pid = self.running["voxgate"].pid
+        pids = [q for q in tree(pid) if q != pid] or [pid]  # taskset execs voxgate in place
+        while not stop.wait(1.0):
+            for q in pids:
+                os.kill(q, signal.SIGHUP)
+
     def wrk(self, target, path, body_file, ctype, conns, seconds, peak=False):
-        url = f"http://127.0.0.1:{self.ports[target]}{path}"
+        port = self.ports["voxgate" if target == RELOADING else target]
+        url = f"http://127.0.0.1:{port}{path}"
         env = dict(os.environ, BENCH_BODY=body_file, BENCH_CTYPE=ctype)
         argv = ["taskset", "-c", self.args.load_core, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s",
                 "--timeout", "30s", "-s", os.path.join(HERE, "post.lua"), url]
@@ -430,11 +451,19 @@ class Bench:
             reset_peak(pids)
         cpu0 = cpu_seconds(pids) if pids else 0.0
         busy0, wall0 = core_busy_seconds(core), time.perf_counter()
+        stop_reloads, reloader, before = threading.Event(), None, None
+        if target == RELOADING:
+            before = self.reloads_done()
+            reloader = threading.Thread(target=self.reloading, args=(stop_reloads,), daemon=True)
+            reloader.start()
         p = self.procs.start(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         try:
             stdout, stderr = (b.decode(errors="replace") for b in p.communicate(timeout=seconds + 60))
         finally:
             self.procs.stop(p)  # reaps it; ends it only if the timeout fired
+            if reloader:
+                stop_reloads.set()
+                reloader.join(5)
         cpu1 = cpu_seconds(pids) if pids else 0.0
         busy1, wall1 = core_busy_seconds(core), time.perf_counter()
         # What others (a compiler, a test suite) took of the proxy core meanwhile.
@@ -452,6 +481,12 @@ class Bench:
         r["errors"] = errors
         r["noise"] = noise
         r["peak_kib"] = status_kib(pids, "VmHWM") if peak and pids else None
+        if before is not None:
+            time.sleep(0.2)  # the last reload's swap
+            after = self.reloads_done()
+            r["reloads"] = after[0] - before[0]
+            if after[1] != before[1] or r["reloads"] < seconds - 1:
+                raise RuntimeError(f"reloads under load: {before} -> {after} (succeeded, failed) in {seconds} s")
         return r
 
     def timed(self, target, *args, **kwargs):
@@ -539,16 +574,18 @@ class Bench:
 
     def small_tts(self):
         a = self.args
-        per = {t: [] for t in TARGETS}
+        targets = TARGETS + [RELOADING]
+        per = {t: [] for t in targets}
         body = os.path.join(self.work, "speech.json")
         for t in TARGETS:  # warm-up: pools filled, caches warm
             self.wrk(t, SPEECH_PATH, body, "application/json", a.conns, 1)
         for run in range(a.runs):
-            for t in TARGETS:  # interleaved, so that a noisy moment hits every target alike
+            for t in targets:  # interleaved, so that a noisy moment hits every target alike
                 r = self.timed(t, SPEECH_PATH, body, "application/json", a.conns, a.seconds)
                 per[t].append(r)
                 cpu = f"{r['cpu_us_per_req']:.1f} µs/req" if r["cpu_us_per_req"] else ""
-                log(f"  run {run + 1} {t}: {r['rps']:.0f} req/s p50 {r['p50_us']} µs p99 {r['p99_us']} µs {cpu}")
+                reloads = f", {r['reloads']} reloads" if "reloads" in r else ""
+                log(f"  run {run + 1} {t}: {r['rps']:.0f} req/s p50 {r['p50_us']} µs p99 {r['p99_us']} µs {cpu}{reloads}")
         self.put_runs("small TTS: requests/s", per, "rps")
         self.put_runs("small TTS: p50 latency, ms", per, "p50_us", 1e-3)
         self.put_runs("small TTS: p99 latency, ms", per, "p99_us", 1e-3)
@@ -683,7 +720,8 @@ class Bench:
     HIGHER_IS_BETTER = ("requests/s", "MiB/s")
 
     def table(self):
-        rows = [("figure", "direct", "voxgate", "nginx", "haproxy", "voxgate/direct", "voxgate/best peer")]
+        rows = [("figure", "direct", "voxgate", RELOADING, "nginx", "haproxy", "voxgate/direct",
+                 "voxgate/best peer")]
 
         def fmt(v):
             if v is None:
@@ -708,7 +746,8 @@ class Bench:
                 r_best = f"{vg - best:+.0f} µs"  # a ratio to zero or less says nothing
             else:
                 r_best = f"{vg / best:.2f}×"
-            rows.append((figure, fmt(d), fmt(vg), fmt(by.get("nginx")), fmt(by.get("haproxy")), r_direct, r_best))
+            rows.append((figure, fmt(d), fmt(vg), fmt(by.get(RELOADING)), fmt(by.get("nginx")),
+                         fmt(by.get("haproxy")), r_direct, r_best))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = []
         for n, r in enumerate(rows):
@@ -734,6 +773,17 @@ class Bench:
             if ratios:
                 lines.append(f"  {figure:<40} {statistics.median(ratios):.2f}×  "
                              f"(runs {min(ratios):.2f}–{max(ratios):.2f}×)")
+        return lines
+
+    def paired_reload(self):
+        """With a reload every second / without, run by run (the two runs back to back)."""
+        lines = []
+        for figure, runs in self.per_run.items():
+            ratios = [by[RELOADING] / by["voxgate"] for by in runs
+                      if by.get(RELOADING) and by.get("voxgate")]
+            if ratios:
+                lines.append(f"  {figure:<40} {statistics.median(ratios):.3f}×  "
+                             f"(runs {min(ratios):.3f}–{max(ratios):.3f}×)")
         return lines
 
     def run(self):
@@ -792,6 +842,11 @@ class Bench:
         if paired:
             print("voxgate / best peer, run by run (median of the per-run ratios):")
             print("\n".join(paired))
+            print()
+        reload = self.paired_reload()
+        if reload:
+            print("voxgate with a reload every second / without, run by run (median of the per-run ratios):")
+            print("\n".join(reload))
             print()
         for n in self.notes:
             print(f"note: {n}")

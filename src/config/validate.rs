@@ -337,8 +337,11 @@ impl Validator<'_> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let RawTls { cert, key } = raw.into_inner();
+        // `${VAR}` allowed: systemd's LoadCredential= hands files over in
+        // ${CREDENTIALS_DIRECTORY}.
+        let (cert_path, key_path) = (self.expand(&cert, "tls.cert"), self.expand(&key, "tls.key"));
         let chain: Result<Vec<_>, _> =
-            CertificateDer::pem_file_iter(cert.get_ref()).and_then(Iterator::collect);
+            CertificateDer::pem_file_iter(&cert_path).and_then(Iterator::collect);
         let chain = match chain {
             Ok(chain) if !chain.is_empty() => Some(chain),
             Ok(_) => {
@@ -351,7 +354,7 @@ impl Validator<'_> {
                 None
             }
         };
-        let private = match PrivateKeyDer::from_pem_file(key.get_ref()) {
+        let private = match PrivateKeyDer::from_pem_file(&key_path) {
             Ok(private) => Some(private),
             Err(e) => {
                 let message = format!("`tls.key` cannot be read as a PEM private key: {e}");
@@ -368,8 +371,8 @@ impl Validator<'_> {
             Ok(mut server) => {
                 server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
                 Some(InboundTls {
-                    cert: PathBuf::from(cert.get_ref()),
-                    key: PathBuf::from(key.get_ref()),
+                    cert: PathBuf::from(cert_path),
+                    key: PathBuf::from(key_path),
                     server: std::sync::Arc::new(server),
                 })
             }
