@@ -81,6 +81,12 @@ pub struct ServerConfig {
     pub max_in_flight: u32,
     /// Threads that serve requests; by default one per core this process may run on.
     pub threads: Option<u32>,
+    /// After an answer that closes the connection before the request body was read to
+    /// its end, how long the rest of the body is read and dropped (nginx's
+    /// `lingering_time`), so the client reads the answer instead of a reset…
+    pub lingering_time: Duration,
+    /// …and how many bytes of it at most.
+    pub lingering_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

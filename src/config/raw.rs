@@ -40,6 +40,9 @@ pub(super) struct RawServer {
     pub(super) max_in_flight: Option<Spanned<i64>>,
     pub(super) threads: Option<Spanned<i64>>,
     pub(super) admin_listen: Option<Spanned<String>>,
+    pub(super) lingering_time: Option<Spanned<String>>,
+    /// A number of bytes, or a string with a unit (`"25MiB"`).
+    pub(super) lingering_bytes: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -7,6 +7,7 @@
 //! grace period, and then returns, dropping whatever is left.
 
 pub mod inline_wake;
+pub mod linger;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,22 +25,31 @@ use tokio::net::TcpListener;
 use crate::gateway::{overloaded, Gateway};
 use crate::gateway::{Listener, Origin};
 use crate::server::inline_wake::InlineWake;
+use crate::server::linger::{closes, LingerLimits, LingerSwitch, LingeringIo};
 use tokio::sync::Semaphore;
 
 /// Serves a connection over the limit: every request gets 503 with `retry-after`, and the
 /// connection closes after the first answer.
-async fn shed(stream: tokio::net::TcpStream, builder: auto::Builder<TokioExecutor>) {
-    let service = service_fn(|_request: hyper::Request<hyper::body::Incoming>| async {
-        let mut response = overloaded("too many connections").into_response();
-        response.headers_mut().insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("close"),
-        );
-        Ok::<_, Infallible>(response)
+/// Its request body is left unread, so the close lingers (linger.rs).
+async fn shed(
+    stream: tokio::net::TcpStream,
+    builder: auto::Builder<TokioExecutor>,
+    linger: LingerLimits,
+) {
+    let switch = LingerSwitch::new();
+    let io = LingeringIo::new(stream, switch.clone(), linger);
+    let service = service_fn(move |_request: hyper::Request<hyper::body::Incoming>| {
+        switch.set();
+        async {
+            let mut response = overloaded("too many connections").into_response();
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            Ok::<_, Infallible>(response)
+        }
     });
-    let _ = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+    let _ = builder.serve_connection(TokioIo::new(io), service).await;
 }
 
 /// Request bodies up to this size (by their Content-Length) have their hand-over from
@@ -89,6 +99,10 @@ async fn serve(
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(server.max_connections as usize));
+    let linger = LingerLimits {
+        time: server.lingering_time,
+        bytes: server.lingering_bytes,
+    };
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -106,10 +120,11 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             // Over the limit: answer 503 at once and close, rather than queue.
+            // The deadline covers the lingering too: a shed connection is not kept long.
             let deadline = first_request_deadline(server.header_read_timeout);
             tokio::spawn(tokio::time::timeout(
                 deadline,
-                shed(stream, builder.clone()),
+                shed(stream, builder.clone(), linger),
             ));
             continue;
         };
@@ -122,18 +137,29 @@ async fn serve(
         };
         let inline_wake = InlineWake::new();
         let eager = inline_wake.switch();
+        let lingering = LingerSwitch::new();
+        let io = LingeringIo::new(stream, lingering.clone(), linger);
         let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             first_request.store(true, Ordering::Relaxed);
             // The body hand-over is taken at once for small bodies only (inline_wake.rs).
             let size = hyper::body::Body::size_hint(request.body()).upper();
             eager.set(size.is_some_and(|n| n <= EAGER_BODY_LIMIT));
             let gateway = gateway.clone();
+            let lingering = lingering.clone();
             // Boxed: the request's future is about 4 KiB, and hyper moves the future it
             // is given into its own slot; a box moves as a pointer.
-            Box::pin(async move { Ok::<_, Infallible>(gateway.handle(request, origin).await) })
+            Box::pin(async move {
+                let response = gateway.handle(request, origin).await;
+                // The gateway says close when the body was left unread: that close
+                // lingers (linger.rs).
+                if closes(response.headers()) {
+                    lingering.set();
+                }
+                Ok::<_, Infallible>(response)
+            })
         });
         let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(io), service)
             .into_owned();
         let connection = graceful.watch(connection);
         let deadline = first_request_deadline(server.header_read_timeout);
