@@ -191,6 +191,77 @@ async fn a_bad_chunk_gets_400_and_close() {
 }
 
 #[tokio::test]
+async fn host_missing_doubled_or_invalid_gets_400_and_close_and_is_not_forwarded() {
+    let up = Scripted::always(Reply::ok("audio/pcm", "ok")).await;
+    let proxy = proxy_for(&up, "").await;
+    let framing = format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n",
+        SPEECH.len()
+    );
+    let cases = [
+        ("no Host", String::new(), "no Host header"),
+        (
+            "two Hosts",
+            "Host: a\r\nHost: b\r\n".to_string(),
+            "more than one Host header",
+        ),
+        (
+            "two equal Hosts",
+            "Host: a\r\nHost: a\r\n".to_string(),
+            "more than one Host header",
+        ),
+        (
+            "a space and userinfo",
+            "Host: a b@c\r\n".to_string(),
+            "not a valid host",
+        ),
+        ("userinfo", "Host: u@h\r\n".to_string(), "not a valid host"),
+        ("bad port", "Host: h:8o\r\n".to_string(), "not a valid host"),
+    ];
+    for (what, host, message) in cases {
+        let head = format!("POST /v1/audio/speech HTTP/1.1\r\n{host}{framing}\r\n");
+        let answer = exchange(&proxy, &head, SPEECH.into(), Duration::from_secs(10)).await;
+        assert_eq!(answer.status, 400, "{what}: {answer:?}");
+        assert!(answer.says_close(), "{what}: {answer:?}");
+        let m = answer.error_message();
+        assert!(m.contains(message), "{what}: {m}");
+    }
+    assert_eq!(up.count(), 0, "none was forwarded");
+    // HTTP/1.0 may leave Host out, and IPv6 literals and ports are hosts.
+    for (version, host) in [
+        ("1.0", ""),
+        ("1.1", "Host: [::1]:9000\r\n"),
+        ("1.1", "Host: voice.example:80\r\n"),
+        ("1.1", "Host: 127.0.0.1\r\n"),
+    ] {
+        let head = format!(
+            "POST /v1/audio/speech HTTP/{version}\r\n{host}{framing}Connection: close\r\n\r\n"
+        );
+        let answer = exchange(&proxy, &head, SPEECH.into(), Duration::from_secs(10)).await;
+        assert_eq!(answer.status, 200, "{version} {host:?}: {answer:?}");
+    }
+    assert_eq!(up.count(), 4);
+}
+
+#[tokio::test]
+async fn an_unknown_transfer_coding_gets_501_and_close() {
+    let up = Scripted::always(Reply::ok("audio/pcm", "ok")).await;
+    let proxy = proxy_for(&up, "").await;
+    // hyper reads `gzip, chunked` as chunked (chunked comes last) and hands the body on
+    // still gzipped; voxgate cannot decode it and must not pass it on as if plain.
+    for coding in ["gzip, chunked", "identity, chunked", "x-custom,chunked"] {
+        let head = speech_head(&format!("Transfer-Encoding: {coding}\r\n"));
+        let body = format!("{:x}\r\n{SPEECH}\r\n0\r\n\r\n", SPEECH.len());
+        let answer = exchange(&proxy, &head, body.into_bytes(), Duration::from_secs(10)).await;
+        assert_eq!(answer.status, 501, "{coding}: {answer:?}");
+        assert!(answer.says_close(), "{coding}: {answer:?}");
+        assert!(answer.error_message().contains("chunked"));
+    }
+    assert_eq!(up.count(), 0);
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
 async fn a_keep_alive_client_goes_on_on_a_new_connection_after_a_413() {
     let up = Scripted::always(Reply::ok("audio/pcm", "audio")).await;
     let proxy = proxy_for(&up, "max_json_bytes = 1000").await;

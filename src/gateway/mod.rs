@@ -62,6 +62,8 @@ pub enum GatewayError {
     #[error("{method} is not allowed on {path}; use POST")]
     MethodNotAllowed { method: Method, path: String },
     #[error(transparent)]
+    Head(#[from] classify::HeadError),
+    #[error(transparent)]
     Intake(#[from] IntakeError),
     #[error("no route for {endpoint} requests with model `{model}`")]
     NoRoute {
@@ -88,6 +90,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => {
                 ApiError::invalid_request(StatusCode::METHOD_NOT_ALLOWED, message)
             }
+            GatewayError::Head(e) => e.api_error(),
             GatewayError::Intake(e) => e.api_error(),
             GatewayError::NoRoute { .. } => {
                 ApiError::invalid_request(StatusCode::NOT_FOUND, message)

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //!   admit      under the in-flight limit, or 503 + retry-after        (here)
-//!   classify   path + method → an API operation | voxgate's own answer (classify.rs, admin.rs,
-//!              discovery.rs; 400/404/405)
+//!   classify   Host and Transfer-Encoding checked; path + method → an API operation |
+//!              voxgate's own answer (classify.rs, admin.rs, discovery.rs; 400/404/405/501)
 //!   intake     read the body within limits → Payload                  (request/intake.rs;
 //!              400/408/413/415)
 //!   route      facts from the payload → first matching route          (route.rs; 404)
@@ -28,7 +28,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 
 use crate::body::{BoxError, ProxyBody};
-use crate::gateway::classify::{classify as target_of, Target};
+use crate::gateway::classify::{check_head, classify as target_of, Target};
 use crate::gateway::forward::{forward as try_upstreams, RequestHead, Served};
 use crate::gateway::request_id::request_id;
 use crate::gateway::respond::respond;
@@ -110,6 +110,7 @@ impl Gateway {
 /// classify: what the request is. voxgate's own endpoints are answered here; an API
 /// request goes on.
 async fn classify(cx: &mut Context<'_>, head: &Parts) -> Step<Api> {
+    check_head(head.version, &head.headers).map_err(GatewayError::from)?;
     let target = target_of(&head.method, head.uri.path())?;
     let operational = matches!(target, Target::Health | Target::Ready | Target::Status);
     let admin_elsewhere = cx.runtime.config.server.admin_listen.is_some();
