@@ -188,6 +188,9 @@ pub struct UpstreamConfig {
     pub keepalive_timeout: Duration,
     /// Replaces the client's Authorization header when set.
     pub api_key: Option<Secret>,
+    /// The environment variable `api_key` was written with (`${OPENAI_API_KEY:-}`) when
+    /// it was unset or empty, so the key came out empty: warned about at start-up.
+    pub api_key_unset: Option<String>,
     /// Without an `api_key`, pass the client's Authorization header on (otherwise strip it).
     pub pass_client_key: bool,
     pub voice_map: HashMap<String, String>,

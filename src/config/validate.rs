@@ -64,6 +64,14 @@ fn parse_byte_size(text: &str) -> Option<u64> {
     number.checked_mul(scale)
 }
 
+/// The variable names a config string refers to as `${NAME}` or `${NAME:-default}`.
+fn env_names(text: &str) -> impl Iterator<Item = &str> {
+    text.split("${").skip(1).filter_map(|rest| {
+        let inner = &rest[..rest.find('}')?];
+        Some(inner.split_once(":-").map_or(inner, |(name, _)| name))
+    })
+}
+
 struct Validator<'a> {
     locator: &'a Locator<'a>,
     env: &'a dyn Fn(&str) -> Option<String>,
@@ -858,6 +866,14 @@ pub(super) fn validate(
             }
             (!key.is_empty()).then_some(Secret(key))
         });
+        // Written as `${VAR}` (with a default) but empty: start-up says so, since the
+        // upstream then gets the client's key or none, which is easy to miss.
+        let api_key_unset = match (&api_key, &u.api_key) {
+            (None, Some(k)) => env_names(k.get_ref())
+                .find(|name| (v.env)(name).is_none_or(|v| v.is_empty()))
+                .map(str::to_string),
+            _ => None,
+        };
         upstreams.push(UpstreamConfig {
             connect_timeout: v.duration(
                 u.connect_timeout,
@@ -881,6 +897,7 @@ pub(super) fn validate(
             health,
             ejection,
             api_key,
+            api_key_unset,
             pass_client_key: u.pass_client_key,
             voice_map: u.voice_map,
             model_map: u.model_map,
@@ -1159,6 +1176,29 @@ to = ["a"]
         let e = errors("[upstreams.a]\nurl = \"http://127.0.0.1:1\"\napi_key = \"${MISSING}\"\n[[routes]]\nto = [\"a\"]\n");
         assert_eq!((e[0].0, e[0].1), (3, 11));
         assert!(e[0].2.contains("MISSING"));
+    }
+
+    #[test]
+    fn an_api_key_from_an_unset_variable_is_named_for_the_start_up_warning() {
+        let env = |name: &str| match name {
+            "KEY" => Some("sk-test".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let text =
+            "[upstreams.a]\nurl = \"http://127.0.0.1:1\"\napi_key = \"${OPENAI_API_KEY:-}\"\n\
+                    [upstreams.b]\nurl = \"http://127.0.0.1:1\"\napi_key = \"${KEY:-}\"\n\
+                    [upstreams.c]\nurl = \"http://127.0.0.1:1\"\napi_key = \"${EMPTY}\"\n\
+                    [upstreams.d]\nurl = \"http://127.0.0.1:1\"\n\
+                    [[routes]]\nto = [\"a\", \"b\", \"c\", \"d\"]\n";
+        let c = Config::from_toml_with_env(text, "t", &env).unwrap();
+        let unset: Vec<Option<&str>> = c
+            .upstreams
+            .iter()
+            .map(|u| u.api_key_unset.as_deref())
+            .collect();
+        assert_eq!(unset, [Some("OPENAI_API_KEY"), None, Some("EMPTY"), None]);
+        assert_eq!(env_names("a${X}b${Y:-z}").collect::<Vec<_>>(), ["X", "Y"]);
     }
 
     #[test]
