@@ -2,7 +2,8 @@
 //!
 //! Layout, top of the request path first; a module imports only modules below it:
 //! - [`server`]     accept loop, HTTP/1.1 + HTTP/2, graceful shutdown; `inline_wake`: a
-//!   connection's wake-ups to itself taken at once for small bodies.
+//!   connection's wake-ups to itself taken at once for small bodies; `linger`: a closing
+//!   connection's unread upload drained (lingering close).
 //! - [`gateway`]    the request path: `phases` (admit → classify → intake → route → forward →
 //!   respond → observe), `classify`, `admin` (/health /ready /status), `discovery`,
 //!   `forward` (the fallback loop and its one decision), `respond`, `request_id`.
