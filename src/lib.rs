@@ -4,7 +4,8 @@
 //! - [`service`]    the daemon: runtime, listeners, signals (SIGHUP reloads), `notify`
 //!   (systemd), `watch` (`watch_config`), `control` (`voxgate reload`).
 //! - [`server`]     accept loop, HTTP/1.1 + HTTP/2, plain or TLS, graceful shutdown;
-//!   `inline_wake`: a connection's wake-ups to itself taken at once for small bodies.
+//!   `inline_wake`: a connection's wake-ups to itself taken at once for small bodies;
+//!   `linger`: a closing connection's unread upload drained (lingering close).
 //! - [`gateway`]    the request path: `phases` (admit → classify → intake → route → forward →
 //!   respond → observe), `classify`, `admin` (/health /ready /status /reload), `discovery`,
 //!   `forward` (the fallback loop and its one decision), `respond`, `request_id`; `reload`

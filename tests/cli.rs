@@ -185,6 +185,31 @@ fn the_daemon_serves_and_stops_cleanly_on_sigterm() {
     assert!(!log.contains("sk-never-logged"), "{log}");
 }
 
+#[test]
+fn an_api_key_from_an_unset_variable_is_warned_about_once_at_start() {
+    let config = temp_file(
+        "unset-key.toml",
+        "[upstreams.openai]\nurl = \"http://127.0.0.1:9\"\napi_key = \"${VOXGATE_TEST_UNSET_KEY:-}\"\n\
+         pass_client_key = true\n[[routes]]\nto = [\"openai\"]\n",
+    );
+    let warning = "VOXGATE_TEST_UNSET_KEY is not set, so upstream `openai` has no api_key: \
+                   it gets the client's own Authorization header";
+    for (value, warned) in [(None, 1), (Some("sk-from-env"), 0)] {
+        let mut command = voxgate();
+        match value {
+            Some(v) => command.env("VOXGATE_TEST_UNSET_KEY", v),
+            None => command.env_remove("VOXGATE_TEST_UNSET_KEY"),
+        };
+        let (mut child, address, log, mut seen) = start_with(command, &config);
+        assert_healthy(&address);
+        stop_with_sigterm(&mut child);
+        seen.extend(log.iter());
+        let count = seen.iter().filter(|l| l.contains(warning)).count();
+        assert_eq!(count, warned, "{value:?}: {seen:#?}");
+        assert!(!seen.iter().any(|l| l.contains("sk-from-env")), "{seen:?}");
+    }
+}
+
 /// `server.threads = 1` runs everything on the main thread (tokio's current-thread
 /// scheduler); `threads = 3` gives three workers beside it; unset, it follows the CPU
 /// affinity. Counted in /proc. Both schedulers stop cleanly on SIGTERM.

@@ -1,5 +1,5 @@
 //! Hostile and broken clients, byte by byte over raw sockets: header floods, smuggling
-//! shapes, slow headers, HTTP/1.0, `Expect: 100-continue`, part floods, overload. Every
+//! shapes (a corpus, each with what it must get), slow headers, HTTP/1.0, `Expect: 100-continue`, part floods, overload. Every
 //! case gets its answer, and a normal request still succeeds afterwards.
 
 mod support;
@@ -86,6 +86,135 @@ async fn smuggling_shapes_never_reach_the_upstream_as_two_requests() {
         "the hidden request was not forwarded"
     );
     still_serves(&proxy).await;
+}
+
+/// What a smuggling shape must get.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Must {
+    /// Served once, as the one request it is, with the right body upstream.
+    Serve,
+    /// Refused with this status, nothing forwarded.
+    Refuse(u16),
+}
+
+#[tokio::test]
+async fn the_smuggling_corpus_gets_what_each_shape_must() {
+    let chunked = format!("{:x}\r\n{SPEECH}\r\n0\r\n\r\n", SPEECH.len());
+    let n = SPEECH.len();
+    let start = "POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n";
+    let corpus: Vec<(&str, String, Must)> = vec![
+        // Whitespace around a field value is OWS, a tab included (RFC 9110 §5.5).
+        (
+            "TE with a tab before its value",
+            format!("{start}Transfer-Encoding:\tchunked\r\n\r\n{chunked}"),
+            Must::Serve,
+        ),
+        // Not a field name: a front end that trims it would frame the body otherwise.
+        (
+            "TE with a tab before the colon",
+            format!("{start}Transfer-Encoding\t: chunked\r\n\r\n{chunked}"),
+            Must::Refuse(400),
+        ),
+        // Coding names are case-insensitive (RFC 9112 §7).
+        (
+            "CHUNKED",
+            format!("{start}Transfer-Encoding: CHUNKED\r\n\r\n{chunked}"),
+            Must::Serve,
+        ),
+        // identity is no longer a coding; hyper would take the list as chunked.
+        (
+            "identity, chunked",
+            format!("{start}Transfer-Encoding: identity, chunked\r\n\r\n{chunked}"),
+            Must::Refuse(501),
+        ),
+        (
+            "gzip, chunked",
+            format!("{start}Transfer-Encoding: gzip, chunked\r\n\r\n{chunked}"),
+            Must::Refuse(501),
+        ),
+        (
+            "chunked twice",
+            format!("{start}Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}"),
+            Must::Refuse(400),
+        ),
+        // chunked not last: no framing at all (RFC 9112 §6.3).
+        (
+            "chunked, gzip",
+            format!("{start}Transfer-Encoding: chunked, gzip\r\n\r\n{chunked}"),
+            Must::Refuse(400),
+        ),
+        // obs-fold is not allowed in requests (RFC 9112 §5.2).
+        (
+            "obs-fold on Content-Length",
+            format!("{start}Content-Length: 4\r\n {}\r\n\r\n{SPEECH}", n - 4),
+            Must::Refuse(400),
+        ),
+        // Identical copies may be read as one (RFC 9112 §6.3).
+        (
+            "the same Content-Length twice",
+            format!("{start}Content-Length: {n}\r\nContent-Length: {n}\r\n\r\n{SPEECH}"),
+            Must::Serve,
+        ),
+        (
+            "two different Content-Lengths",
+            format!("{start}Content-Length: {n}\r\nContent-Length: {}\r\n\r\n{SPEECH}", n + 1),
+            Must::Refuse(400),
+        ),
+        (
+            "a negative Content-Length",
+            format!("{start}Content-Length: -{n}\r\n\r\n{SPEECH}"),
+            Must::Refuse(400),
+        ),
+        (
+            "a signed Content-Length",
+            format!("{start}Content-Length: +{n}\r\n\r\n{SPEECH}"),
+            Must::Refuse(400),
+        ),
+        // A server must take the absolute form (RFC 9112 §3.2.2); only the path is
+        // forwarded, to the upstream's own host.
+        (
+            "absolute-form target",
+            format!(
+                "POST http://evil.example/v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {n}\r\n\r\n{SPEECH}"
+            ),
+            Must::Serve,
+        ),
+        (
+            "absolute-form target to an unknown path",
+            "POST http://evil.example/admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+                .to_string(),
+            Must::Refuse(404),
+        ),
+    ];
+    for (what, bytes, must) in corpus {
+        let up = Scripted::always(Reply::ok("audio/pcm", "ok")).await;
+        let proxy = proxy_with(&up, "").await;
+        let answer = raw(&proxy, bytes.as_bytes(), Duration::from_secs(3)).await;
+        let status: u16 = answer
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{what}: no answer: {answer:?}"));
+        match must {
+            Must::Serve => {
+                assert_eq!(status, 200, "{what}: {answer}");
+                let got = up.received();
+                assert_eq!(got.len(), 1, "{what}: one request upstream");
+                assert_eq!(got[0].path, "/v1/audio/speech", "{what}");
+                assert_eq!(got[0].body, SPEECH, "{what}");
+                assert_eq!(
+                    got[0].header("host"),
+                    Some(up.addr.to_string().as_str()),
+                    "{what}"
+                );
+            }
+            Must::Refuse(expected) => {
+                assert_eq!(status, expected, "{what}: {answer}");
+                assert_eq!(up.count(), 0, "{what}: nothing forwarded");
+            }
+        }
+        still_serves(&proxy).await;
+    }
 }
 
 #[tokio::test(start_paused = true)]

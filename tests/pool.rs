@@ -123,7 +123,9 @@ async fn once_an_endpoint_is_ejected_requests_reach_the_fallback_without_touchin
     let status = get(&proxy, "/status").await.json();
     let a = &status["upstreams"][0]["endpoints"][0];
     assert_eq!(a["available"], false);
-    assert_eq!(a["ejections"], 1);
+    assert_eq!(a["ejections_total"], 1);
+    assert!(a["ejected_until"].as_f64().is_some_and(|s| s > 0.0), "{a}");
+    assert_eq!(a["health"], "unchecked", "no active checks: {a}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -249,7 +251,9 @@ async fn ready_says_which_route_has_no_available_upstream() {
 
     let status = get(&proxy, "/status").await.json();
     let endpoint = &status["upstreams"][0]["endpoints"][0];
-    assert_eq!(endpoint["healthy"], false);
+    assert_eq!(endpoint["health"], "down");
+    assert_eq!(endpoint["available"], false);
+    assert!(endpoint["ejected_until"].is_null());
     assert_eq!(endpoint["last_check"]["ok"], false);
     assert_eq!(endpoint["last_check"]["detail"], "status 503");
 }

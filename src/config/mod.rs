@@ -85,6 +85,12 @@ pub struct ServerConfig {
     pub watch_config: bool,
     /// Clients connect over TLS (HTTP/2 or HTTP/1.1 by ALPN) when set.
     pub tls: Option<InboundTls>,
+    /// After an answer that closes the connection before the request body was read to
+    /// its end, how long the rest of the body is read and dropped (nginx's
+    /// `lingering_time`), so the client reads the answer instead of a reset…
+    pub lingering_time: Duration,
+    /// …and how many bytes of it at most.
+    pub lingering_bytes: u64,
 }
 
 /// The listeners' TLS: certificate chain and key, read and checked at load, so a reload
@@ -197,6 +203,9 @@ pub struct UpstreamConfig {
     pub keepalive_timeout: Duration,
     /// Replaces the client's Authorization header when set.
     pub api_key: Option<Secret>,
+    /// The environment variable `api_key` was written with (`${OPENAI_API_KEY:-}`) when
+    /// it was unset or empty, so the key came out empty: warned about at start-up.
+    pub api_key_unset: Option<String>,
     /// Without an `api_key`, pass the client's Authorization header on (otherwise strip it).
     pub pass_client_key: bool,
     pub voice_map: HashMap<String, String>,

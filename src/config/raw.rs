@@ -42,6 +42,9 @@ pub(super) struct RawServer {
     pub(super) admin_listen: Option<Spanned<String>>,
     pub(super) watch_config: Option<bool>,
     pub(super) tls: Option<Spanned<RawTls>>,
+    pub(super) lingering_time: Option<Spanned<String>>,
+    /// A number of bytes, or a string with a unit (`"25MiB"`).
+    pub(super) lingering_bytes: Option<Spanned<toml::Value>>,
 }
 
 /// `[server] tls = { cert = "…", key = "…" }`: PEM files.

@@ -38,7 +38,39 @@ const DEFAULT_REPLAY_TOTAL: u64 = 24 * 1_048_576;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_LINGERING_TIME: Duration = Duration::from_secs(5);
+const DEFAULT_LINGERING_BYTES: u64 = 25 * 1_048_576;
 const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `"25MiB"` → 26214400: a whole number and a unit (B, KB, MB, GB, KiB, MiB, GiB; case
+/// ignored, a space allowed between them).
+fn parse_byte_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(scale)
+}
+
+/// The variable names a config string refers to as `${NAME}` or `${NAME:-default}`.
+fn env_names(text: &str) -> impl Iterator<Item = &str> {
+    text.split("${").skip(1).filter_map(|rest| {
+        let inner = &rest[..rest.find('}')?];
+        Some(inner.split_once(":-").map_or(inner, |(name, _)| name))
+    })
+}
 
 struct Validator<'a> {
     locator: &'a Locator<'a>,
@@ -83,6 +115,29 @@ impl Validator<'_> {
                 self.error(
                     value.span(),
                     format!("`{key}` must be a positive number of bytes"),
+                );
+                default
+            }
+        }
+    }
+
+    /// A number of bytes written as an integer or as a string with a binary or decimal
+    /// unit: `26214400`, `"25MiB"`, `"512KiB"`, `"1GB"`, `"100B"`.
+    fn byte_size(&mut self, value: Option<Spanned<toml::Value>>, key: &str, default: u64) -> u64 {
+        let Some(value) = value else { return default };
+        let bytes = match value.get_ref() {
+            toml::Value::Integer(n) => u64::try_from(*n).ok(),
+            toml::Value::String(text) => parse_byte_size(text),
+            _ => None,
+        };
+        match bytes {
+            Some(n) if n > 0 => n,
+            _ => {
+                self.error(
+                    value.span(),
+                    format!(
+                        "`{key}` must be a positive number of bytes, or a string such as \"25MiB\""
+                    ),
                 );
                 default
             }
@@ -811,6 +866,16 @@ pub(super) fn validate(
             (1, 1_000_000),
             1024,
         ),
+        lingering_time: v.duration(
+            raw.server.lingering_time,
+            "lingering_time",
+            DEFAULT_LINGERING_TIME,
+        ),
+        lingering_bytes: v.byte_size(
+            raw.server.lingering_bytes,
+            "lingering_bytes",
+            DEFAULT_LINGERING_BYTES,
+        ),
         threads: raw
             .server
             .threads
@@ -856,6 +921,14 @@ pub(super) fn validate(
             }
             (!key.is_empty()).then_some(Secret(key))
         });
+        // Written as `${VAR}` (with a default) but empty: start-up says so, since the
+        // upstream then gets the client's key or none, which is easy to miss.
+        let api_key_unset = match (&api_key, &u.api_key) {
+            (None, Some(k)) => env_names(k.get_ref())
+                .find(|name| (v.env)(name).is_none_or(|v| v.is_empty()))
+                .map(str::to_string),
+            _ => None,
+        };
         upstreams.push(UpstreamConfig {
             connect_timeout: v.duration(
                 u.connect_timeout,
@@ -879,6 +952,7 @@ pub(super) fn validate(
             health,
             ejection,
             api_key,
+            api_key_unset,
             pass_client_key: u.pass_client_key,
             voice_map: u.voice_map,
             model_map: u.model_map,
@@ -1000,6 +1074,30 @@ to = ["a"]
         assert_eq!(c.routes[0].fallback, FallbackPolicy::default());
         assert_eq!(c.routes[0].line, 5);
         assert_eq!(c.server.threads, None, "one per core unless set");
+    }
+
+    #[test]
+    fn lingering_close_is_bounded_by_a_time_and_a_size_with_units() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.server.lingering_time, Duration::from_secs(5));
+        assert_eq!(c.server.lingering_bytes, 25 * 1024 * 1024);
+        let c = load(&format!(
+            "{MINIMAL}\n[server]\nlingering_time = \"2s\"\nlingering_bytes = \"512KiB\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.server.lingering_time, Duration::from_secs(2));
+        assert_eq!(c.server.lingering_bytes, 512 * 1024);
+        let c = load(&format!("{MINIMAL}\n[server]\nlingering_bytes = 1000\n")).unwrap();
+        assert_eq!(c.server.lingering_bytes, 1000);
+        assert_eq!(parse_byte_size("3 MB"), Some(3_000_000));
+        assert_eq!(parse_byte_size("7b"), Some(7));
+        for bad in ["\"25 parsecs\"", "\"MiB\"", "0", "-1", "\"\"", "true"] {
+            let e = errors(&format!("{MINIMAL}\n[server]\nlingering_bytes = {bad}\n"));
+            assert_eq!((e[0].0, e[0].1), (9, 19), "{bad}");
+            assert!(e[0].2.contains("`lingering_bytes` must be"), "{e:?}");
+        }
+        let e = errors(&format!("{MINIMAL}\n[server]\nlingering_time = \"soon\"\n"));
+        assert!(e[0].2.contains("`lingering_time`"), "{e:?}");
     }
 
     #[test]
@@ -1133,6 +1231,29 @@ to = ["a"]
         let e = errors("[upstreams.a]\nurl = \"http://127.0.0.1:1\"\napi_key = \"${MISSING}\"\n[[routes]]\nto = [\"a\"]\n");
         assert_eq!((e[0].0, e[0].1), (3, 11));
         assert!(e[0].2.contains("MISSING"));
+    }
+
+    #[test]
+    fn an_api_key_from_an_unset_variable_is_named_for_the_start_up_warning() {
+        let env = |name: &str| match name {
+            "KEY" => Some("sk-test".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let text =
+            "[upstreams.a]\nurl = \"http://127.0.0.1:1\"\napi_key = \"${OPENAI_API_KEY:-}\"\n\
+                    [upstreams.b]\nurl = \"http://127.0.0.1:1\"\napi_key = \"${KEY:-}\"\n\
+                    [upstreams.c]\nurl = \"http://127.0.0.1:1\"\napi_key = \"${EMPTY}\"\n\
+                    [upstreams.d]\nurl = \"http://127.0.0.1:1\"\n\
+                    [[routes]]\nto = [\"a\", \"b\", \"c\", \"d\"]\n";
+        let c = Config::from_toml_with_env(text, "t", &env).unwrap();
+        let unset: Vec<Option<&str>> = c
+            .upstreams
+            .iter()
+            .map(|u| u.api_key_unset.as_deref())
+            .collect();
+        assert_eq!(unset, [Some("OPENAI_API_KEY"), None, Some("EMPTY"), None]);
+        assert_eq!(env_names("a${X}b${Y:-z}").collect::<Vec<_>>(), ["X", "Y"]);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The classify phase: what a request is, from its method and path alone.
+//! The classify phase: what a request is, from its method and path alone, once its head
+//! is one voxgate may read ([`check_head`]).
 //!
 //! Paths are normalised first (RFC 3986 §6.2.2: unreserved characters decoded, a trailing
 //! slash after an audio operation dropped, `/v1` put in front where a base URL without it
@@ -6,8 +7,9 @@
 
 use std::borrow::Cow;
 
-use http::Method;
+use http::{header, HeaderMap, Method, StatusCode, Version};
 
+use crate::error::ApiError;
 use crate::gateway::discovery::Listing;
 use crate::gateway::{Api, GatewayError};
 use crate::route::Operation;
@@ -27,6 +29,130 @@ pub enum Target {
     /// `GET /v1/models` or `GET /v1/audio/voices`: merged over the routed upstreams.
     Discovery(Listing),
     Api(Api),
+}
+
+/// A request head voxgate refuses before looking at what it asks for (RFC 9112).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HeadError {
+    #[error("an HTTP/1.1 request must carry a Host header, and this one has no Host header")]
+    NoHost,
+    #[error("the request has more than one Host header")]
+    TwoHosts,
+    #[error("the Host header is not a valid host[:port]")]
+    BadHost,
+    #[error(
+        "Transfer-Encoding other than chunked is not implemented; send the body plain or chunked"
+    )]
+    UnknownCoding,
+    #[error("Transfer-Encoding applies chunked more than once")]
+    ChunkedTwice,
+}
+
+impl HeadError {
+    pub fn api_error(&self) -> ApiError {
+        let message = self.to_string();
+        let status = match self {
+            HeadError::NoHost | HeadError::TwoHosts | HeadError::BadHost => StatusCode::BAD_REQUEST,
+            HeadError::ChunkedTwice => StatusCode::BAD_REQUEST,
+            // RFC 9112 §6.1: a coding the server does not understand is a 501.
+            HeadError::UnknownCoding => StatusCode::NOT_IMPLEMENTED,
+        };
+        ApiError::invalid_request(status, message).with_should_retry(false)
+    }
+}
+
+/// Checks the parts of an HTTP/1 request head that hyper lets through: exactly one valid
+/// `Host` (RFC 9112 §3.2; HTTP/1.0 may leave it out), and no transfer coding but chunked
+/// (RFC 9112 §6.1: hyper takes `gzip, chunked` as chunked and would hand on a body still
+/// gzipped). HTTP/2 carries `:authority` and no Transfer-Encoding, and is not checked.
+pub fn check_head(version: Version, headers: &HeaderMap) -> Result<(), HeadError> {
+    if version >= Version::HTTP_2 {
+        return Ok(());
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if version == Version::HTTP_11 => return Err(HeadError::NoHost),
+        (None, _) => {}
+        (Some(_), Some(_)) => return Err(HeadError::TwoHosts),
+        (Some(host), None) if !is_host(host.as_bytes()) => return Err(HeadError::BadHost),
+        (Some(_), None) => {}
+    }
+    let mut chunked = 0;
+    for line in headers.get_all(header::TRANSFER_ENCODING) {
+        let Ok(line) = line.to_str() else {
+            return Err(HeadError::UnknownCoding);
+        };
+        for coding in line.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if !coding.eq_ignore_ascii_case("chunked") {
+                return Err(HeadError::UnknownCoding);
+            }
+            chunked += 1;
+        }
+    }
+    if chunked > 1 {
+        return Err(HeadError::ChunkedTwice);
+    }
+    Ok(())
+}
+
+/// `Host = uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a bracketed IP
+/// literal or a reg-name of unreserved, sub-delims and `%XX`, then digits after a colon.
+/// Empty is allowed (a target without an authority). No userinfo, no spaces.
+fn is_host(value: &[u8]) -> bool {
+    let unreserved_or_sub = |b: u8| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    };
+    let (host_ok, port) = if let Some(literal) = value.strip_prefix(b"[") {
+        let Some(end) = literal.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inside = &literal[..end];
+        let ok = !inside.is_empty() && inside.iter().all(|&b| unreserved_or_sub(b) || b == b':');
+        (ok, &literal[end + 1..])
+    } else {
+        let split = value
+            .iter()
+            .rposition(|&b| b == b':')
+            .unwrap_or(value.len());
+        let (host, port) = value.split_at(split);
+        let mut i = 0;
+        let mut ok = true;
+        while i < host.len() {
+            if host[i] == b'%' {
+                ok &= host
+                    .get(i + 1..i + 3)
+                    .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+                i += 3;
+            } else {
+                ok &= unreserved_or_sub(host[i]);
+                i += 1;
+            }
+        }
+        (ok, port)
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    host_ok && port_ok
 }
 
 /// Decodes percent-encoded unreserved characters (RFC 3986 §6.2.2.2): `/v1/audio/spe%65ch`
@@ -208,6 +334,74 @@ mod tests {
     fn operational_paths_are_voxgates_own() {
         assert_eq!(target(Method::GET, "/ready"), Ok(Target::Ready));
         assert_eq!(target(Method::GET, "/status"), Ok(Target::Status));
+    }
+
+    fn head(version: Version, lines: &[(&str, &str)]) -> Result<(), HeadError> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in lines {
+            headers.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        check_head(version, &headers)
+    }
+
+    #[test]
+    fn http_1_1_needs_one_valid_host() {
+        let v11 = Version::HTTP_11;
+        assert_eq!(head(v11, &[]), Err(HeadError::NoHost));
+        assert_eq!(head(Version::HTTP_10, &[]), Ok(()));
+        assert_eq!(head(Version::HTTP_2, &[]), Ok(()), ":authority instead");
+        assert_eq!(
+            head(v11, &[("host", "a"), ("host", "a")]),
+            Err(HeadError::TwoHosts)
+        );
+        assert_eq!(
+            head(Version::HTTP_10, &[("host", "a"), ("host", "b")]),
+            Err(HeadError::TwoHosts)
+        );
+        for good in [
+            "x",
+            "127.0.0.1:9000",
+            "[::1]",
+            "[::1]:80",
+            "voice.example",
+            "a%41b:",
+            "",
+        ] {
+            assert_eq!(head(v11, &[("host", good)]), Ok(()), "{good:?}");
+        }
+        for bad in [
+            "a b@c", "u@h", "h:8o", "[::1", "[]", "h:80:80", "a/b", "a%4", "[::1]x", "h h",
+        ] {
+            assert_eq!(
+                head(v11, &[("host", bad)]),
+                Err(HeadError::BadHost),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(HeadError::BadHost.api_error().status, 400);
+    }
+
+    #[test]
+    fn only_chunked_is_a_transfer_coding_voxgate_reads() {
+        let v11 = Version::HTTP_11;
+        for good in ["chunked", "CHUNKED", "Chunked ", " chunked"] {
+            let te = [("host", "x"), ("transfer-encoding", good)];
+            assert_eq!(head(v11, &te), Ok(()), "{good:?}");
+        }
+        for unknown in ["gzip, chunked", "identity, chunked", "chunked, gzip", "br"] {
+            let te = [("host", "x"), ("transfer-encoding", unknown)];
+            assert_eq!(head(v11, &te), Err(HeadError::UnknownCoding), "{unknown:?}");
+        }
+        let twice = [
+            ("host", "x"),
+            ("transfer-encoding", "chunked"),
+            ("transfer-encoding", "chunked"),
+        ];
+        assert_eq!(head(v11, &twice), Err(HeadError::ChunkedTwice));
+        assert_eq!(HeadError::UnknownCoding.api_error().status, 501);
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub enum GatewayError {
     #[error("{method} is not allowed on {path}; use POST")]
     MethodNotAllowed { method: Method, path: String },
     #[error(transparent)]
+    Head(#[from] classify::HeadError),
+    #[error(transparent)]
     Intake(#[from] IntakeError),
     #[error("no route for {endpoint} requests with model `{model}`")]
     NoRoute {
@@ -89,6 +91,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => {
                 ApiError::invalid_request(StatusCode::METHOD_NOT_ALLOWED, message)
             }
+            GatewayError::Head(e) => e.api_error(),
             GatewayError::Intake(e) => e.api_error(),
             GatewayError::NoRoute { .. } => {
                 ApiError::invalid_request(StatusCode::NOT_FOUND, message)
@@ -239,10 +242,10 @@ impl Gateway {
         self.runtime.load_full()
     }
 
-    /// The listeners' TLS settings in the configuration serving now, if it has any.
-    pub fn inbound_tls(&self) -> Option<Arc<rustls::ServerConfig>> {
-        let runtime = self.runtime.load();
-        runtime.config.server.tls.as_ref().map(|t| t.server.clone())
+    /// `f` of the `[server]` settings serving now, without taking a counted reference:
+    /// for what the accept loop reads per connection (TLS, lingering).
+    pub fn with_server_config<R>(&self, f: impl FnOnce(&crate::config::ServerConfig) -> R) -> R {
+        f(&self.runtime.load().config.server)
     }
 
     /// Request-body memory currently held for replay.

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //!   admit      under the in-flight limit, or 503 + retry-after        (here)
-//!   classify   path + method → an API operation | voxgate's own answer (classify.rs, admin.rs,
-//!              discovery.rs; 400/404/405)
+//!   classify   Host and Transfer-Encoding checked; path + method → an API operation |
+//!              voxgate's own answer (classify.rs, admin.rs, discovery.rs; 400/404/405/501)
 //!   intake     read the body within limits → Payload                  (request/intake.rs;
 //!              400/408/413/415)
 //!   route      facts from the payload → first matching route          (route.rs; 404)
@@ -23,12 +23,12 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderValue, Request, Response};
+use http::{header, HeaderValue, Request, Response, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 
 use crate::body::{BoxError, ProxyBody};
-use crate::gateway::classify::{classify as target_of, Target};
+use crate::gateway::classify::{check_head, classify as target_of, Target};
 use crate::gateway::forward::{forward as try_upstreams, RequestHead, Served};
 use crate::gateway::request_id::request_id;
 use crate::gateway::respond::respond;
@@ -36,7 +36,7 @@ use crate::gateway::{
     admin, discovery, Admission, Api, Context, Gateway, GatewayError, Listener, Origin, Runtime,
     Step, Stop,
 };
-use crate::request::intake::{read_form, read_json, read_raw};
+use crate::request::intake::{read_form, read_json, read_raw, TrackedBody};
 use crate::request::payload::Payload;
 use crate::route::{Operation, RequestFacts, RouteConfig};
 use crate::telemetry::observe::{ObservedBody, Trace};
@@ -68,26 +68,33 @@ impl Gateway {
             ),
             id,
         };
-        let end = self.phases(&mut cx, request).await;
-        observe(cx.trace, cx.id, end)
+        let (head, body) = request.into_parts();
+        let mut body = TrackedBody::new(body);
+        let end = self.phases(&mut cx, &head, &mut body).await;
+        // An HTTP/1 answer given before the body was read to its end closes the
+        // connection, and says so (RFC 9112 §9.6): the rest of the body cannot be told
+        // from a next request. The server lingers on such a close (server/linger.rs).
+        // HTTP/2 ends the stream instead, and has no Connection header.
+        let closing = head.version < Version::HTTP_2 && !body.ended();
+        observe(cx.trace, cx.id, end, closing)
     }
 
     /// The request path, one phase a line.
     async fn phases<B>(
         &self,
         cx: &mut Context<'_>,
-        request: Request<B>,
+        head: &Parts,
+        body: B,
     ) -> Step<Response<ProxyBody>>
     where
-        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B: Body<Data = Bytes> + Send + Unpin,
         B::Error: Into<BoxError>,
     {
         let _admitted = self.admit(cx)?;
-        let (head, body) = request.into_parts();
-        let api = self.classify(cx, &head).await?;
-        let payload = intake(cx, &api, &head, body).await?;
-        let route = route(cx, &api, &head, &payload)?;
-        let served = forward(cx, &api, &head, route, &payload).await?;
+        let api = self.classify(cx, head).await?;
+        let payload = intake(cx, &api, head, body).await?;
+        let route = route(cx, &api, head, &payload)?;
+        let served = forward(cx, &api, head, route, &payload).await?;
         respond(cx, &api, served, payload).await
     }
 
@@ -104,6 +111,7 @@ impl Gateway {
     /// classify: what the request is. voxgate's own endpoints are answered here; an API
     /// request goes on.
     async fn classify(&self, cx: &mut Context<'_>, head: &Parts) -> Step<Api> {
+        check_head(head.version, &head.headers).map_err(GatewayError::from)?;
         let target = target_of(&head.method, head.uri.path())?;
         let operational = matches!(
             target,
@@ -147,7 +155,7 @@ impl Gateway {
 /// intake: the body read within limits, JSON or multipart or raw by the operation.
 async fn intake<B>(cx: &mut Context<'_>, api: &Api, head: &Parts, body: B) -> Step<Payload>
 where
-    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B: Body<Data = Bytes> + Send + Unpin,
     B::Error: Into<BoxError>,
 {
     let limits = &cx.runtime.limits;
@@ -235,8 +243,10 @@ fn observe(
     mut trace: Trace,
     id: HeaderValue,
     end: Step<Response<ProxyBody>>,
+    closing: bool,
 ) -> Response<ProxyBody> {
     let mut response = match end {
+        // An upstream's answer comes only after the whole body was read: never closing.
         Ok(streamed) => {
             trace.record.status = streamed.status().as_u16();
             let (parts, body) = streamed.into_parts();
@@ -249,9 +259,11 @@ fn observe(
             api.into_response()
         }
     };
-    response
-        .headers_mut()
-        .insert(REQUEST_ID_HEADER_NAME.clone(), id);
+    let headers = response.headers_mut();
+    headers.insert(REQUEST_ID_HEADER_NAME.clone(), id);
+    if closing {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     trace.record.status = response.status().as_u16();
     trace.finish(response.body().size_hint().exact().unwrap_or(0));
     response

@@ -109,6 +109,51 @@ impl IntakeError {
     }
 }
 
+/// The client's request body, noting whether it was read to its end: an answer given
+/// before that closes the connection (`Connection: close`, and the server's lingering
+/// close), since the rest of the body is still on its way and cannot be told from the
+/// next request.
+pub struct TrackedBody<B> {
+    body: B,
+    ended: bool,
+}
+
+impl<B: Body + Unpin> TrackedBody<B> {
+    pub fn new(body: B) -> TrackedBody<B> {
+        let ended = body.is_end_stream();
+        TrackedBody { body, ended }
+    }
+
+    /// Whether every byte of the body was read (or there was none).
+    pub fn ended(&self) -> bool {
+        self.ended || self.body.is_end_stream()
+    }
+}
+
+impl<B: Body + Unpin> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// A body read within the size limit and the idle timeout.
 struct Limited<B> {
     body: B,
@@ -668,6 +713,26 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.api_error().status, 413);
+    }
+
+    #[tokio::test]
+    async fn a_tracked_body_knows_whether_it_was_read_to_its_end() {
+        let mut empty = TrackedBody::new(Full::new(Bytes::new()));
+        assert!(empty.ended(), "no body is a body read");
+        let mut whole = TrackedBody::new(chunked(vec![b"ab".to_vec(), b"cd".to_vec()]));
+        assert!(!whole.ended());
+        let (_, read) = read_raw(&mut whole, &HeaderMap::new(), &limits(100))
+            .await
+            .unwrap();
+        assert_eq!(read, 4);
+        assert!(whole.ended());
+        let mut cut = TrackedBody::new(chunked(vec![vec![b'a'; 600], vec![b'b'; 600]]));
+        let e = read_raw(&mut cut, &HeaderMap::new(), &limits(1000))
+            .await
+            .unwrap_err();
+        assert_eq!(e.api_error().status, 413);
+        assert!(!cut.ended(), "the rest of the body is still to come");
+        let _ = empty.frame().await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,6 +12,7 @@
 //! listener stays plain HTTP (bind it to loopback).
 
 pub mod inline_wake;
+pub mod linger;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,22 +30,31 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::gateway::{overloaded, Gateway};
 use crate::gateway::{Listener, Origin};
 use crate::server::inline_wake::InlineWake;
+use crate::server::linger::{closes, LingerLimits, LingerSwitch, LingeringIo};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Serves a connection over the limit: every request gets 503 with `retry-after`, and the
 /// connection closes after the first answer.
-async fn shed(stream: tokio::net::TcpStream, builder: auto::Builder<TokioExecutor>) {
-    let service = service_fn(|_request: hyper::Request<hyper::body::Incoming>| async {
-        let mut response = overloaded("too many connections").into_response();
-        response.headers_mut().insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("close"),
-        );
-        Ok::<_, Infallible>(response)
+/// Its request body is left unread, so the close lingers (linger.rs).
+async fn shed(
+    stream: tokio::net::TcpStream,
+    builder: auto::Builder<TokioExecutor>,
+    linger: LingerLimits,
+) {
+    let switch = LingerSwitch::new();
+    let io = LingeringIo::new(stream, switch.clone(), linger);
+    let service = service_fn(move |_request: hyper::Request<hyper::body::Incoming>| {
+        switch.set();
+        async {
+            let mut response = overloaded("too many connections").into_response();
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            Ok::<_, Infallible>(response)
+        }
     });
-    let _ = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+    let _ = builder.serve_connection(TokioIo::new(io), service).await;
 }
 
 /// Request bodies up to this size (by their Content-Length) have their hand-over from
@@ -72,6 +82,8 @@ struct Connection {
     /// For the first request (and the TLS handshake before it).
     deadline: Duration,
     permit: OwnedSemaphorePermit,
+    /// How a close after an unread body lingers (linger.rs).
+    linger: LingerLimits,
 }
 
 impl Connection {
@@ -87,21 +99,33 @@ impl Connection {
             origin,
             deadline,
             permit,
+            linger,
         } = self;
         let peer = origin.peer;
         let asked = Arc::new(AtomicBool::new(false));
         let first_request = asked.clone();
         let inline_wake = InlineWake::new();
         let eager = inline_wake.switch();
+        let lingering = LingerSwitch::new();
+        let io = LingeringIo::new(io, lingering.clone(), linger);
         let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             first_request.store(true, Ordering::Relaxed);
             // The body hand-over is taken at once for small bodies only (inline_wake.rs).
             let size = hyper::body::Body::size_hint(request.body()).upper();
             eager.set(size.is_some_and(|n| n <= EAGER_BODY_LIMIT));
             let gateway = gateway.clone();
+            let lingering = lingering.clone();
             // Boxed: the request's future is about 4 KiB, and hyper moves the future it
             // is given into its own slot; a box moves as a pointer.
-            Box::pin(async move { Ok::<_, Infallible>(gateway.handle(request, origin).await) })
+            Box::pin(async move {
+                let response = gateway.handle(request, origin).await;
+                // The gateway says close when the body was left unread: that close
+                // lingers (linger.rs).
+                if closes(response.headers()) {
+                    lingering.set();
+                }
+                Ok::<_, Infallible>(response)
+            })
         });
         let connection = builder
             .serve_connection(TokioIo::new(io), service)
@@ -202,16 +226,24 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            if role == Listener::Public && gateway.inbound_tls().is_some() {
+            let (tls, linger) = gateway.with_server_config(|s| {
+                let linger = LingerLimits {
+                    time: s.lingering_time,
+                    bytes: s.lingering_bytes,
+                };
+                (s.tls.is_some(), linger)
+            });
+            if role == Listener::Public && tls {
                 // Over the limit on TLS: a handshake would cost what the limit saves.
                 drop(stream);
                 continue;
             }
             // Over the limit: answer 503 at once and close, rather than queue.
+            // The deadline covers the lingering too: a shed connection is not kept long.
             let deadline = first_request_deadline(server.header_read_timeout);
             tokio::spawn(tokio::time::timeout(
                 deadline,
-                shed(stream, builder.clone()),
+                shed(stream, builder.clone(), linger),
             ));
             continue;
         };
@@ -220,6 +252,20 @@ async fn serve(
             peer,
             listener: role,
         };
+        // Per connection, from the configuration serving now: a reload with renewed
+        // certificates or other lingering limits applies to the next connection. TLS is
+        // for the public listener only.
+        let (tls, linger) = gateway.with_server_config(|s| {
+            let tls = match role {
+                Listener::Public => s.tls.as_ref().map(|t| t.server.clone()),
+                Listener::Admin => None,
+            };
+            let linger = LingerLimits {
+                time: s.lingering_time,
+                bytes: s.lingering_bytes,
+            };
+            (tls, linger)
+        });
         let connection = Connection {
             builder: builder.clone(),
             graceful: graceful.watcher(),
@@ -227,12 +273,7 @@ async fn serve(
             origin,
             deadline: first_request_deadline(server.header_read_timeout),
             permit,
-        };
-        // TLS (public listener only) is taken from the configuration serving now, so a
-        // reload with renewed certificates applies to the next connection.
-        let tls = match role {
-            Listener::Public => connection.gateway.inbound_tls(),
-            Listener::Admin => None,
+            linger,
         };
         match tls {
             None => connection.spawn(stream),

@@ -90,6 +90,18 @@ fn log_upstreams(config: &Config) {
             "upstream"
         );
     }
+    for u in &config.upstreams {
+        if let Some(variable) = &u.api_key_unset {
+            let sent = match u.pass_client_key {
+                true => "the client's own Authorization header (no key if the client sends none)",
+                false => "no key",
+            };
+            tracing::warn!(
+                "{variable} is not set, so upstream `{}` has no api_key: it gets {sent}",
+                u.name
+            );
+        }
+    }
     for u in config.upstreams.iter().filter(|u| !u.tls_verify) {
         tracing::warn!(upstream = %u.name, "TLS certificate verification is OFF for this upstream (tls_verify = false)");
     }

@@ -32,7 +32,11 @@ struct State {
     /// Consecutive failed real requests.
     failures: u32,
     ejected_until: Option<Instant>,
+    /// Ejections that count towards the next one's length (started over after a long
+    /// good spell)…
     ejections: u32,
+    /// …and every ejection since start, for `/status`.
+    ejections_total: u64,
     last_ejection: Option<Instant>,
 }
 
@@ -84,6 +88,8 @@ pub struct Pool {
     ejection: Ejection,
     rise: u32,
     fall: u32,
+    /// Whether active health checks run: without them, health is never known.
+    health_checked: bool,
     turn: AtomicUsize,
     seed: RandomState,
 }
@@ -112,6 +118,7 @@ impl Pool {
                         failures: 0,
                         ejected_until: None,
                         ejections: 0,
+                        ejections_total: 0,
                         last_ejection: None,
                     }),
                 })
@@ -119,6 +126,7 @@ impl Pool {
             balance,
             ejection: ejection.clone(),
             rise: health.map_or(1, |h| h.rise),
+            health_checked: health.is_some(),
             fall: health.map_or(1, |h| h.fall),
             turn: AtomicUsize::new(0),
             seed: RandomState::new(),
@@ -251,6 +259,7 @@ impl Pool {
             state.ejections = 0;
         }
         state.ejections += 1;
+        state.ejections_total += 1;
         state.last_ejection = Some(now);
         let time = self
             .ejection
@@ -295,7 +304,12 @@ impl Pool {
         state.last_check = Some((Instant::now(), ok, detail));
     }
 
-    /// The pool as the status endpoint shows it.
+    /// The pool as the status endpoint shows it. Each endpoint's state says one thing:
+    /// `health` is what the active checks concluded (`up`, `down`, or `unchecked` when
+    /// there are none or none has run yet), `ejected_until` the seconds until a passive
+    /// ejection ends (`null` when not ejected), `available` whether it would take a
+    /// request now (not down and not ejected), and `ejections_total` how many times it
+    /// was ejected since voxgate started.
     pub fn status(&self) -> Value {
         let now = Instant::now();
         let endpoints: Vec<Value> = self
@@ -305,14 +319,26 @@ impl Pool {
             .map(|(i, e)| {
                 let available = self.available(i, now);
                 let state = e.state();
+                let health = match (
+                    self.health_checked && state.last_check.is_some(),
+                    state.healthy,
+                ) {
+                    (false, _) => "unchecked",
+                    (true, true) => "up",
+                    (true, false) => "down",
+                };
+                // Milliseconds kept: a short ejection in a test is not 0 seconds.
+                let ejected_until = state
+                    .ejected_until
+                    .map(|u| (u.saturating_duration_since(now).as_millis() as f64) / 1000.0);
                 json!({
                     "url": e.url.to_string(),
                     "weight": e.weight,
                     "backup": e.backup,
                     "available": available,
-                    "healthy": state.healthy,
-                    "ejected_for_ms": state.ejected_until.map(|u| u.saturating_duration_since(now).as_millis() as u64),
-                    "ejections": state.ejections,
+                    "health": health,
+                    "ejected_until": ejected_until,
+                    "ejections_total": state.ejections_total,
                     "consecutive_failures": state.failures,
                     "in_flight": e.in_flight.load(Ordering::Relaxed),
                     "last_check": state.last_check.as_ref().map(|(at, ok, detail)| json!({
@@ -453,6 +479,58 @@ mod tests {
         assert_eq!(p.endpoints[0].state().ejections, 1, "started over");
         let until = p.endpoints[0].state().ejected_until.unwrap();
         assert!(until <= Instant::now() + Duration::from_secs(10));
+    }
+
+    #[test]
+    fn status_says_health_ejection_and_availability_each_once() {
+        let p = pool(&[(1, false), (1, false)], Balance::RoundRobin, 1);
+        let endpoint = |p: &Arc<Pool>, i: usize| p.status()["endpoints"][i].clone();
+        let e = endpoint(&p, 0);
+        assert_eq!(e["health"], "unchecked", "no check has run yet");
+        assert_eq!(e["available"], true);
+        assert!(e["ejected_until"].is_null());
+        assert_eq!(e["ejections_total"], 0);
+        p.checked(0, false, "status 503".into());
+        p.checked(0, false, "status 503".into());
+        p.checked(1, true, "status 200".into());
+        let (down, up) = (endpoint(&p, 0), endpoint(&p, 1));
+        assert_eq!(
+            (down["health"].as_str(), down["available"].as_bool()),
+            (Some("down"), Some(false))
+        );
+        assert_eq!(
+            (up["health"].as_str(), up["available"].as_bool()),
+            (Some("up"), Some(true))
+        );
+        p.failed(1, &"reset");
+        let ejected = endpoint(&p, 1);
+        assert_eq!(ejected["health"], "up", "health is the checks' word alone");
+        assert_eq!(ejected["available"], false);
+        let until = ejected["ejected_until"].as_f64().unwrap();
+        assert!(until > 9.0 && until <= 10.0, "{until}");
+        assert_eq!(ejected["ejections_total"], 1);
+        // Started over for the multiplier after a long good spell, still counted in total.
+        {
+            let mut state = p.endpoints[1].state();
+            state.ejected_until = None;
+            state.last_ejection = Some(Instant::now() - Duration::from_secs(60));
+        }
+        p.failed(1, &"reset");
+        assert_eq!(p.endpoints[1].state().ejections, 1);
+        assert_eq!(endpoint(&p, 1)["ejections_total"], 2);
+
+        let unchecked = Arc::new(Pool::new(
+            "q",
+            &[EndpointConfig {
+                url: "http://127.0.0.1:1".parse().unwrap(),
+                weight: 1,
+                backup: false,
+            }],
+            Balance::RoundRobin,
+            None,
+            &p.ejection,
+        ));
+        assert_eq!(unchecked.status()["endpoints"][0]["health"], "unchecked");
     }
 
     #[test]

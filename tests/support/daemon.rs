@@ -1,5 +1,5 @@
 //! The voxgate binary run as a daemon by a test: started on an ephemeral port, its log
-//! read as it comes, stopped with SIGTERM.
+//! (text or JSON) read as it comes, stopped with SIGTERM.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -73,6 +73,11 @@ pub fn start_with(
         seen.push(line.clone());
         if let Some(rest) = line.split("address=").nth(1) {
             break rest.split_whitespace().next().unwrap().to_string();
+        }
+        // `[log] format = "json"`: the address is a field of the line's object.
+        let json = serde_json::from_str::<serde_json::Value>(&line).ok();
+        if let Some(address) = json.as_ref().and_then(|v| v.get("address")?.as_str()) {
+            break address.to_string();
         }
     };
     (child, address, rx, seen)
