@@ -580,7 +580,11 @@ class Bench:
         for t in TARGETS:  # warm-up: pools filled, caches warm
             self.wrk(t, SPEECH_PATH, body, "application/json", a.conns, 1)
         for run in range(a.runs):
-            for t in targets:  # interleaved, so that a noisy moment hits every target alike
+            # Interleaved, so that a noisy moment hits every target alike; voxgate with and
+            # without reloads back to back, in turn first, so that neither always follows
+            # the same neighbour.
+            pair = ["voxgate", RELOADING] if run % 2 == 0 else [RELOADING, "voxgate"]
+            for t in ["direct"] + pair + ["nginx", "haproxy"]:
                 r = self.timed(t, SPEECH_PATH, body, "application/json", a.conns, a.seconds)
                 per[t].append(r)
                 cpu = f"{r['cpu_us_per_req']:.1f} µs/req" if r["cpu_us_per_req"] else ""
