@@ -137,6 +137,13 @@ pub struct Context<'r> {
     pub trace: Trace,
 }
 
+/// What [`Gateway::handle`] gives the server: the response, and whether the connection
+/// closes after it because the request body was left unread (a close that should linger).
+pub struct Handled {
+    pub response: Response<ProxyBody>,
+    pub closes: bool,
+}
+
 /// An API request, as classify found it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Api {

@@ -33,8 +33,8 @@ use crate::gateway::forward::{forward as try_upstreams, RequestHead, Served};
 use crate::gateway::request_id::request_id;
 use crate::gateway::respond::respond;
 use crate::gateway::{
-    admin, discovery, Admission, Api, Context, Gateway, GatewayError, Listener, Origin, Runtime,
-    Step, Stop,
+    admin, discovery, Admission, Api, Context, Gateway, GatewayError, Handled, Listener, Origin,
+    Runtime, Step, Stop,
 };
 use crate::request::intake::{read_form, read_json, read_raw, TrackedBody};
 use crate::request::payload::Payload;
@@ -46,7 +46,7 @@ use crate::upstream::{ClientRequest, REQUEST_ID_HEADER_NAME};
 impl Gateway {
     /// Answers one request, which came from `origin`. Never fails: every error becomes an
     /// OpenAI-shaped response.
-    pub async fn handle<B>(&self, request: Request<B>, origin: Origin) -> Response<ProxyBody>
+    pub async fn handle<B>(&self, request: Request<B>, origin: Origin) -> Handled
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -75,8 +75,12 @@ impl Gateway {
         // connection, and says so (RFC 9112 §9.6): the rest of the body cannot be told
         // from a next request. The server lingers on such a close (server/linger.rs).
         // HTTP/2 ends the stream instead, and has no Connection header.
-        let closing = head.version < Version::HTTP_2 && !body.ended();
-        observe(cx.trace, cx.id, end, closing)
+        // (An upstream's answer comes only after the whole body was read: never closing.)
+        let closes = head.version < Version::HTTP_2 && !body.ended() && end.is_err();
+        Handled {
+            response: observe(cx.trace, cx.id, end, closes),
+            closes,
+        }
     }
 
     /// The request path, one phase a line.
@@ -91,7 +95,9 @@ impl Gateway {
         B::Error: Into<BoxError>,
     {
         let _admitted = self.admit(cx)?;
-        let api = self.classify(cx, head).await?;
+        // A body framed by its Content-Length had no Transfer-Encoding to check.
+        let length_framed = body.size_hint().exact().is_some();
+        let api = self.classify(cx, head, length_framed).await?;
         let payload = intake(cx, &api, head, body).await?;
         let route = route(cx, &api, head, &payload)?;
         let served = forward(cx, &api, head, route, &payload).await?;
@@ -110,8 +116,8 @@ impl Gateway {
 impl Gateway {
     /// classify: what the request is. voxgate's own endpoints are answered here; an API
     /// request goes on.
-    async fn classify(&self, cx: &mut Context<'_>, head: &Parts) -> Step<Api> {
-        check_head(head.version, &head.headers).map_err(GatewayError::from)?;
+    async fn classify(&self, cx: &mut Context<'_>, head: &Parts, length_framed: bool) -> Step<Api> {
+        check_head(head.version, &head.headers, length_framed).map_err(GatewayError::from)?;
         let target = target_of(&head.method, head.uri.path())?;
         let operational = matches!(
             target,

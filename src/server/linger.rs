@@ -18,8 +18,8 @@
 //! answer is flushed and the connection is done, whatever made it close. The bytes dropped
 //! here never reach hyper, so they are never part of a request body, a request record or
 //! the access log's `bytes_in`. The gateway decides *whether* to close (it knows whether
-//! the body was read, `phases.rs`); the server sees the answer's `Connection: close` and
-//! turns lingering on for that connection ([`LingerSwitch`]). Connections that close for
+//! the body was read, `phases.rs`) and tells the server with its answer (`Handled::closes`),
+//! which turns lingering on for that connection ([`LingerSwitch`]). Connections that close for
 //! any other reason (the client asked, keep-alive ended, shutdown) close at once, as before.
 
 use std::future::Future;
@@ -57,14 +57,6 @@ impl LingerSwitch {
     fn is_set(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
-}
-
-/// Whether an answer says the connection closes after it.
-pub fn closes(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
 }
 
 /// A lingering close under way.
@@ -251,15 +243,5 @@ mod tests {
         io.shutdown().await.unwrap();
         assert!(start.elapsed() < Duration::from_secs(5));
         assert!(io.lingering.as_ref().unwrap().dropped >= 4096);
-    }
-
-    #[test]
-    fn an_answer_closes_when_it_says_so() {
-        let mut h = http::HeaderMap::new();
-        assert!(!closes(&h));
-        h.append(http::header::CONNECTION, "keep-alive".parse().unwrap());
-        assert!(!closes(&h));
-        h.append(http::header::CONNECTION, "Close".parse().unwrap());
-        assert!(closes(&h));
     }
 }

@@ -30,7 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::gateway::{overloaded, Gateway};
 use crate::gateway::{Listener, Origin};
 use crate::server::inline_wake::InlineWake;
-use crate::server::linger::{closes, LingerLimits, LingerSwitch, LingeringIo};
+use crate::server::linger::{LingerLimits, LingerSwitch, LingeringIo};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Serves a connection over the limit: every request gets 503 with `retry-after`, and the
@@ -118,13 +118,13 @@ impl Connection {
             // Boxed: the request's future is about 4 KiB, and hyper moves the future it
             // is given into its own slot; a box moves as a pointer.
             Box::pin(async move {
-                let response = gateway.handle(request, origin).await;
-                // The gateway says close when the body was left unread: that close
-                // lingers (linger.rs).
-                if closes(response.headers()) {
+                let handled = gateway.handle(request, origin).await;
+                // The gateway closes when the body was left unread: that close lingers
+                // (linger.rs).
+                if handled.closes {
                     lingering.set();
                 }
-                Ok::<_, Infallible>(response)
+                Ok::<_, Infallible>(handled.response)
             })
         });
         let connection = builder
