@@ -145,7 +145,9 @@ impl Gateway {
             Target::Health | Target::Root => admin::health(),
             Target::Ready => admin::readiness(runtime),
             Target::Status => admin::status(runtime, self.reloads()),
-            Target::Reload => admin::reloaded(self.reload("POST /reload").await),
+            // Boxed: a reload's future is large, and classify's own would grow by it for
+            // every request (every state of the request path is moved and copied).
+            Target::Reload => admin::reloaded(Box::pin(self.reload("POST /reload")).await),
             Target::Discovery(listing) => {
                 let routes = runtime.router.routes();
                 let list =
