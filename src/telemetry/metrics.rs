@@ -476,3 +476,108 @@ impl Collector for Page {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::telemetry::labels::status_slot;
+    use crate::telemetry::record::{Attempt, Ending};
+    use crate::upstream::error::UpstreamError;
+    use std::time::Duration;
+
+    fn attempt(upstream_index: u32, result: AttemptResult) -> Attempt {
+        Attempt {
+            upstream: String::new(),
+            upstream_index,
+            result,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_fallback_passes_over_skipped_upstreams_to_the_next_one_tried() {
+        let toml = "[upstreams.a]\nurl = \"http://127.0.0.1:1\"\n\
+            [upstreams.b]\nurl = \"http://127.0.0.1:2\"\n\
+            [upstreams.c]\nurl = \"http://127.0.0.1:3\"\n\
+            [[routes]]\nto = [\"a\", \"b\", \"c\"]\n";
+        let config = Config::from_toml_with_env(toml, "t", &|_| None).unwrap();
+        let table = Arc::new(LabelTable::compile(&config, None));
+        let mut record = RequestRecord::new(
+            http::HeaderValue::from_static("id"),
+            http::Method::POST,
+            "/v1/audio/speech".into(),
+            "127.0.0.1:1".parse().unwrap(),
+        );
+        record.endpoint = "speech";
+        record.labels = Some(table.clone());
+        record.route_index = Some(0);
+        record.upstream_index = Some(2);
+        record.status = 200;
+        record.billed_units = 5;
+        record.attempts = vec![
+            attempt(
+                0,
+                AttemptResult::Failed(UpstreamError::new(ErrorKind::Connect, "refused")),
+            ),
+            attempt(1, AttemptResult::Skipped),
+            attempt(2, AttemptResult::Answered(http::StatusCode::OK)),
+        ];
+        let end = End {
+            bytes_out: 3,
+            ttfb: Some(Duration::from_millis(2)),
+            total: Duration::from_millis(3),
+            ending: Ending::Complete,
+        };
+        Metrics::new().count(&record, &end);
+
+        let fallback = |from, to, reason| {
+            let row = table.fallback_row(0, from, to, reason).unwrap();
+            table.fallbacks.get(row).unwrap().get()
+        };
+        assert_eq!(fallback(0, 2, Reason::Failure(0)), 1, "a to c, on connect");
+        assert_eq!(fallback(0, 1, Reason::Failure(0)), 0, "b was not tried");
+        assert_eq!(fallback(1, 2, Reason::Failure(0)), 0);
+        let attempts = |u: usize| table.attempts.get(u).unwrap().values();
+        assert_eq!(attempts(0)[3], 1, "connect");
+        assert_eq!(attempts(1)[8], 1, "skipped");
+        assert_eq!(attempts(2)[0], 1, "ok");
+        let row = table.request_row(0, Some(0), Some(2)).unwrap();
+        assert_eq!(
+            table.requests.get(row).unwrap().values()[status_slot(200)],
+            1
+        );
+        assert_eq!(table.tts_characters.get(2).unwrap().get(), 5);
+        assert_eq!(table.tts_characters.get(0).unwrap().get(), 0);
+        let timings = table.timings.get(table.timings_row(0, Some(2))).unwrap();
+        assert_eq!(timings.duration.read().0.iter().sum::<u64>(), 1);
+        assert_eq!(timings.ttfb.read().0[1], 1, "2 ms is in le=0.0025");
+    }
+
+    #[test]
+    fn every_outcome_has_its_own_label() {
+        let results = [
+            AttemptResult::Answered(http::StatusCode::OK),
+            AttemptResult::Answered(http::StatusCode::BAD_REQUEST),
+            AttemptResult::Answered(http::StatusCode::SERVICE_UNAVAILABLE),
+            AttemptResult::Failed(UpstreamError::new(ErrorKind::Connect, "x")),
+            AttemptResult::Failed(UpstreamError::new(ErrorKind::Timeout, "x")),
+            AttemptResult::Failed(UpstreamError::new(ErrorKind::Reset, "x")),
+            AttemptResult::Failed(UpstreamError::new(ErrorKind::Protocol, "x")),
+            AttemptResult::Failed(UpstreamError::new(ErrorKind::Internal, "x")),
+            AttemptResult::Skipped,
+            AttemptResult::NoBudget,
+            AttemptResult::DeadlinePassed,
+            AttemptResult::Unsuitable("x".into()),
+        ];
+        let slots: Vec<usize> = results.iter().map(|r| outcome(r).0).collect();
+        assert_eq!(slots, (0..OUTCOMES.len()).collect::<Vec<_>>());
+        let refused = AttemptResult::Refused {
+            status: http::StatusCode::TOO_MANY_REQUESTS,
+            detail: None,
+        };
+        assert_eq!(outcome(&refused), (1, true, Some(Reason::Status(429))));
+        let stale = AttemptResult::Failed(UpstreamError::new(ErrorKind::Stale, "x"));
+        assert_eq!(outcome(&stale), (5, true, Some(Reason::Failure(2))));
+    }
+}
