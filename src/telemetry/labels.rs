@@ -160,10 +160,8 @@ pub struct Histogram {
 impl Histogram {
     pub fn observe(&self, time: Duration) {
         let micros = u64::try_from(time.as_micros()).unwrap_or(u64::MAX);
-        let slot = BUCKET_MICROS
-            .iter()
-            .position(|&bound| micros <= bound)
-            .unwrap_or(BUCKETS.len());
+        // The first bucket whose bound is not below the time; past the last, the +Inf one.
+        let slot = BUCKET_MICROS.partition_point(|&bound| bound < micros);
         self.buckets.add(slot, 1);
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
@@ -617,11 +615,14 @@ mod tests {
         h.observe(Duration::from_micros(1000));
         h.observe(Duration::from_micros(1001));
         h.observe(Duration::from_secs(61));
+        h.observe(Duration::ZERO);
+        h.observe(Duration::from_secs(60));
         let (buckets, sum) = h.read();
-        assert_eq!(buckets[0], 1, "1 ms is in le=0.001");
+        assert_eq!(buckets[0], 2, "0 and 1 ms are in le=0.001");
         assert_eq!(buckets[1], 1);
+        assert_eq!(buckets[14], 1, "60 s is in le=60");
         assert_eq!(buckets[15], 1, "over 60 s");
-        assert_eq!(buckets.iter().sum::<u64>(), 3);
-        assert!((sum - 61.002001).abs() < 1e-9);
+        assert_eq!(buckets.iter().sum::<u64>(), 5);
+        assert!((sum - 121.002001).abs() < 1e-9);
     }
 }
