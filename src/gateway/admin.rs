@@ -1,6 +1,7 @@
-//! voxgate's own endpoints: `/health` (and `/`), `/ready`, `/status` and `POST /reload`,
-//! answered without an upstream. With `server.admin_listen` set, `/ready` and `/status`
-//! are served on the admin listener only; `/reload` is never served on the API listener.
+//! voxgate's own endpoints: `/health` (and `/`), `/ready`, `/status`, `/metrics` and
+//! `POST /reload`, answered without an upstream. With `server.admin_listen` set, `/ready`,
+//! `/status` and `/metrics` are served on the admin listener only; `/reload` is never
+//! served on the API listener.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -8,7 +9,8 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::body::{full, ProxyBody};
 use crate::gateway::reload::{Reloaded, Reloads};
-use crate::gateway::Runtime;
+use crate::gateway::{Gateway, Runtime};
+use crate::telemetry::metrics::{State, CONTENT_TYPE};
 
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
     let mut response = Response::new(full(value.to_string()));
@@ -111,4 +113,30 @@ pub fn status(runtime: &Runtime, reloads: &Reloads) -> Response<ProxyBody> {
         StatusCode::OK,
         &serde_json::json!({ "config": config, "upstreams": upstreams }),
     )
+}
+
+/// `/metrics`: the page, in Prometheus's text exposition format.
+pub fn metrics(page: String) -> Response<ProxyBody> {
+    let mut response = Response::new(full(page));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    response
+}
+
+impl Gateway {
+    /// The metrics page, with `runtime`'s rows and pools (the configuration serving now).
+    pub fn metrics_page(&self, runtime: &Runtime) -> String {
+        let history = self.reloads.history();
+        let state = State {
+            in_flight: self.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+            replay_memory: self.budget.used(),
+            spilled: self.budget.spilled(),
+            reloads_succeeded: history.succeeded,
+            reloads_failed: history.failed,
+            loaded_at: history.loaded_at,
+        };
+        self.metrics
+            .render(&runtime.labels, &runtime.upstreams, state)
+    }
 }

@@ -24,6 +24,8 @@ pub enum Target {
     /// Upstreams, endpoints, health, ejections, in-flight counts, last checks; the
     /// configuration's file, load time and last reload error.
     Status,
+    /// Prometheus metrics, in the text exposition format.
+    Metrics,
     /// `POST /reload` (admin listener only): read the configuration file again.
     Reload,
     /// `GET /v1/models` or `GET /v1/audio/voices`: merged over the routed upstreams.
@@ -225,6 +227,7 @@ pub fn classify(method: &Method, path: &str) -> Result<Target, GatewayError> {
         "/health" => return Ok(Target::Health),
         "/ready" => return Ok(Target::Ready),
         "/status" => return Ok(Target::Status),
+        "/metrics" => return Ok(Target::Metrics),
         "/reload" if *method == Method::POST => return Ok(Target::Reload),
         "/reload" => {
             return Err(GatewayError::MethodNotAllowed {
@@ -344,6 +347,12 @@ mod tests {
     fn operational_paths_are_voxgates_own() {
         assert_eq!(target(Method::GET, "/ready"), Ok(Target::Ready));
         assert_eq!(target(Method::GET, "/status"), Ok(Target::Status));
+        assert_eq!(target(Method::GET, "/metrics"), Ok(Target::Metrics));
+        assert_eq!(
+            target(Method::GET, "/v1/metrics"),
+            api(Operation::Other, "/v1/metrics"),
+            "an API path, passed on"
+        );
     }
 
     fn head(version: Version, lines: &[(&str, &str)]) -> Result<(), HeadError> {

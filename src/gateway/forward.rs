@@ -209,7 +209,7 @@ pub async fn forward(
     for &index in &route.to {
         match edits_for(&upstreams[index], route, head.operation, payload) {
             Ok(edits) => suitable.push((index, edits, upstreams[index].pool.is_up())),
-            Err(why) => attempts.push(not_tried(&upstreams[index], AttemptResult::Unsuitable(why))),
+            Err(why) => attempts.push(not_tried(upstreams, index, AttemptResult::Unsuitable(why))),
         }
     }
     if suitable.is_empty() {
@@ -221,7 +221,7 @@ pub async fn forward(
         if all_down || up {
             to_try.push((index, edits));
         } else {
-            attempts.push(not_tried(&upstreams[index], AttemptResult::Skipped));
+            attempts.push(not_tried(upstreams, index, AttemptResult::Skipped));
         }
     }
     let _request = budget.request();
@@ -242,7 +242,7 @@ pub async fn forward(
         if position > 0 && !after_connect_failure && retry.is_none() {
             retry = budget.retry();
             if retry.is_none() {
-                attempts.push(not_tried(upstream, AttemptResult::NoBudget));
+                attempts.push(not_tried(upstreams, index, AttemptResult::NoBudget));
                 break;
             }
         }
@@ -251,14 +251,14 @@ pub async fn forward(
         if let Some(deadline) = deadline {
             let left = deadline.saturating_duration_since(started);
             if left.is_zero() {
-                attempts.push(not_tried(upstream, AttemptResult::DeadlinePassed));
+                attempts.push(not_tried(upstreams, index, AttemptResult::DeadlinePassed));
                 break;
             }
             timeout = timeout.min(left);
         }
         let Some(picked) = upstream.pool.pick(all_down) else {
             // Went down since the list was made.
-            attempts.push(not_tried(upstream, AttemptResult::Skipped));
+            attempts.push(not_tried(upstreams, index, AttemptResult::Skipped));
             continue;
         };
         let path = upstream_path(&upstream.config.dialect, head);
@@ -295,6 +295,7 @@ pub async fn forward(
         };
         let attempt = |result| Attempt {
             upstream: name.clone(),
+            upstream_index: index as u32,
             result,
             elapsed: started.elapsed(),
         };
@@ -379,9 +380,10 @@ fn upstream_path<'a>(dialect: &Dialect, head: &RequestHead<'a>) -> std::borrow::
 }
 
 /// The record of an upstream that was not tried.
-fn not_tried(upstream: &Upstream, result: AttemptResult) -> Attempt {
+fn not_tried(upstreams: &[Arc<Upstream>], index: usize, result: AttemptResult) -> Attempt {
     Attempt {
-        upstream: upstream.name().to_string(),
+        upstream: upstreams[index].name().to_string(),
+        upstream_index: index as u32,
         result,
         elapsed: Duration::ZERO,
     }

@@ -30,6 +30,8 @@ use crate::request::intake::{IntakeError, IntakeLimits};
 use crate::request::replay::{MemoryBudget, ReplayLimits};
 use crate::route::{Operation, Router};
 use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::labels::LabelTable;
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::observe::{Observers, Trace};
 use crate::upstream::Upstream;
 
@@ -166,6 +168,9 @@ pub struct Runtime {
     upstreams: Vec<Arc<Upstream>>,
     limits: IntakeLimits,
     retry_budget: RetryBudget,
+    /// The metrics' rows for this configuration, sharing the counters of the rows the
+    /// previous one had with the same labels.
+    labels: Arc<LabelTable>,
 }
 
 impl Runtime {
@@ -200,7 +205,9 @@ impl Runtime {
                 spill_dir: config.server.spill_dir.clone(),
             },
         };
+        let labels = Arc::new(LabelTable::compile(&config, previous.map(|p| &*p.labels)));
         Runtime {
+            labels,
             retry_budget: RetryBudget::new(
                 config.server.retry_budget_percent,
                 config.server.retry_budget_min,
@@ -223,6 +230,8 @@ pub struct Gateway {
     in_flight: AtomicUsize,
     /// Told about every request when its response is over.
     observers: Arc<Observers>,
+    /// The second observer, read again by `/metrics`.
+    metrics: Arc<Metrics>,
     /// Where the configuration came from, and how its reloads went.
     reloads: reload::Reloads,
 }
@@ -236,11 +245,16 @@ impl Gateway {
     /// A gateway on `config`, read from `source`: a reload reads it from there again.
     pub fn from_source(config: Config, source: reload::Source) -> Gateway {
         let budget = Arc::new(MemoryBudget::new(config.server.replay_memory_total));
+        let metrics = Arc::new(Metrics::new());
         Gateway {
             runtime: ArcSwap::from_pointee(Runtime::new(config, budget.clone(), None)),
             budget,
             in_flight: AtomicUsize::new(0),
-            observers: Arc::new(Observers::new(vec![Box::new(AccessLog)])),
+            observers: Arc::new(Observers::new(vec![
+                Box::new(AccessLog),
+                Box::new(metrics.clone()),
+            ])),
+            metrics,
             reloads: reload::Reloads::new(source),
         }
     }

@@ -16,7 +16,7 @@
 //! (`Ok`) or stops the request with voxgate's own answer or a refusal ([`Stop`], `Err`);
 //! the last one hands back the upstream's answer to stream. `Gateway::phases` is the
 //! sequence, one line a phase, so adding a phase is adding a function and a line. The
-//! observers (the access log; metrics next) are told once, from `observe`, however the
+//! observers (the access log, the metrics) are told once, from `observe`, however the
 //! request ended.
 
 use std::borrow::Cow;
@@ -68,6 +68,7 @@ impl Gateway {
             ),
             id,
         };
+        cx.trace.record.labels = Some(runtime.labels.clone());
         let (head, body) = request.into_parts();
         let mut body = TrackedBody::new(body);
         let end = self.phases(&mut cx, &head, &mut body).await;
@@ -121,7 +122,7 @@ impl Gateway {
         let target = target_of(&head.method, head.uri.path())?;
         let operational = matches!(
             target,
-            Target::Health | Target::Ready | Target::Status | Target::Reload
+            Target::Health | Target::Ready | Target::Status | Target::Metrics | Target::Reload
         );
         let admin_elsewhere = cx.runtime.config.server.admin_listen.is_some();
         let allowed = match cx.listener {
@@ -130,7 +131,8 @@ impl Gateway {
             // clients that must not be able to make voxgate re-read its files.
             Listener::Public => {
                 !(matches!(target, Target::Reload)
-                    || admin_elsewhere && matches!(target, Target::Ready | Target::Status))
+                    || admin_elsewhere
+                        && matches!(target, Target::Ready | Target::Status | Target::Metrics))
             }
         };
         if !allowed {
@@ -145,6 +147,7 @@ impl Gateway {
             Target::Health | Target::Root => admin::health(),
             Target::Ready => admin::readiness(runtime),
             Target::Status => admin::status(runtime, self.reloads()),
+            Target::Metrics => admin::metrics(self.metrics_page(runtime)),
             // Boxed: a reload's future is large, and classify's own would grow by it for
             // every request (every state of the request path is moved and copied).
             Target::Reload => admin::reloaded(Box::pin(self.reload("POST /reload")).await),
@@ -178,6 +181,7 @@ where
     let (payload, bytes_in) = read.map_err(GatewayError::from)?;
     let record = &mut cx.trace.record;
     record.bytes_in = bytes_in;
+    record.billed_units = payload.billed_units();
     record.model = payload.model().map(str::to_string);
     record.voice = payload.voice().map(str::to_string);
     Ok(payload)
@@ -200,7 +204,7 @@ fn route<'r>(
         stream: payload.stream(),
     };
     let runtime: &'r Runtime = cx.runtime;
-    let Some((_, route)) = runtime.router.find(&facts) else {
+    let Some((index, route)) = runtime.router.find(&facts) else {
         return Err(GatewayError::NoRoute {
             endpoint: api.operation.name(),
             model: payload.model().unwrap_or_default().to_string(),
@@ -208,6 +212,7 @@ fn route<'r>(
         .into());
     };
     cx.trace.record.route = Some(route.line);
+    cx.trace.record.route_index = Some(index as u32);
     Ok(route)
 }
 

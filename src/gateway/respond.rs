@@ -50,6 +50,7 @@ pub async fn respond(
             .insert(UPSTREAM_HEADER_NAME.clone(), name.clone());
     }
     record.upstream = Some(upstream.name().to_string());
+    record.upstream_index = Some(index as u32);
     let idle = upstream.config.idle_timeout;
     answers::fix_text_content_type(
         api.operation,

@@ -276,6 +276,28 @@ impl Payload {
         }
     }
 
+    /// What the request is billed by: a speech `input`'s Unicode scalar values, or the
+    /// bytes of an upload's `file` parts; 0 for anything else.
+    pub fn billed_units(&self) -> u64 {
+        match self {
+            Payload::Json(j) => j
+                .object
+                .get("input")
+                .and_then(Value::as_str)
+                .map_or(0, |input| input.chars().count() as u64),
+            Payload::Form(f) => f
+                .parts
+                .iter()
+                .filter(|p| p.name == "file")
+                .map(|p| match &p.value {
+                    PartValue::File(range) => range.end - range.start,
+                    PartValue::Text(text) => text.len() as u64,
+                })
+                .sum(),
+            Payload::Raw(_) => 0,
+        }
+    }
+
     /// Whether the client asked for a streamed (SSE) answer.
     pub fn stream(&self) -> bool {
         match self {

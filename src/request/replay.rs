@@ -27,6 +27,8 @@ const BLOCK: usize = 64 * 1024;
 pub struct MemoryBudget {
     limit: u64,
     used: AtomicU64,
+    /// Bytes written to spill files since start, for metrics.
+    spilled: AtomicU64,
 }
 
 impl MemoryBudget {
@@ -34,7 +36,13 @@ impl MemoryBudget {
         MemoryBudget {
             limit,
             used: AtomicU64::new(0),
+            spilled: AtomicU64::new(0),
         }
+    }
+
+    /// Bytes written to spill files since start.
+    pub fn spilled(&self) -> u64 {
+        self.spilled.load(Ordering::Relaxed)
     }
 
     /// Bytes currently held in memory by replays.
@@ -220,6 +228,7 @@ impl ReplayWriter {
         .await
         .map_err(io::Error::other)??;
         self.file_len += n;
+        self.limits.budget.spilled.fetch_add(n, Ordering::Relaxed);
         Ok(())
     }
 

@@ -11,7 +11,7 @@ pub struct AccessLog;
 
 impl Observer for AccessLog {
     fn request_ended(&self, record: &RequestRecord, end: &End) {
-        let total_ms = record.started.elapsed().as_secs_f64() * 1000.0;
+        let total_ms = end.total.as_secs_f64() * 1000.0;
         let ttfb_ms = end.ttfb.map(|t| t.as_secs_f64() * 1000.0);
         let served_by = record.served_by.as_ref();
         tracing::info!(

@@ -4,8 +4,8 @@
 //! went away, so a request's [`Trace`] travels inside [`ObservedBody`] and is closed from
 //! there, with the bytes sent and the time to the first byte; a response voxgate answers
 //! itself closes it at once, and a request dropped before it was answered (the client left
-//! during intake or forwarding) closes it on drop. Observers — the access log today,
-//! metrics next — are the one place that reads a finished record.
+//! during intake or forwarding) closes it on drop. Observers — the access log and the
+//! metrics — are the one place that reads a finished record.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -69,6 +69,7 @@ impl Trace {
         let end = End {
             bytes_out,
             ttfb,
+            total: self.record.started.elapsed(),
             ending,
         };
         self.observers.notify(&self.record, &end);

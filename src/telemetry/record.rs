@@ -3,10 +3,12 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, StatusCode};
 
+use crate::telemetry::labels::LabelTable;
 use crate::upstream::error::UpstreamError;
 use crate::upstream::pool::Picked;
 
@@ -24,13 +26,22 @@ pub struct RequestRecord {
     pub voice: Option<String>,
     /// Config line of the route taken.
     pub route: Option<usize>,
+    /// The route taken, as its index among the configuration's routes.
+    pub route_index: Option<u32>,
     pub attempts: Vec<Attempt>,
     pub upstream: Option<String>,
+    /// The upstream that answered, as its index among the configuration's upstreams.
+    pub upstream_index: Option<u32>,
     /// The endpoint that answered; counted as in flight until the record is closed.
     pub served_by: Option<Picked>,
     pub status: u16,
     pub bytes_in: u64,
+    /// What the request is billed by: a speech request's `input` in Unicode scalar
+    /// values, a transcription's or translation's uploaded file in bytes.
+    pub billed_units: u64,
     pub error: Option<String>,
+    /// The metric rows of the configuration the request runs on.
+    pub labels: Option<Arc<LabelTable>>,
 }
 
 impl RequestRecord {
@@ -50,12 +61,16 @@ impl RequestRecord {
             model: None,
             voice: None,
             route: None,
+            route_index: None,
             attempts: Vec::new(),
             upstream: None,
+            upstream_index: None,
             served_by: None,
             status: 0,
             bytes_in: 0,
+            billed_units: 0,
             error: None,
+            labels: None,
         }
     }
 
@@ -91,6 +106,8 @@ pub struct End {
     pub bytes_out: u64,
     /// From the request's start to the first byte of the body, if one went out.
     pub ttfb: Option<Duration>,
+    /// From the request's start to the end of its response.
+    pub total: Duration,
     pub ending: Ending,
 }
 
@@ -120,6 +137,8 @@ pub enum AttemptResult {
 #[derive(Debug)]
 pub struct Attempt {
     pub upstream: String,
+    /// The upstream's index among the configuration's upstreams.
+    pub upstream_index: u32,
     pub result: AttemptResult,
     pub elapsed: Duration,
 }

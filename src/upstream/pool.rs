@@ -158,6 +158,14 @@ impl Pool {
         state.healthy
     }
 
+    /// Endpoint `index`'s health for metrics: whether the active checks hold it up (always
+    /// true without checks), and whether it is ejected now.
+    pub fn health(&self, index: usize) -> (bool, bool) {
+        let now = Instant::now();
+        let state = self.endpoints[index].state();
+        (state.healthy, state.ejected_until.is_some_and(|u| u > now))
+    }
+
     /// Whether any endpoint, primary or backup, can take a request now.
     pub fn is_up(&self) -> bool {
         let now = Instant::now();
