@@ -14,7 +14,9 @@
 # BENCH_PORT_BASE (18400), BENCH_PROXY_CORE (0), BENCH_LOAD_CORE (1), BENCH_VOXGATE_LOG
 # (RUST_LOG for voxgate, default warn: no access log, as nginx and HAProxy run here),
 # BENCH_BUILD (pgo, or plain for a plain `cargo build --release`),
-# BENCH_KEEP_WORKDIR=1 to keep the generated configs, bodies, logs and results.json.
+# BENCH_KEEP_WORKDIR=1 to keep the generated configs, bodies, logs and results.json,
+# BENCH_CHARTS=DIR to draw the results as SVG bar charts there (benches/load/charts.py;
+# benches/README.md embeds the ones in benches/charts/).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

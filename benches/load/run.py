@@ -862,6 +862,13 @@ class Bench:
         with open(os.path.join(self.work, "results.json"), "w") as f:
             json.dump({"results": self.results, "per_run": self.per_run, "notes": self.notes,
                        "noise": self.noise}, f, indent=1)
+        charts_dir = os.environ.get("BENCH_CHARTS")
+        if charts_dir:
+            sys.path.insert(0, HERE)
+            import charts  # benches/load/charts.py: SVG bar charts, standard library only
+
+            for path in charts.draw(self.results, charts_dir):
+                print(f"chart: {path}")
 
 
 def main():
