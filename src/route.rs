@@ -283,6 +283,9 @@ impl Default for FallbackPolicy {
 pub struct RouteConfig {
     /// 1-based line of the `[[routes]]` entry, for logs and messages.
     pub line: usize,
+    /// `name = "…"`: unique, for metrics labels (and logs) that survive edits moving the
+    /// route to another line.
+    pub name: Option<String>,
     pub matcher: Matcher,
     /// Indices into the config's upstreams, tried in order.
     pub to: Vec<usize>,
@@ -291,6 +294,16 @@ pub struct RouteConfig {
     pub fallback: FallbackPolicy,
     /// Time for the whole request, every attempt included, until response headers.
     pub deadline: Option<Duration>,
+}
+
+impl RouteConfig {
+    /// How metrics and messages name the route: its `name`, else `line:N`.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(name) => name.clone(),
+            None => format!("line:{}", self.line),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -119,6 +119,7 @@ pub(super) struct RawHealth {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRoute {
+    pub(super) name: Option<Spanned<String>>,
     #[serde(rename = "match", default)]
     pub(super) matches: RawMatch,
     pub(super) to: Spanned<Vec<Spanned<String>>>,

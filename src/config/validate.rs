@@ -969,9 +969,32 @@ pub(super) fn validate(
             "no [[routes]]: every request would be refused; add at least one route",
         );
     }
+    let mut route_names: Vec<String> = Vec::new();
     for route in raw.routes {
         let line = locator.at(route.span().start, "").line;
         let route = route.into_inner();
+        let name = route.name.and_then(|name| {
+            let text = name.get_ref().trim().to_string();
+            let fits = !text.is_empty()
+                && !text.starts_with("line:")
+                && text.len() <= 64
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !fits {
+                v.error(
+                    name.span(),
+                    "a route `name` is 1 to 64 letters, digits, `-`, `_` or `.`, and does not start with `line:`",
+                );
+                None
+            } else if route_names.contains(&text) {
+                v.error(name.span(), format!("two routes are named `{text}`"));
+                None
+            } else {
+                route_names.push(text.clone());
+                Some(text)
+            }
+        });
         let to_span = route.to.span();
         let mut to = Vec::new();
         for name in route.to.into_inner() {
@@ -1010,6 +1033,7 @@ pub(super) fn validate(
             .map(|d| v.duration(Some(d), "deadline", Duration::ZERO));
         routes.push(RouteConfig {
             line,
+            name,
             matcher,
             to,
             set,
@@ -1055,6 +1079,27 @@ mod tests {
             .into_iter()
             .map(|d| (d.line, d.column, d.message))
             .collect()
+    }
+
+    #[test]
+    fn route_names_are_unique_and_plain() {
+        let two = |a: &str, b: &str| {
+            format!("[upstreams.a]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\nname = \"{a}\"\nto = [\"a\"]\n[[routes]]\nname = \"{b}\"\nto = [\"a\"]\n")
+        };
+        let c = load(&two("local-tts", "rest.v2")).expect("valid names");
+        assert_eq!(c.routes[0].name.as_deref(), Some("local-tts"));
+        assert_eq!(c.routes[1].label(), "rest.v2");
+        let e = errors(&two("same", "same"));
+        assert_eq!(
+            (e[0].0, e[0].2.as_str()),
+            (7, "two routes are named `same`")
+        );
+        for bad in ["", "has space", "line:3", "a\"b"] {
+            let e = errors(&two("ok", &bad.replace('"', "\\\"")));
+            assert!(e[0].2.contains("route `name`"), "{bad}: {e:?}");
+        }
+        let unnamed = load(&two("x", "y").replace("name = \"y\"\n", "")).expect("valid");
+        assert_eq!(unnamed.routes[1].label(), "line:6");
     }
 
     const MINIMAL: &str = r#"

@@ -223,7 +223,7 @@ impl<T: Default> Series<T> {
 /// Where one route's rows are.
 #[derive(Debug)]
 pub struct RouteRows {
-    /// The `route` label: `line:N`.
+    /// The `route` label: the route's `name`, else `line:N`.
     pub label: String,
     /// The route's upstreams (indices into the configuration's), in order.
     pub to: Vec<usize>,
@@ -326,7 +326,7 @@ impl LabelTable {
         let (mut pairs, mut fallbacks) = (1, 0);
         for route in &config.routes {
             let rows = RouteRows {
-                label: format!("line:{}", route.line),
+                label: route.label(),
                 to: route.to.clone(),
                 pair_base: pairs,
                 fallback_base: fallbacks,
@@ -495,6 +495,25 @@ mod tests {
         let labels: std::collections::HashSet<String> =
             (100..1000).map(|s| status_label(status_slot(s))).collect();
         assert_eq!(labels.len(), STATUS_SLOTS);
+    }
+
+    #[test]
+    fn a_named_route_is_labelled_by_its_name_and_keeps_its_counters_when_it_moves() {
+        let named = TWO_ROUTES.replace(
+            "[[routes]]\nto = [\"c\"]",
+            "[[routes]]\nname = \"rest\"\nto = [\"c\"]",
+        );
+        let t = table(&named);
+        let row = t.request_row(3, Some(1), Some(2)).unwrap();
+        assert_eq!(t.requests.0[row].labels, ["other", "rest", "c"]);
+        t.requests.0[row].cells.add(0, 5);
+        // The same route two lines further down: same label, same counter.
+        let moved = named.replace("[[routes]]\nname", "\n\n[[routes]]\nname");
+        let config = Config::from_toml_with_env(&moved, "t", &|_| None).unwrap();
+        let again = LabelTable::compile(&config, Some(&t));
+        let row = again.request_row(3, Some(1), Some(2)).unwrap();
+        assert_eq!(again.requests.0[row].labels, ["other", "rest", "c"]);
+        assert_eq!(again.requests.0[row].cells.values()[0], 5);
     }
 
     #[test]
