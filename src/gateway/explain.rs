@@ -443,7 +443,7 @@ impl Explanation {
             line("upstreams, in the order they are tried:".into());
         }
         for u in &self.upstreams {
-            let place = u.attempt.map_or("-".to_string(), |a| a.to_string());
+            let place = u.attempt.map_or("- ".to_string(), |a| format!("{a}."));
             // Up or down is news only from a running voxgate.
             let up = match (&self.live, u.up) {
                 (None, _) => "",
@@ -452,7 +452,7 @@ impl Explanation {
                 (Some(_), None) => ", not in the running voxgate's /status",
             };
             line(format!(
-                "{place}. {} (kind {}{up}): {}",
+                "{place} {} (kind {}{up}): {}",
                 u.name, u.kind, u.tried
             ));
             if u.convert != "none" {
