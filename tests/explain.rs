@@ -258,6 +258,36 @@ fn routes_that_do_not_match_say_why_and_no_route_exits_1() {
 }
 
 #[test]
+fn an_upstream_that_cannot_take_the_request_is_shown_with_why() {
+    let json = explain_json(
+        &repo("config/local-first.toml"),
+        &["speech", "model=gpt-4o-tts", "voice=nova", "input=hi"],
+    );
+    let kokoro = &json["upstreams"][0];
+    assert_eq!(kokoro["attempt"], Value::Null);
+    assert!(
+        kokoro["unsuitable"]
+            .as_str()
+            .unwrap()
+            .contains("serves only the models kokoro, tts-1"),
+        "{kokoro:#}"
+    );
+    assert!(kokoro["request"].is_null(), "nothing would be sent there");
+    assert_eq!(json["upstreams"][1]["tried"], "first");
+    // With no other upstream, voxgate answers 400 and explain exits 1.
+    let alone = temp_file(
+        "kokoro-alone.toml",
+        b"[upstreams.k]\nkind = \"kokoro\"\nurl = \"http://127.0.0.1:8880\"\n[[routes]]\nto = [\"k\"]\n",
+    );
+    let json = explain_json(
+        &alone,
+        &["speech", "model=gpt-4o-tts", "voice=nova", "input=hi"],
+    );
+    assert_eq!(json["outcome"]["kind"], "refused");
+    assert_eq!(json["outcome"]["status"], 400);
+}
+
+#[test]
 fn usage_errors_exit_2_with_a_message() {
     let config = repo("config/default.toml");
     for (args, says) in [
@@ -674,4 +704,24 @@ async fn live_against_nothing_is_an_error() {
     .unwrap();
     assert_eq!(out.0, 2);
     assert!(out.2.contains("cannot reach"), "{}", out.2);
+}
+
+/// The example in the README's "Explaining a request" is what the binary prints.
+#[test]
+fn the_readme_example_is_what_explain_prints() {
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let command =
+        "voxgate explain --config config/model-router.toml speech model=tts-1 voice=alloy input=hi";
+    let out = voxgate()
+        .current_dir(repo(""))
+        .args(command.split(' ').skip(1))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let shown = format!("$ {command}\n{printed}```");
+    assert!(
+        readme.contains(&shown),
+        "the README's example is out of date; it prints:\n{printed}"
+    );
 }
