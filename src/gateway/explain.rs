@@ -31,7 +31,7 @@ use crate::engine::dialect::Convert;
 use crate::gateway::classify::{classify, Target};
 use crate::gateway::discovery::{list_headers, routed, Listing};
 use crate::gateway::forward::{
-    client_headers, edits_for, is_tried, none_up, upstream_path, RequestHead,
+    client_headers, edits_for, is_tried, none_up, upstream_path, Exhausted, RequestHead,
 };
 use crate::gateway::{GatewayError, Runtime};
 use crate::request::intake::{read_form, read_json, read_raw, IntakeError};
@@ -40,6 +40,7 @@ use crate::request::outgoing::Segment;
 use crate::request::payload::Payload;
 use crate::request::replay::MemoryBudget;
 use crate::route::{Operation, RequestFacts, RouteConfig};
+use crate::telemetry::record::{summary, Attempt, AttemptResult};
 use crate::upstream::connections::path_prefix;
 use crate::upstream::h1::says_length;
 use crate::upstream::{ClientRequest, Upstream, REQUEST_ID_HEADER_NAME};
@@ -421,12 +422,8 @@ impl Explanation {
                 line(format!("  {why}"));
             }
         }
-        match &self.outcome {
-            Outcome::Answered { by } => line(format!("answered by {by}")),
-            Outcome::NoRoute { status, message } | Outcome::Refused { status, message } => {
-                line(format!("voxgate answers {status}: {message}"))
-            }
-            Outcome::Routed { .. } => {}
+        if let Outcome::Answered { by } = &self.outcome {
+            line(format!("answered by {by}"));
         }
         if let Some(route) = &self.route {
             line(format!("route at line {} matches:", route.line));
@@ -469,8 +466,16 @@ impl Explanation {
                 ));
             }
             if let Some(request) = &u.request {
+                if u.endpoints.len() > 1 {
+                    line("   (to the endpoint the pool picks; shown for its first available primary)".into());
+                }
                 request_text(request, &mut line);
             }
+        }
+        if let Outcome::NoRoute { status, message } | Outcome::Refused { status, message } =
+            &self.outcome
+        {
+            line(format!("voxgate answers {status}: {message}"));
         }
         for list in self.lists.iter().flatten() {
             line(format!("{}:", list.name));
@@ -1259,11 +1264,19 @@ async fn explain_in(
         }
     }
     if attempt == 0 {
-        let why: Vec<String> = reports
+        // The server's own refusal, with the attempts it would have recorded.
+        let attempts: Vec<Attempt> = route
+            .to
             .iter()
-            .map(|r| format!("{}: {}", r.name, r.unsuitable.as_deref().unwrap_or("?")))
+            .zip(&reports)
+            .map(|(&index, r)| Attempt {
+                upstream: r.name.clone(),
+                upstream_index: index as u32,
+                result: AttemptResult::Unsuitable(r.unsuitable.clone().unwrap_or_default()),
+                elapsed: std::time::Duration::ZERO,
+            })
             .collect();
-        let e = crate::gateway::forward::Exhausted::Unsuitable(why.join("; "));
+        let e = Exhausted::Unsuitable(summary(&attempts));
         explanation.outcome = refused(&GatewayError::Upstreams(e));
     }
     explanation.upstreams = reports;
