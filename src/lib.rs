@@ -2,7 +2,7 @@
 //!
 //! Layout, top of the request path first; a module imports only modules below it:
 //! - [`service`]    the daemon: runtime, listeners, signals (SIGHUP reloads), `notify`
-//!   (systemd), `watch` (`watch_config`), `control` (`voxgate reload`).
+//!   (systemd), `watch` (`watch_config`), `control` (`voxgate reload`, `explain --live`).
 //! - [`server`]     accept loop, HTTP/1.1 + HTTP/2, plain or TLS, graceful shutdown;
 //!   `inline_wake`: a connection's wake-ups to itself taken at once for small bodies;
 //!   `linger`: a closing connection's unread upload drained (lingering close).
@@ -10,7 +10,8 @@
 //!   respond → observe), `classify`, `admin` (/health /ready /status /metrics /reload),
 //!   `discovery`, `forward` (the fallback loop and its one decision), `respond`,
 //!   `request_id`; `reload` (a new config compiled beside the old, unchanged upstreams
-//!   shared, swapped whole).
+//!   shared, swapped whole); `explain` (`voxgate explain`: classify, intake, route and
+//!   each upstream's request, reported instead of sent).
 //! - [`telemetry`]  each request's `record`, the `observe`rs told once at its end: the
 //!   `access_log` and the `metrics` (Prometheus, `/metrics`), whose `labels` are laid out
 //!   when a configuration is compiled.

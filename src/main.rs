@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use voxgate::config::{Config, DEFAULT_TOML};
+use voxgate::config::{Config, DEFAULT_NAME, DEFAULT_TOML};
+use voxgate::gateway::explain::{ConfigSource, Live, Question};
 use voxgate::gateway::reload::Source;
 use voxgate::service::{self, control, Options};
 
@@ -42,6 +43,31 @@ enum Command {
     PrintConfig,
     /// Make a running voxgate reload its configuration file.
     Reload(ReloadArgs),
+    /// Show what voxgate would do with a request, without sending it: the route, why the
+    /// routes before it do not match, and the request each upstream would get.
+    Explain(ExplainArgs),
+}
+
+/// `voxgate explain speech model=tts-1 voice=af_sky input=hi`,
+/// `voxgate explain transcriptions model=whisper-1 file=@clip.wav`,
+/// `voxgate explain other GET /v1/models`.
+#[derive(Args)]
+struct ExplainArgs {
+    /// speech, transcriptions, translations, or other (then METHOD PATH).
+    endpoint: String,
+    /// Fields: key=value (a string), key:=json (a number, a boolean, an object), key=@path
+    /// (a file part); for `other`, the method and path come first.
+    words: Vec<String>,
+    /// A client header, `name: value` (repeatable); keys are never printed.
+    #[arg(long = "header", short = 'H', value_name = "LINE")]
+    headers: Vec<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Read up and ejected upstreams from a running voxgate's admin listener
+    /// (`GET URL/status`), e.g. http://127.0.0.1:9001.
+    #[arg(long, value_name = "URL")]
+    live: Option<String>,
 }
 
 /// `voxgate reload --pid-file F` sends SIGHUP to the process that wrote F;
@@ -99,6 +125,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Command::Explain(args)) => explain(cli.config.as_ref(), args),
         None => match load(cli.config.as_ref()) {
             Err(e) => {
                 eprintln!("{e}");
@@ -124,5 +151,58 @@ fn main() -> ExitCode {
                 }
             }
         },
+    }
+}
+
+/// `voxgate explain`: 0 when a route takes the request, 1 when none does (or voxgate
+/// refuses it), 2 when the question or the configuration is wrong.
+fn explain(config_path: Option<&PathBuf>, args: ExplainArgs) -> ExitCode {
+    let usage = |e: &dyn std::fmt::Display| {
+        eprintln!("voxgate explain: {e}");
+        ExitCode::from(2)
+    };
+    let question = match Question::parse(&args.endpoint, &args.words, &args.headers) {
+        Ok(q) => q,
+        Err(e) => return usage(&e),
+    };
+    let config = match load(config_path) {
+        Ok(c) => c,
+        Err(e) => return usage(&e),
+    };
+    let live = match args.live {
+        None => None,
+        Some(url) => match control::admin_status(&url) {
+            Ok(status) => Some(Live {
+                url: url.trim_end_matches('/').to_string(),
+                status,
+            }),
+            Err(e) => return usage(&e),
+        },
+    };
+    let (name, text) = match config_path {
+        Some(p) => (p.display().to_string(), std::fs::read_to_string(p).ok()),
+        None => (DEFAULT_NAME.to_string(), Some(DEFAULT_TOML.to_string())),
+    };
+    let source = ConfigSource {
+        name: &name,
+        text: text.as_deref(),
+    };
+    match voxgate::gateway::explain::explain(config, source, &question, live.as_ref()) {
+        Ok(explanation) => {
+            if args.json {
+                match serde_json::to_string_pretty(&explanation) {
+                    Ok(json) => println!("{json}"),
+                    Err(e) => return usage(&e),
+                }
+            } else {
+                print!("{}", explanation.text());
+            }
+            if explanation.matched() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => usage(&e),
     }
 }

@@ -100,6 +100,39 @@ impl Pattern {
     pub fn literals(&self) -> impl Iterator<Item = &str> {
         self.literals.iter().map(String::as_str)
     }
+
+    /// Every alternative as written, literals first: for messages.
+    pub fn alternatives(&self) -> Vec<&str> {
+        self.literals()
+            .chain(self.globs.iter().map(|g| g.glob().glob()))
+            .collect()
+    }
+}
+
+/// One `match` key a request does not satisfy, for `voxgate explain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub key: &'static str,
+    /// What the key asks for, as written (alternatives joined by ` | `).
+    pub wanted: String,
+    /// What the request has; `None` when it has no such field.
+    pub found: Option<String>,
+}
+
+fn field_mismatch(
+    key: &'static str,
+    pattern: &Option<Pattern>,
+    value: Option<&str>,
+) -> Option<Mismatch> {
+    let pattern = pattern.as_ref()?;
+    match value {
+        Some(v) if pattern.matches(v) => None,
+        _ => Some(Mismatch {
+            key,
+            wanted: pattern.alternatives().join(" | "),
+            found: value.map(str::to_string),
+        }),
+    }
 }
 
 /// A compiled `match` table: every key present must match.
@@ -133,6 +166,46 @@ impl Matcher {
             && field_matches(&self.model, facts.model)
             && field_matches(&self.voice, facts.voice)
             && field_matches(&self.response_format, facts.response_format)
+    }
+
+    /// Every key that keeps this matcher from taking the request: empty exactly when
+    /// [`Matcher::matches`] is true. Slower (it allocates); for `voxgate explain`.
+    pub fn mismatches(&self, facts: &RequestFacts<'_>) -> Vec<Mismatch> {
+        let mut out = Vec::new();
+        if let Some(endpoints) = &self.endpoints {
+            if !endpoints.contains(&facts.operation) {
+                let names: Vec<&str> = endpoints.iter().map(|e| e.name()).collect();
+                out.push(Mismatch {
+                    key: "endpoint",
+                    wanted: names.join(" | "),
+                    found: Some(facts.operation.name().to_string()),
+                });
+            }
+        }
+        if let Some(stream) = self.stream {
+            if stream != facts.stream {
+                out.push(Mismatch {
+                    key: "stream",
+                    wanted: stream.to_string(),
+                    found: Some(facts.stream.to_string()),
+                });
+            }
+        }
+        let fields = [
+            ("method", &self.method, Some(facts.method.as_str())),
+            ("path", &self.path, Some(facts.path)),
+            ("model", &self.model, facts.model),
+            ("voice", &self.voice, facts.voice),
+            (
+                "response_format",
+                &self.response_format,
+                facts.response_format,
+            ),
+        ];
+        for (key, pattern, value) in fields {
+            out.extend(field_mismatch(key, pattern, value));
+        }
+        out
     }
 }
 
@@ -423,6 +496,12 @@ mod tests {
              [[routes]]\nmatch = { method = \"GET\" }\nto = [\"b\"]\n",
         );
         let scan = |f: &RequestFacts<'_>| r.routes().iter().position(|x| x.matcher.matches(f));
+        // `explain`'s reasons agree with the matcher on every route.
+        let reasons_agree = |f: &RequestFacts<'_>| {
+            r.routes()
+                .iter()
+                .all(|x| x.matcher.matches(f) == x.matcher.mismatches(f).is_empty())
+        };
         let mut checked = 0;
         for endpoint in Operation::ALL {
             for model in [
@@ -447,6 +526,7 @@ mod tests {
                                     stream,
                                 };
                                 assert_eq!(found(&r, &f), scan(&f), "{f:?}");
+                                assert!(reasons_agree(&f), "{f:?}");
                                 checked += 1;
                             }
                         }
@@ -455,6 +535,31 @@ mod tests {
             }
         }
         assert_eq!(checked, 4 * 6 * 3 * 3 * 2 * 2);
+    }
+
+    #[test]
+    fn mismatches_name_each_key_with_what_it_wants() {
+        let r = router(
+            "[[routes]]\nmatch = { endpoint = \"speech\", model = [\"tts-1\", \"gpt-*\"], voice = \"af_*\" }\nto = [\"a\"]\n",
+        );
+        let m = &r.routes()[0].matcher;
+        assert!(m.mismatches(&speech("tts-1", "af_sky")).is_empty());
+        assert_eq!(
+            m.mismatches(&speech("kokoro", "af_sky")),
+            [Mismatch {
+                key: "model",
+                wanted: "tts-1 | gpt-*".into(),
+                found: Some("kokoro".into()),
+            }]
+        );
+        let keys: Vec<&str> = m
+            .mismatches(&transcription("whisper-1", false))
+            .iter()
+            .map(|x| x.key)
+            .collect();
+        assert_eq!(keys, ["endpoint", "model", "voice"]);
+        let voice = &m.mismatches(&transcription("tts-1", false))[1];
+        assert_eq!(voice.found, None, "a transcription has no voice");
     }
 
     #[test]

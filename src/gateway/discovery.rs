@@ -27,7 +27,7 @@ const MAX_LIST: usize = 1024 * 1024;
 
 /// The routed upstreams, each once, in route order; with `speech_only`, only those a
 /// speech request can reach.
-fn routed(routes: &[RouteConfig], speech_only: bool) -> Vec<usize> {
+pub(crate) fn routed(routes: &[RouteConfig], speech_only: bool) -> Vec<usize> {
     let mut out = Vec::new();
     for route in routes {
         let reaches_speech = route
@@ -47,6 +47,19 @@ fn routed(routes: &[RouteConfig], speech_only: bool) -> Vec<usize> {
     out
 }
 
+/// The client's headers for a live list request: they carry its key (passed on or
+/// replaced as the upstream is configured), but not its Accept-Encoding: voxgate reads
+/// this answer itself.
+pub(crate) fn list_headers(client: &HeaderMap) -> HeaderMap {
+    let mut headers = client.clone();
+    headers.remove(http::header::ACCEPT_ENCODING);
+    headers.insert(
+        http::header::ACCEPT,
+        HeaderValue::from_static("application/json"),
+    );
+    headers
+}
+
 /// GETs `path` from one available endpoint of `upstream`, as JSON.
 async fn fetch(
     upstream: &Upstream,
@@ -55,14 +68,7 @@ async fn fetch(
     request_id: &HeaderValue,
 ) -> Option<Value> {
     let picked = upstream.pool.pick(false)?;
-    // The client's headers carry its key (passed on or replaced as the upstream is
-    // configured), but its Accept-Encoding must not: voxgate reads this answer itself.
-    let mut headers = headers.clone();
-    headers.remove(http::header::ACCEPT_ENCODING);
-    headers.insert(
-        http::header::ACCEPT,
-        HeaderValue::from_static("application/json"),
-    );
+    let headers = list_headers(headers);
     let timeout = LIST_TIMEOUT.min(upstream.config.response_timeout);
     let read = async {
         let response = upstream

@@ -16,8 +16,10 @@ use std::time::Duration;
 // The route deadline and the per-try timeout (`tokio::time::timeout`) read the same clock.
 use tokio::time::Instant;
 
+use std::borrow::Cow;
+
 use crate::upstream::connections::UpstreamBody;
-use http::{Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 
 use crate::engine::dialect::{Convert, Dialect};
 use crate::engine::errors::error_detail;
@@ -169,8 +171,9 @@ pub struct Served {
     pub convert: Convert,
 }
 
-/// The edits for sending `payload` to `upstream`, or why it cannot go there.
-fn edits_for<'a>(
+/// The edits for sending `payload` to `upstream`, or why it cannot go there (`explain`
+/// asks the same question).
+pub(crate) fn edits_for<'a>(
     upstream: &'a Upstream,
     route: &'a RouteConfig,
     endpoint: Operation,
@@ -215,10 +218,10 @@ pub async fn forward(
     if suitable.is_empty() {
         return Err(Exhausted::Unsuitable(summary(attempts)));
     }
-    let all_down = !suitable.iter().any(|(_, _, up)| *up);
+    let all_down = none_up(suitable.iter().map(|(_, _, up)| *up));
     let mut to_try = Vec::with_capacity(suitable.len());
     for (index, edits, up) in suitable {
-        if all_down || up {
+        if is_tried(up, all_down) {
             to_try.push((index, edits));
         } else {
             attempts.push(not_tried(upstreams, index, AttemptResult::Skipped));
@@ -262,23 +265,14 @@ pub async fn forward(
             continue;
         };
         let path = upstream_path(&upstream.config.dialect, head);
-        // An answer voxgate converts is one it reads: it must not come compressed.
-        let identity;
-        let headers = if edits.convert == Convert::None {
-            head.client.headers
-        } else {
-            let mut h = head.client.headers.clone();
-            h.remove(http::header::ACCEPT_ENCODING);
-            identity = h;
-            &identity
-        };
+        let headers = client_headers(edits.convert, head.client.headers);
         let result = upstream
             .send(
                 picked.index,
                 timeout,
                 &ClientRequest {
                     path_and_query: &path,
-                    headers,
+                    headers: &headers,
                     ..head.client
                 },
                 || payload.render(&edits),
@@ -367,9 +361,34 @@ pub async fn forward(
     })
 }
 
+/// Whether no suitable upstream has an available endpoint: then every one is tried anyway.
+pub(crate) fn none_up(up: impl IntoIterator<Item = bool>) -> bool {
+    !up.into_iter().any(|up| up)
+}
+
+/// Whether a suitable upstream is tried: when it is up, or when none is.
+pub(crate) fn is_tried(up: bool, none_up: bool) -> bool {
+    none_up || up
+}
+
+/// The client's headers as they go to an upstream with this conversion (before
+/// [`Upstream`]'s own selection): an answer voxgate converts is one it reads, so it must
+/// not come compressed.
+pub(crate) fn client_headers(convert: Convert, client: &HeaderMap) -> Cow<'_, HeaderMap> {
+    if convert == Convert::None {
+        return Cow::Borrowed(client);
+    }
+    let mut h = client.clone();
+    h.remove(http::header::ACCEPT_ENCODING);
+    Cow::Owned(h)
+}
+
 /// The path and query an upstream gets: its dialect's own path for the endpoint, if it
 /// has one (whisper.cpp's `/inference`), else the client's.
-fn upstream_path<'a>(dialect: &Dialect, head: &RequestHead<'a>) -> std::borrow::Cow<'a, str> {
+pub(crate) fn upstream_path<'a>(
+    dialect: &Dialect,
+    head: &RequestHead<'a>,
+) -> std::borrow::Cow<'a, str> {
     match dialect.path(head.operation) {
         None => head.client.path_and_query.into(),
         Some(path) => match head.client.path_and_query.split_once('?') {

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod classify;
 pub mod discovery;
+pub mod explain;
 pub mod forward;
 pub mod phases;
 pub mod reload;

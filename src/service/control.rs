@@ -1,6 +1,7 @@
 //! `voxgate reload`: tells a running voxgate to reload its configuration, by signal (the
 //! process named by a pid file gets SIGHUP) or over HTTP (`POST /reload` on its admin
-//! listener, which answers with what changed or what is wrong in the file).
+//! listener, which answers with what changed or what is wrong in the file); and reads a
+//! running voxgate's `/status` for `voxgate explain --live`.
 
 use std::path::Path;
 
@@ -29,7 +30,41 @@ pub fn signal_reload(pid_file: &Path) -> Result<String, String> {
 
 /// `POST {admin}/reload`; the answer's JSON, and whether the reload succeeded.
 pub fn admin_reload(admin: &str) -> Result<String, String> {
-    let url: http::Uri = format!("{}/reload", admin.trim_end_matches('/'))
+    let (url, status, body) = ask_admin(admin, http::Method::POST, "/reload")?;
+    let json = serde_json::from_slice::<serde_json::Value>(&body).ok();
+    // A refused file's errors are printed as voxgate check prints them, a line each.
+    if let Some(error) = json.as_ref().and_then(|v| v["error"].as_str()) {
+        return Err(format!("the configuration was NOT reloaded:\n{error}"));
+    }
+    let shown = json
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+    if status.is_success() {
+        Ok(shown)
+    } else {
+        Err(format!("{url} answered {status}:\n{shown}"))
+    }
+}
+
+/// `GET {admin}/status`, for `voxgate explain --live`: the pools as the running voxgate
+/// sees them.
+pub fn admin_status(admin: &str) -> Result<serde_json::Value, String> {
+    let (url, status, body) = ask_admin(admin, http::Method::GET, "/status")?;
+    if !status.is_success() {
+        return Err(format!(
+            "{url} answered {status}: is it the admin listener (`server.admin_listen`)?"
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("{url}: the answer is not JSON: {e}"))
+}
+
+/// One request to an admin listener, within 60 s: its URL, the answer's status and body.
+fn ask_admin(
+    admin: &str,
+    method: http::Method,
+    path: &str,
+) -> Result<(http::Uri, http::StatusCode, bytes::Bytes), String> {
+    let url: http::Uri = format!("{}{path}", admin.trim_end_matches('/'))
         .parse()
         .map_err(|e| format!("`{admin}` is not a URL: {e}"))?;
     if url.scheme_str() != Some("http") {
@@ -43,7 +78,9 @@ pub fn admin_reload(admin: &str) -> Result<String, String> {
         .map_err(|e| format!("cannot start a runtime: {e}"))?;
     runtime.block_on(async move {
         let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
-        let request = http::Request::post(url.clone())
+        let request = http::Request::builder()
+            .method(method)
+            .uri(url.clone())
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
         let ask = async {
@@ -63,18 +100,6 @@ pub fn admin_reload(admin: &str) -> Result<String, String> {
         let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(60), ask)
             .await
             .map_err(|_| format!("{url}: no answer within 60 s"))??;
-        let json = serde_json::from_slice::<serde_json::Value>(&body).ok();
-        // A refused file's errors are printed as voxgate check prints them, a line each.
-        if let Some(error) = json.as_ref().and_then(|v| v["error"].as_str()) {
-            return Err(format!("the configuration was NOT reloaded:\n{error}"));
-        }
-        let shown = json
-            .and_then(|v| serde_json::to_string_pretty(&v).ok())
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        if status.is_success() {
-            Ok(shown)
-        } else {
-            Err(format!("{url} answered {status}:\n{shown}"))
-        }
+        Ok((url, status, body))
     })
 }

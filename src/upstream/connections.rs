@@ -85,6 +85,12 @@ pub struct Connections {
     slots: Box<[Arc<Slot>]>,
 }
 
+/// The part of an endpoint URL put in front of every request path: its path, without
+/// its trailing `/`.
+pub fn path_prefix(url: &Uri) -> &str {
+    url.path().trim_end_matches('/')
+}
+
 /// One endpoint: where to connect, and its connections that wait for a request.
 struct Slot {
     /// Scheme and authority only: what the connector is given.
@@ -129,7 +135,7 @@ impl Slot {
             origin,
             scheme,
             host,
-            prefix: url.path().trim_end_matches('/').to_string(),
+            prefix: path_prefix(url).to_string(),
             idle: Mutex::new(Vec::new()),
             shared: Mutex::new(None),
         })

@@ -186,18 +186,23 @@ pub fn request_head(
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     });
-    // A GET, HEAD, DELETE or OPTIONS without a body says nothing of one (RFC 9110 §8.6).
-    let bodiless = matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
-    );
-    if content_length > 0 || !bodiless {
+    if says_length(method, content_length) {
         head.extend_from_slice(b"content-length: ");
         head.extend_from_slice(itoa::Buffer::new().format(content_length).as_bytes());
         head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"\r\n");
     head
+}
+
+/// Whether a request carries a Content-Length: a GET, HEAD, DELETE or OPTIONS without a
+/// body says nothing of one (RFC 9110 §8.6); any other request does.
+pub fn says_length(method: &Method, content_length: u64) -> bool {
+    let bodiless = matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+    );
+    content_length > 0 || !bodiless
 }
 
 /// Whether `target` can go on a request line as it is: visible ASCII only, so no space,

@@ -193,8 +193,9 @@ impl Upstream {
     /// configured. (Host and Content-Length come from the connection.)
     ///
     /// What travels is picked in one pass, in the client's order; for HTTP/1 it is
-    /// written straight into the request head, with no header map built.
-    fn headers(
+    /// written straight into the request head, with no header map built. (`explain`
+    /// shows what this picks.)
+    pub(crate) fn headers(
         &self,
         client: &HeaderMap,
         request_id: &HeaderValue,
