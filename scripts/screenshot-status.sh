@@ -103,9 +103,9 @@ for _ in $(seq 100); do
 done
 
 if [[ -n "${api_port:-}" ]]; then
-    # Bounded: a few dozen requests over about ten seconds, while the page watches.
+    # Bounded: 240 requests over about fifteen seconds, while the page watches.
     (
-        for i in $(seq 40); do
+        for i in $(seq 60); do
             for model in tts-1 tts-1 tts-busy tts-gone; do
                 curl -s -o /dev/null "http://127.0.0.1:$api_port/v1/audio/speech" \
                     -H 'content-type: application/json' \
@@ -115,9 +115,11 @@ if [[ -n "${api_port:-}" ]]; then
         done
     ) &
     pids+=($!)
-    sleep 6
 fi
 
 mkdir -p "$(dirname "$out")"
-"$python" "$repo/tests/sdk/status_page.py" shot "http://127.0.0.1:$admin_port/ui" "$out"
+# In the demonstration the page watches the requests go through for 14 s.
+watch=0
+[[ -n "${api_port:-}" ]] && watch=14
+"$python" "$repo/tests/sdk/status_page.py" shot "http://127.0.0.1:$admin_port/ui" "$out" "$watch"
 echo "wrote $out"

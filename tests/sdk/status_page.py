@@ -17,8 +17,10 @@ Two ways to run it:
                                             loads, CSP violations
       {"screenshot": PATH}                  write a PNG of the whole page
       {"quit": true}
-  status_page.py shot URL PATH  load URL, wait until the page has read voxgate a few
-                                times, write a PNG of it; exit 1 on a console error.
+  status_page.py shot URL PATH [SECONDS]
+                                load URL, wait until the page has read voxgate a few
+                                times and SECONDS more (0 if not given), write a PNG of
+                                it; exit 1 on a console error.
 """
 
 import base64
@@ -239,7 +241,7 @@ def serve():
         browser.close()
 
 
-def shot(url, path):
+def shot(url, path, seconds):
     browser = start()
     try:
         browser.open(url)
@@ -247,6 +249,7 @@ def shot(url, path):
         if not ready["ok"]:
             print(f"the page did not read voxgate: {ready}", file=sys.stderr)
             return 1
+        time.sleep(seconds)
         print(json.dumps(browser.screenshot(path)))
         browser.evaluate("0")
         for error in browser.errors:
@@ -259,8 +262,8 @@ def shot(url, path):
 if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
         serve()
-    elif sys.argv[1:2] == ["shot"] and len(sys.argv) == 4:
-        sys.exit(shot(sys.argv[2], sys.argv[3]))
+    elif sys.argv[1:2] == ["shot"] and len(sys.argv) in (4, 5):
+        sys.exit(shot(sys.argv[2], sys.argv[3], float(sys.argv[4]) if len(sys.argv) == 5 else 0))
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(2)
