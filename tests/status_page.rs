@@ -267,6 +267,33 @@ async fn in_chromium_the_page_shows_an_upstream_going_down_and_its_charts_moving
         json!(["primary", "backup"]),
         "the last route's chain"
     );
+    // The page's reading of the exposition format and of histogram buckets.
+    let parsed = browser
+        .eval(r#"parseMetrics('# HELP a x\na_total{x="q\\"z",le="+Inf"} 3\nb 2.5\n')"#)
+        .await;
+    assert_eq!(
+        parsed,
+        json!([
+            {"name": "a_total", "labels": {"x": "q\"z", "le": "+Inf"}, "value": 3},
+            {"name": "b", "labels": {}, "value": 2.5},
+        ])
+    );
+    let quantiles = browser
+        .eval(
+            "(() => { \
+               const now = new Map([[0.001, 0], [0.0025, 10], [0.005, 20], [Infinity, 20]]); \
+               const then = new Map([[0.001, 0], [0.0025, 10], [0.005, 10], [Infinity, 10]]); \
+               return [quantile(0.5, now, null), quantile(0.5, now, then), \
+                       quantile(0.5, then, then), quantile(1, new Map([[0.001, 0], [Infinity, 4]]), null)]; \
+             })()",
+        )
+        .await;
+    assert_eq!(
+        quantiles,
+        json!([0.0025, 0.00375, null, 0.001]),
+        "p50 at a bucket's edge, inside the bucket of the window's requests, none in an \
+         empty window, the last finite bound above it"
+    );
     let header = browser
         .eval("document.querySelector('header').textContent")
         .await;
