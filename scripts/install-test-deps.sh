@@ -2,7 +2,8 @@
 # Installs what the tests need: the OpenAI SDKs the end-to-end tests drive (openai-python
 # into target/sdk-venv, openai-node into tests/sdk/node/node_modules), voice-mode into
 # target/voicemode-venv, and the Debian packages that voice-mode's audio libraries,
-# voxgate's jemalloc build and tests/packaging.rs (systemd-analyze, from systemd) need
+# voxgate's jemalloc build, tests/packaging.rs (systemd-analyze, from systemd) and
+# tests/status_page.rs (a headless chromium, driven over its DevTools protocol) need
 # (apt-get, as root or through sudo).
 # Idempotent: each step is skipped while its lock file is unchanged.
 set -euo pipefail
@@ -43,8 +44,9 @@ vm_requirements="$repo/tests/voicemode/requirements.txt"
 vm_constraints="$repo/tests/voicemode/constraints.txt"
 missing=()
 # gcc and make also build jemalloc (tikv-jemalloc-sys), voxgate's allocator; systemd
-# brings systemd-analyze, which checks packaging/systemd/voxgate.service.
-for pkg in libportaudio2 libasound2-dev gcc make systemd; do
+# brings systemd-analyze, which checks packaging/systemd/voxgate.service; chromium loads
+# the status page in tests/status_page.rs and scripts/screenshot-status.sh.
+for pkg in libportaudio2 libasound2-dev gcc make systemd chromium; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then

@@ -8,13 +8,13 @@
 //!   `linger`: a closing connection's unread upload drained (lingering close).
 //! - [`gateway`]    the request path: `phases` (admit → classify → intake → route → forward →
 //!   respond → observe), `classify`, `admin` (/health /ready /status /metrics /reload),
-//!   `discovery`, `forward` (the fallback loop and its one decision), `respond`,
+//!   `ui` (the status page, /ui), `discovery`, `forward` (the fallback loop and its one decision), `respond`,
 //!   `request_id`; `reload` (a new config compiled beside the old, unchanged upstreams
 //!   shared, swapped whole); `explain` (`voxgate explain`: classify, intake, route and
 //!   each upstream's request, reported instead of sent).
 //! - [`telemetry`]  each request's `record`, the `observe`rs told once at its end: the
-//!   `access_log` and the `metrics` (Prometheus, `/metrics`), whose `labels` are laid out
-//!   when a configuration is compiled.
+//!   `access_log`, the `metrics` (Prometheus, `/metrics`), whose `labels` are laid out
+//!   when a configuration is compiled, and `recent_errors` (the status page's list).
 //! - [`upstream`]   an upstream and how a request is sent to it: `pool` (balancing,
 //!   ejection), `health`, `connections` (keep-alive), `h1` (voxgate's HTTP/1.1 client),
 //!   `tls`, `error` (one error type with a kind).

@@ -101,11 +101,15 @@ impl Pattern {
         self.literals.iter().map(String::as_str)
     }
 
-    /// Every alternative as written, literals first: for messages.
-    pub fn alternatives(&self) -> Vec<&str> {
+    /// Every alternative as it was written: the literals, then the globs.
+    pub fn written(&self) -> impl Iterator<Item = &str> {
         self.literals()
             .chain(self.globs.iter().map(|g| g.glob().glob()))
-            .collect()
+    }
+
+    /// [`Pattern::written`], collected: for messages.
+    pub fn alternatives(&self) -> Vec<&str> {
+        self.written().collect()
     }
 }
 
@@ -152,6 +156,40 @@ fn field_matches(pattern: &Option<Pattern>, value: Option<&str>) -> bool {
         (None, _) => true,
         (Some(p), Some(v)) => p.matches(v),
         (Some(_), None) => false,
+    }
+}
+
+/// The match as one line, for people (the status page): `endpoint = speech, model =
+/// tts-1 | gpt-*`; `any request` for an empty one.
+impl std::fmt::Display for Matcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut keys: Vec<String> = Vec::new();
+        if let Some(endpoints) = &self.endpoints {
+            let names: Vec<&str> = endpoints.iter().map(|e| e.name()).collect();
+            keys.push(format!("endpoint = {}", names.join(" | ")));
+        }
+        let patterns = [
+            ("method", &self.method),
+            ("path", &self.path),
+            ("model", &self.model),
+            ("voice", &self.voice),
+            ("response_format", &self.response_format),
+        ];
+        for (key, pattern) in patterns {
+            if let Some(p) = pattern {
+                keys.push(format!(
+                    "{key} = {}",
+                    p.written().collect::<Vec<_>>().join(" | ")
+                ));
+            }
+        }
+        if let Some(stream) = self.stream {
+            keys.push(format!("stream = {stream}"));
+        }
+        match keys.is_empty() {
+            true => f.write_str("any request"),
+            false => f.write_str(&keys.join(", ")),
+        }
     }
 }
 
@@ -427,6 +465,21 @@ mod tests {
         );
         assert_eq!(found(&r, &speech("tts-1", "af_sky")), Some(0));
         assert_eq!(found(&r, &speech("tts-1", "alloy")), Some(1));
+    }
+
+    #[test]
+    fn a_match_reads_as_one_line() {
+        let r = router(
+            "[[routes]]\nmatch = { endpoint = [\"transcriptions\", \"translations\"], model = [\"whisper-*\", \"whisper-1\"], stream = true }\nto = [\"a\"]\n[[routes]]\nto = [\"b\"]\n",
+        );
+        let lines: Vec<String> = r.routes().iter().map(|r| r.matcher.to_string()).collect();
+        assert_eq!(
+            lines,
+            [
+                "endpoint = transcriptions | translations, model = whisper-1 | whisper-*, stream = true",
+                "any request",
+            ]
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! voxgate's own endpoints: `/health` (and `/`), `/ready`, `/status`, `/metrics` and
 //! `POST /reload`, answered without an upstream. With `server.admin_listen` set, `/ready`,
-//! `/status` and `/metrics` are served on the admin listener only; `/reload` is never
-//! served on the API listener.
+//! `/status` and `/metrics` are served on the admin listener only (as is the status page,
+//! `ui.rs`, which reads them); `/reload` is never served on the API listener.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,6 +11,7 @@ use crate::body::{full, ProxyBody};
 use crate::gateway::reload::{Reloaded, Reloads};
 use crate::gateway::{Gateway, Runtime};
 use crate::telemetry::metrics::{State, CONTENT_TYPE};
+use crate::telemetry::recent_errors::RecentErrors;
 
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
     let mut response = Response::new(full(value.to_string()));
@@ -85,9 +86,14 @@ pub fn reloaded(result: Result<Reloaded, String>) -> Response<ProxyBody> {
     }
 }
 
-/// `/status`: the pools as they are now, and where the configuration came from. Shows
-/// upstream URLs, never keys.
-pub fn status(runtime: &Runtime, reloads: &Reloads) -> Response<ProxyBody> {
+/// `/status`: the routes and their chains, the pools as they are now, where the
+/// configuration came from, and the last requests that went wrong. Shows upstream URLs,
+/// never keys.
+pub fn status(
+    runtime: &Runtime,
+    reloads: &Reloads,
+    recent_errors: &RecentErrors,
+) -> Response<ProxyBody> {
     let upstreams: Vec<serde_json::Value> = runtime
         .upstreams
         .iter()
@@ -111,8 +117,45 @@ pub fn status(runtime: &Runtime, reloads: &Reloads) -> Response<ProxyBody> {
     });
     json_response(
         StatusCode::OK,
-        &serde_json::json!({ "config": config, "upstreams": upstreams }),
+        &serde_json::json!({
+            "config": config,
+            "routes": routes(runtime),
+            "upstreams": upstreams,
+            "recent_errors": recent_errors.to_json(),
+        }),
     )
+}
+
+/// Each route in file order: its line (the metrics' `route="line:N"`), its match in
+/// words, its upstreams in the order they are tried, and what sends a request on.
+fn routes(runtime: &Runtime) -> Vec<serde_json::Value> {
+    let upstreams = &runtime.upstreams;
+    runtime
+        .router
+        .routes()
+        .iter()
+        .map(|route| {
+            let chain: Vec<&str> = route
+                .to
+                .iter()
+                .filter_map(|&i| upstreams.get(i).map(|u| u.name()))
+                .collect();
+            let fallback = &route.fallback;
+            serde_json::json!({
+                "line": route.line,
+                "name": route.name,
+                "match": route.matcher.to_string(),
+                "to": chain,
+                "fallback_on": {
+                    "connect": fallback.connect,
+                    "timeout": fallback.timeout,
+                    "reset": fallback.reset,
+                    "statuses": fallback.statuses,
+                },
+                "deadline_ms": route.deadline.map(|d| d.as_millis() as u64),
+            })
+        })
+        .collect()
 }
 
 /// `/metrics`: the page, in Prometheus's text exposition format.

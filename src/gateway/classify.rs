@@ -26,6 +26,9 @@ pub enum Target {
     Status,
     /// Prometheus metrics, in the text exposition format.
     Metrics,
+    /// `/ui`: the status page, which reads `/status` and `/metrics` (`/` on the admin
+    /// listener too).
+    Ui,
     /// `POST /reload` (admin listener only): read the configuration file again.
     Reload,
     /// `GET /v1/models` or `GET /v1/audio/voices`: merged over the routed upstreams.
@@ -228,6 +231,7 @@ pub fn classify(method: &Method, path: &str) -> Result<Target, GatewayError> {
         "/ready" => return Ok(Target::Ready),
         "/status" => return Ok(Target::Status),
         "/metrics" => return Ok(Target::Metrics),
+        "/ui" | "/ui/" => return Ok(Target::Ui),
         "/reload" if *method == Method::POST => return Ok(Target::Reload),
         "/reload" => {
             return Err(GatewayError::MethodNotAllowed {
@@ -348,6 +352,8 @@ mod tests {
         assert_eq!(target(Method::GET, "/ready"), Ok(Target::Ready));
         assert_eq!(target(Method::GET, "/status"), Ok(Target::Status));
         assert_eq!(target(Method::GET, "/metrics"), Ok(Target::Metrics));
+        assert_eq!(target(Method::GET, "/ui"), Ok(Target::Ui));
+        assert_eq!(target(Method::GET, "/ui/"), Ok(Target::Ui));
         assert_eq!(
             target(Method::GET, "/v1/metrics"),
             api(Operation::Other, "/v1/metrics"),

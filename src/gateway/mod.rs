@@ -1,7 +1,7 @@
 //! The gateway: one compiled configuration behind an atomic swap, and the request path
 //! through it ([`phases`]: admit → classify → intake → route → forward → respond →
-//! observe), with the admin endpoints ([`admin`]), discovery ([`discovery`]) and the
-//! fallback loop ([`forward`]) it calls.
+//! observe), with the admin endpoints ([`admin`], and the status page they feed,
+//! [`ui`]), discovery ([`discovery`]) and the fallback loop ([`forward`]) it calls.
 //!
 //! Every refusal is a [`GatewayError`] with one status each; the phases use `?`, and the
 //! end of the path turns what they stopped with into an OpenAI-shaped response.
@@ -15,6 +15,7 @@ pub mod phases;
 pub mod reload;
 pub mod request_id;
 pub mod respond;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +35,7 @@ use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::labels::LabelTable;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::observe::{Observers, Trace};
+use crate::telemetry::recent_errors::RecentErrors;
 use crate::upstream::Upstream;
 
 /// Where a request came from, handed by the server to [`Gateway::handle`] with the request
@@ -233,6 +235,8 @@ pub struct Gateway {
     observers: Arc<Observers>,
     /// The second observer, read again by `/metrics`.
     metrics: Arc<Metrics>,
+    /// The third, read again by `/status` (the status page's recent errors).
+    recent_errors: Arc<RecentErrors>,
     /// Where the configuration came from, and how its reloads went.
     reloads: reload::Reloads,
 }
@@ -247,6 +251,7 @@ impl Gateway {
     pub fn from_source(config: Config, source: reload::Source) -> Gateway {
         let budget = Arc::new(MemoryBudget::new(config.server.replay_memory_total));
         let metrics = Arc::new(Metrics::new());
+        let recent_errors = Arc::new(RecentErrors::new());
         Gateway {
             runtime: ArcSwap::from_pointee(Runtime::new(config, budget.clone(), None)),
             budget,
@@ -254,8 +259,10 @@ impl Gateway {
             observers: Arc::new(Observers::new(vec![
                 Box::new(AccessLog),
                 Box::new(metrics.clone()),
+                Box::new(recent_errors.clone()),
             ])),
             metrics,
+            recent_errors,
             reloads: reload::Reloads::new(source),
         }
     }

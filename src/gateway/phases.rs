@@ -3,7 +3,8 @@
 //! ```text
 //!   admit      under the in-flight limit, or 503 + retry-after        (here)
 //!   classify   Host and Transfer-Encoding checked; path + method → an API operation |
-//!              voxgate's own answer (classify.rs, admin.rs, discovery.rs; 400/404/405/501)
+//!              voxgate's own answer (classify.rs, admin.rs, ui.rs, discovery.rs;
+//!              400/404/405/501)
 //!   intake     read the body within limits → Payload                  (request/intake.rs;
 //!              400/408/413/415)
 //!   route      facts from the payload → first matching route          (route.rs; 404)
@@ -33,8 +34,8 @@ use crate::gateway::forward::{forward as try_upstreams, RequestHead, Served};
 use crate::gateway::request_id::request_id;
 use crate::gateway::respond::respond;
 use crate::gateway::{
-    admin, discovery, Admission, Api, Context, Gateway, GatewayError, Handled, Listener, Origin,
-    Runtime, Step, Stop,
+    admin, discovery, ui, Admission, Api, Context, Gateway, GatewayError, Handled, Listener,
+    Origin, Runtime, Step, Stop,
 };
 use crate::request::intake::{read_form, read_json, read_raw, TrackedBody};
 use crate::request::payload::Payload;
@@ -122,7 +123,13 @@ impl Gateway {
         let target = target_of(&head.method, head.uri.path())?;
         let operational = matches!(
             target,
-            Target::Health | Target::Ready | Target::Status | Target::Metrics | Target::Reload
+            Target::Health
+                | Target::Root
+                | Target::Ready
+                | Target::Status
+                | Target::Metrics
+                | Target::Ui
+                | Target::Reload
         );
         let admin_elsewhere = cx.runtime.config.server.admin_listen.is_some();
         let allowed = match cx.listener {
@@ -132,7 +139,10 @@ impl Gateway {
             Listener::Public => {
                 !(matches!(target, Target::Reload)
                     || admin_elsewhere
-                        && matches!(target, Target::Ready | Target::Status | Target::Metrics))
+                        && matches!(
+                            target,
+                            Target::Ready | Target::Status | Target::Metrics | Target::Ui
+                        ))
             }
         };
         if !allowed {
@@ -144,9 +154,13 @@ impl Gateway {
                 cx.trace.record.endpoint = api.operation.name();
                 return Ok(api);
             }
+            // `/` is the status page where only people look (the admin listener), and
+            // the health answer on the API listener, where load balancers do.
+            Target::Root if cx.listener == Listener::Admin => ui::page(),
             Target::Health | Target::Root => admin::health(),
             Target::Ready => admin::readiness(runtime),
-            Target::Status => admin::status(runtime, self.reloads()),
+            Target::Status => admin::status(runtime, self.reloads(), &self.recent_errors),
+            Target::Ui => ui::page(),
             Target::Metrics => admin::metrics(self.metrics_page(runtime)),
             // Boxed: a reload's future is large, and classify's own would grow by it for
             // every request (every state of the request path is moved and copied).

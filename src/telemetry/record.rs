@@ -143,35 +143,40 @@ pub struct Attempt {
     pub elapsed: Duration,
 }
 
+impl Attempt {
+    /// What became of the attempt, without the upstream's name: `503 "busy" (3.0 ms)`.
+    pub fn outcome(&self) -> Outcome<'_> {
+        Outcome(self)
+    }
+}
+
+/// An attempt's outcome, written without its upstream's name.
+pub struct Outcome<'a>(&'a Attempt);
+
 impl fmt::Display for Attempt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ms = self.elapsed.as_secs_f64() * 1000.0;
-        match &self.result {
-            AttemptResult::Answered(s) => {
-                write!(f, "{}: {} ({ms:.1} ms)", self.upstream, s.as_u16())
-            }
+        write!(f, "{}: {}", self.upstream, self.outcome())
+    }
+}
+
+impl fmt::Display for Outcome<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let attempt = self.0;
+        let ms = attempt.elapsed.as_secs_f64() * 1000.0;
+        match &attempt.result {
+            AttemptResult::Answered(s) => write!(f, "{} ({ms:.1} ms)", s.as_u16()),
             AttemptResult::Refused { status, detail } => {
-                write!(f, "{}: answered {}", self.upstream, status.as_u16())?;
+                write!(f, "answered {}", status.as_u16())?;
                 if let Some(d) = detail {
                     write!(f, " \"{d}\"")?;
                 }
                 write!(f, " ({ms:.1} ms)")
             }
-            AttemptResult::Failed(e) => write!(f, "{}: {e} ({ms:.1} ms)", self.upstream),
-            AttemptResult::Skipped => {
-                write!(f, "{}: skipped, no endpoint available", self.upstream)
-            }
-            AttemptResult::NoBudget => {
-                write!(f, "{}: not tried, retry budget exhausted", self.upstream)
-            }
-            AttemptResult::DeadlinePassed => {
-                write!(
-                    f,
-                    "{}: not tried, the route's deadline passed",
-                    self.upstream
-                )
-            }
-            AttemptResult::Unsuitable(why) => write!(f, "{}: not sent, {why}", self.upstream),
+            AttemptResult::Failed(e) => write!(f, "{e} ({ms:.1} ms)"),
+            AttemptResult::Skipped => write!(f, "skipped, no endpoint available"),
+            AttemptResult::NoBudget => write!(f, "not tried, retry budget exhausted"),
+            AttemptResult::DeadlinePassed => write!(f, "not tried, the route's deadline passed"),
+            AttemptResult::Unsuitable(why) => write!(f, "not sent, {why}"),
         }
     }
 }
