@@ -245,7 +245,7 @@ async fn in_chromium_the_page_shows_an_upstream_going_down_and_its_charts_moving
          [upstreams.busy]\nurl = \"{}\"\nhealth = {{ enabled = false }}\neject_after = 1000\n\
          [[routes]]\nmatch = {{ model = \"tts-busy\" }}\nto = [\"busy\", \"backup\"]\n\
          [[routes]]\nmatch = {{ model = \"tts-broken\" }}\nto = [\"busy\"]\n\
-         [[routes]]\nto = [\"primary\", \"backup\"]\n",
+         [[routes]]\nname = \"catch-all\"\nto = [\"primary\", \"backup\"]\n",
         primary.url(),
         HEALTH_INTERVAL.as_millis(),
         backup.url(),
@@ -266,6 +266,14 @@ async fn in_chromium_the_page_shows_an_upstream_going_down_and_its_charts_moving
         chain,
         json!(["primary", "backup"]),
         "the last route's chain"
+    );
+    let named = browser
+        .eval("document.querySelector('#routes tbody tr:last-child td').textContent")
+        .await;
+    assert_eq!(
+        named,
+        json!("catch-all (line 20)"),
+        "a named route shows its name"
     );
     // The page's reading of the exposition format and of histogram buckets.
     let parsed = browser
