@@ -6,14 +6,15 @@
 #
 # Installs nginx, haproxy and wrk with apt-get when they are missing, builds the scripted
 # upstream (examples/bench_upstream.rs) in release mode and voxgate as it is shipped
-# (scripts/build-release.sh: profile-guided), then runs benches/load/run.py. Traffic stays on 127.0.0.1 (ports BENCH_PORT_BASE..+12, default
-# 18400..18412). Every process started is ended on exit, failure included. About 3.5 to 4
+# (scripts/build-release.sh: profile-guided), then runs benches/load/run.py. Traffic stays on 127.0.0.1 (ports BENCH_PORT_BASE..+13, default
+# 18400..18413). Every process started is ended on exit, failure included. About 3.5 to 4
 # minutes of measuring, plus the builds (about 10 minutes when nothing is cached).
 #
 # Knobs (environment): BENCH_RUNS (3), BENCH_SECONDS (5 per wrk run), BENCH_BIG_SECONDS (4),
 # BENCH_PORT_BASE (18400), BENCH_PROXY_CORE (0), BENCH_LOAD_CORE (1), BENCH_VOXGATE_LOG
 # (RUST_LOG for voxgate, default warn: no access log, as nginx and HAProxy run here),
-# BENCH_BUILD (pgo, or plain for a plain `cargo build --release`),
+# BENCH_BUILD (both: the profile-guided build as "voxgate" and the plain one as "voxgate B",
+# measured side by side in every phase; pgo or plain for one of them),
 # BENCH_KEEP_WORKDIR=1 to keep the generated configs, bodies, logs and results.json,
 # BENCH_CHARTS=DIR to draw the results as SVG bar charts there (benches/load/charts.py;
 # benches/README.md embeds the ones in benches/charts/).
@@ -47,7 +48,17 @@ cargo build --release --quiet --example bench_upstream
 target_dir="$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 
-case "${BENCH_BUILD:-pgo}" in
+second=()
+case "${BENCH_BUILD:-both}" in
+    both)
+        # The profile-guided build as "voxgate", the plain one as "voxgate B": both in
+        # every phase of the same run, so that a regression of either shows beside the other.
+        echo "building voxgate as it is shipped (scripts/build-release.sh, profile-guided)" >&2
+        voxgate_bin="$("$root/scripts/build-release.sh" | tail -n 1)"
+        echo "building voxgate B (cargo build --release)" >&2
+        cargo build --release --quiet --bin voxgate
+        second=(--voxgate-b "$target_dir/release/voxgate")
+        ;;
     pgo)
         echo "building voxgate as it is shipped (scripts/build-release.sh, profile-guided)" >&2
         voxgate_bin="$("$root/scripts/build-release.sh" | tail -n 1)"
@@ -58,7 +69,7 @@ case "${BENCH_BUILD:-pgo}" in
         voxgate_bin="$target_dir/release/voxgate"
         ;;
     *)
-        echo "BENCH_BUILD is pgo or plain, not ${BENCH_BUILD}" >&2
+        echo "BENCH_BUILD is both, pgo or plain, not ${BENCH_BUILD}" >&2
         exit 2
         ;;
 esac
@@ -98,7 +109,7 @@ trap 'exit 143' TERM
 load_core="${BENCH_LOAD_CORE:-1}"
 # The orchestrator and its clients sit on the load core; proxies are pinned by run.py.
 taskset -c "$load_core" python3 "$root/benches/load/run.py" \
-    --voxgate "$voxgate_bin" \
+    --voxgate "$voxgate_bin" "${second[@]}" \
     --upstream "$target_dir/release/examples/bench_upstream" \
     --workdir "$workdir" &
 runner=$!

@@ -29,11 +29,12 @@ CHARTS = [
      "Peak RSS, 32 uploads of 25 MiB at a time", "MiB", False),
 ]
 
-ORDER = ["direct", "voxgate", "voxgate, reload 1/s", "nginx", "haproxy"]
+ORDER = ["direct", "voxgate", "voxgate, reload 1/s", "voxgate B", "nginx", "haproxy"]
 COLOURS = {
     "direct": "#9e9e9e",
     "voxgate": "#1565c0",
     "voxgate, reload 1/s": "#64b5f6",
+    "voxgate B": "#7e57c2",
     "nginx": "#2e7d32",
     "haproxy": "#ef6c00",
 }

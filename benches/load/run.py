@@ -35,6 +35,9 @@ STREAM_REPLY_BYTES = 10 * 4 * 1024
 BIG_UPLOAD_BYTES = 25 * MIB
 TARGETS = ["direct", "voxgate", "nginx", "haproxy"]
 PROXIES = ["voxgate", "nginx", "haproxy"]
+# A second voxgate build (--voxgate-b, e.g. the plain build beside the profile-guided one):
+# measured in every phase like the others, in the same runs, and compared with the first.
+SECOND = "voxgate B"
 # The same voxgate process, sent SIGHUP every second while wrk runs (small TTS only): what
 # hot reload costs the requests going through it.
 RELOADING = "voxgate, reload 1/s"
@@ -302,6 +305,7 @@ class Bench:
             "upstream_503": b + 1,
             "dead": b + 9,
             "voxgate": b + 10,
+            SECOND: b + 13,
             "nginx": b + 11,
             "haproxy": b + 12,
         }
@@ -337,6 +341,7 @@ class Bench:
         }
         for name, template, out in [
             ("voxgate", "voxgate.toml.in", "voxgate.toml"),
+            (SECOND, "voxgate.toml.in", "voxgate-b.toml"),
             ("nginx", "nginx.conf.in", "nginx.conf"),
             ("haproxy", "haproxy.cfg.in", "haproxy.cfg"),
         ]:
@@ -384,6 +389,8 @@ class Bench:
         pin = ["taskset", "-c", self.args.proxy_core]
         if name == "voxgate":
             return pin + [self.args.voxgate, "--config", j(self.work, "voxgate.toml")]
+        if name == SECOND:
+            return pin + [self.args.voxgate_b, "--config", j(self.work, "voxgate-b.toml")]
         if name == "nginx":
             return pin + ["nginx", "-c", j(self.work, "nginx.conf"), "-e", j(self.work, "nginx-error.log")]
         if name == "haproxy":
@@ -392,7 +399,7 @@ class Bench:
 
     def proxy_env(self, name):
         env = dict(os.environ)
-        if name == "voxgate":
+        if name in ("voxgate", SECOND):
             # The access log off, as nginx (access_log off) and HAProxy (no log) run here.
             env["RUST_LOG"] = self.args.voxgate_log
         return env
@@ -505,6 +512,17 @@ class Bench:
             self.noise.append(r["noise"])
         return r
 
+    @staticmethod
+    def order(run):
+        """TARGETS for one round: the two voxgate builds swap places every other round, so
+        that neither always follows the same neighbour (an order effect of up to 10 % was
+        seen when one always ran right after direct)."""
+        targets = list(TARGETS)
+        if SECOND in targets and run % 2 == 1:
+            a, b = targets.index("voxgate"), targets.index(SECOND)
+            targets[a], targets[b] = targets[b], targets[a]
+        return targets
+
     def put(self, figure, target, value):
         self.results.setdefault(figure, {})[target] = value
 
@@ -561,7 +579,7 @@ class Bench:
         """(503 case, dead case): path and body per target; direct has no fallback."""
         if target == "direct":
             return None
-        if target == "voxgate":  # routed by model, on the real path
+        if target in ("voxgate", SECOND):  # routed by model, on the real path
             return (SPEECH_PATH, self.bodies["fb503"]), (SPEECH_PATH, self.bodies["fbdead"])
         return (("/fb503" + SPEECH_PATH, self.bodies["fb503"]),
                 ("/fbdead" + SPEECH_PATH, self.bodies["fbdead"]))
@@ -584,7 +602,8 @@ class Bench:
             # without reloads back to back, in turn first, so that neither always follows
             # the same neighbour.
             pair = ["voxgate", RELOADING] if run % 2 == 0 else [RELOADING, "voxgate"]
-            for t in ["direct"] + pair + ["nginx", "haproxy"]:
+            rest = [t for t in self.order(run) if t not in ("direct", "voxgate")]
+            for t in ["direct"] + (pair + rest if run % 2 == 0 else rest[:1] + pair + rest[1:]):
                 r = self.timed(t, SPEECH_PATH, body, "application/json", a.conns, a.seconds)
                 per[t].append(r)
                 cpu = f"{r['cpu_us_per_req']:.1f} µs/req" if r["cpu_us_per_req"] else ""
@@ -632,8 +651,8 @@ class Bench:
 
     def streaming(self):
         samples = {t: [] for t in TARGETS}
-        for _ in range(self.args.runs):
-            for t in TARGETS:
+        for run in range(self.args.runs):
+            for t in self.order(run):
                 samples[t] += self.ttfb_samples(t)
         for t in TARGETS:
             med = statistics.median(samples[t]) * 1e6
@@ -651,7 +670,7 @@ class Bench:
         for t in TARGETS:
             self.wrk(t, UPLOAD_PATH, body, self.multipart_ctype, a.upload_conns, 1)
         for run in range(a.runs):
-            for t in TARGETS:
+            for t in self.order(run):
                 r = self.timed(t, UPLOAD_PATH, body, self.multipart_ctype, a.upload_conns, a.seconds, peak=True)
                 r["mibs"] = r["requests"] * 10 / r["seconds"]
                 per[t].append(r)
@@ -668,7 +687,7 @@ class Bench:
         body = os.path.join(self.work, "upload25.multipart")
         per = {t: [] for t in TARGETS}
         for run in range(a.runs):
-            for t in TARGETS:
+            for t in self.order(run):
                 r = self.timed(t, UPLOAD_PATH, body, self.multipart_ctype, 32, a.big_seconds, peak=True)
                 r["mibs"] = r["requests"] * 25 / r["seconds"]
                 per[t].append(r)
@@ -724,8 +743,9 @@ class Bench:
     HIGHER_IS_BETTER = ("requests/s", "MiB/s")
 
     def table(self):
-        rows = [("figure", "direct", "voxgate", RELOADING, "nginx", "haproxy", "voxgate/direct",
-                 "voxgate/best peer")]
+        second = [SECOND] if SECOND in TARGETS else []
+        rows = [tuple(["figure", "direct", "voxgate", RELOADING] + second
+                      + ["nginx", "haproxy", "voxgate/direct", "voxgate/best peer"])]
 
         def fmt(v):
             if v is None:
@@ -750,8 +770,9 @@ class Bench:
                 r_best = f"{vg - best:+.0f} µs"  # a ratio to zero or less says nothing
             else:
                 r_best = f"{vg / best:.2f}×"
-            rows.append((figure, fmt(d), fmt(vg), fmt(by.get(RELOADING)), fmt(by.get("nginx")),
-                         fmt(by.get("haproxy")), r_direct, r_best))
+            rows.append(tuple([figure, fmt(d), fmt(vg), fmt(by.get(RELOADING))]
+                              + [fmt(by.get(t)) for t in second]
+                              + [fmt(by.get("nginx")), fmt(by.get("haproxy")), r_direct, r_best]))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = []
         for n, r in enumerate(rows):
@@ -779,12 +800,12 @@ class Bench:
                              f"(runs {min(ratios):.2f}–{max(ratios):.2f}×)")
         return lines
 
-    def paired_reload(self):
-        """With a reload every second / without, run by run (the two runs back to back)."""
+    def paired_reload(self, other=RELOADING):
+        """`other` (a reload every second, or the second build) / voxgate, run by run."""
         lines = []
         for figure, runs in self.per_run.items():
-            ratios = [by[RELOADING] / by["voxgate"] for by in runs
-                      if by.get(RELOADING) and by.get("voxgate")]
+            ratios = [by[other] / by["voxgate"] for by in runs
+                      if by.get(other) and by.get("voxgate")]
             if ratios:
                 lines.append(f"  {figure:<40} {statistics.median(ratios):.3f}×  "
                              f"(runs {min(ratios):.3f}–{max(ratios):.3f}×)")
@@ -847,6 +868,11 @@ class Bench:
             print("voxgate / best peer, run by run (median of the per-run ratios):")
             print("\n".join(paired))
             print()
+        builds = self.paired_reload(SECOND)
+        if builds:
+            print(f"{SECOND} ({self.args.voxgate_b}) / voxgate ({self.args.voxgate}), run by run:")
+            print("\n".join(builds))
+            print()
         reload = self.paired_reload()
         if reload:
             print("voxgate with a reload every second / without, run by run (median of the per-run ratios):")
@@ -875,6 +901,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     env = os.environ.get
     p.add_argument("--voxgate", required=True)
+    p.add_argument("--voxgate-b", help="a second voxgate build, measured beside the first")
     p.add_argument("--upstream", required=True)
     p.add_argument("--workdir", required=True)
     p.add_argument("--port-base", type=int, default=int(env("BENCH_PORT_BASE", "18400")))
@@ -896,6 +923,9 @@ def main():
             sys.exit(f"--{n.replace('_', '-')} must be between 1 and 30")
     # SIGTERM (load.sh's trap, a CI timeout) unwinds like Ctrl-C, so every process is ended.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.voxgate_b:
+        TARGETS.insert(2, SECOND)
+        PROXIES.insert(1, SECOND)
     Bench(args).run()
 
 
