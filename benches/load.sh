@@ -7,8 +7,8 @@
 # Installs nginx, haproxy and wrk with apt-get when they are missing, builds the scripted
 # upstream (examples/bench_upstream.rs) in release mode and voxgate as it is shipped
 # (scripts/build-release.sh: profile-guided), then runs benches/load/run.py. Traffic stays on 127.0.0.1 (ports BENCH_PORT_BASE..+13, default
-# 18400..18413). Every process started is ended on exit, failure included. About 3.5 to 4
-# minutes of measuring, plus the builds (about 10 minutes when nothing is cached).
+# 18400..18413). Every process started is ended on exit, failure included. About 6 to 8
+# minutes of measuring (two voxgate builds), plus the builds (about 9 minutes when nothing is cached).
 #
 # Knobs (environment): BENCH_RUNS (3), BENCH_SECONDS (5 per wrk run), BENCH_BIG_SECONDS (4),
 # BENCH_PORT_BASE (18400), BENCH_PROXY_CORE (0), BENCH_LOAD_CORE (1), BENCH_VOXGATE_LOG
