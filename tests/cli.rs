@@ -12,9 +12,10 @@ use voxgate::config::{Config, DEFAULT_TOML};
 mod support;
 
 use support::daemon::{start_with, stop_with_sigterm, Daemon};
+use support::repo;
 
 fn voxgate() -> Command {
-    without_our_env(Command::new(env!("CARGO_BIN_EXE_voxgate")))
+    support::voxgate_bin()
 }
 
 /// The command without the environment variables voxgate reads.
@@ -25,16 +26,7 @@ fn without_our_env(mut c: Command) -> Command {
 
 /// `voxgate check --config FILE`.
 fn check(file: &Path) -> std::process::Output {
-    voxgate()
-        .arg("check")
-        .arg("--config")
-        .arg(file)
-        .output()
-        .unwrap()
-}
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+    support::check_with(voxgate(), file)
 }
 
 fn temp_file(name: &str, text: &str) -> PathBuf {
@@ -43,18 +35,10 @@ fn temp_file(name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// The shipped configs `voxgate check` must pass as they are (packaging/'s name deployed
+/// directories: tests/packaging.rs checks them).
 fn shipped_configs() -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for dir in ["config", "examples"] {
-        for entry in std::fs::read_dir(repo(dir)).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
+    support::tomls_in(&["config", "examples"])
 }
 
 /// Starts the daemon on `config` with an ephemeral port; returns it, its address, the rest

@@ -20,10 +20,8 @@ const KEY: &str = "sk-explain-secret-never-printed";
 const CLIENT_KEY: &str = voxgate::gateway::explain::CLIENT_KEY;
 
 fn voxgate() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_voxgate"));
-    c.env_remove("VOXGATE_CONFIG")
-        .env_remove("RUST_LOG")
-        .env("OPENAI_API_KEY", KEY);
+    let mut c = voxgate_bin();
+    c.env("OPENAI_API_KEY", KEY);
     c
 }
 
@@ -95,22 +93,12 @@ fn explain_json(config: &Path, args: &[&str]) -> Value {
 }
 
 fn shipped_configs() -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for dir in [
+    tomls_in(&[
         "config",
         "examples",
         "packaging/docker",
         "packaging/systemd",
-    ] {
-        for entry in std::fs::read_dir(repo(dir)).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
+    ])
 }
 
 fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {

@@ -13,6 +13,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
+use support::{check_with, repo, voxgate_bin};
+
+mod support;
 
 const INSTALL_HINT: &str = "run `bash scripts/install-test-deps.sh` to install PyYAML";
 
@@ -26,10 +29,6 @@ const DOCKER_CONFIG: &str = "packaging/docker/voxgate.toml";
 /// Where both the unit and the image expect the config.
 const INSTALLED_CONFIG: &str = "/etc/voxgate/voxgate.toml";
 
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
 fn read(path: &str) -> String {
     std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
@@ -37,20 +36,13 @@ fn read(path: &str) -> String {
 /// The built binary, without the environment variables voxgate reads, and with a dummy key
 /// for configs that require `${OPENAI_API_KEY}`.
 fn voxgate() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_voxgate"));
-    c.env_remove("VOXGATE_CONFIG")
-        .env_remove("RUST_LOG")
-        .env("OPENAI_API_KEY", "dummy-key-for-check");
+    let mut c = voxgate_bin();
+    c.env("OPENAI_API_KEY", "dummy-key-for-check");
     c
 }
 
 fn check(file: &Path) -> Output {
-    voxgate()
-        .arg("check")
-        .arg("--config")
-        .arg(file)
-        .output()
-        .unwrap()
+    check_with(voxgate(), file)
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -164,8 +164,8 @@ async fn python_speech_gets_the_upstream_audio_byte_for_byte() {
     assert_eq!(body["response_format"], "pcm");
 }
 
-#[tokio::test]
-async fn python_streamed_speech_plays_before_the_upstream_finishes() {
+/// A Kokoro that streams five 4 KiB chunks 150 ms apart (750 ms in all); and the chunks.
+async fn slow_kokoro() -> (Scripted, Vec<Bytes>) {
     let chunks: Vec<Bytes> = (0..5u8).map(|i| Bytes::from(vec![i; 4096])).collect();
     let kokoro = Scripted::always(Reply::Chunks {
         status: 200,
@@ -174,6 +174,25 @@ async fn python_streamed_speech_plays_before_the_upstream_finishes() {
         delay: Duration::from_millis(150),
     })
     .await;
+    (kokoro, chunks)
+}
+
+/// The `speech_stream` scenario's first audio came well before its end (the upstream of
+/// [`slow_kokoro`] takes 750 ms).
+fn assert_first_audio_early(out: &serde_json::Value, how: &str) {
+    let (first, total) = (
+        out["first_chunk_ms"].as_f64().unwrap(),
+        out["total_ms"].as_f64().unwrap(),
+    );
+    assert!(
+        first + 400.0 < total,
+        "{how}first audio at {first} ms of {total} ms: the upstream takes 750 ms"
+    );
+}
+
+#[tokio::test]
+async fn python_streamed_speech_plays_before_the_upstream_finishes() {
+    let (kokoro, chunks) = slow_kokoro().await;
     let proxy = Proxy::start(&single_upstream(&kokoro.url(), "")).await;
     let (file, _) = wav();
     let out = run_python("speech_stream", &proxy, &file, &[]).await.ok();
@@ -181,14 +200,7 @@ async fn python_streamed_speech_plays_before_the_upstream_finishes() {
     assert_eq!(out["bytes"], all.len());
     assert_eq!(out["sha256"], sha256(&all));
     assert!(out["chunks"].as_u64().unwrap() > 1, "{out}");
-    let (first, total) = (
-        out["first_chunk_ms"].as_f64().unwrap(),
-        out["total_ms"].as_f64().unwrap(),
-    );
-    assert!(
-        first + 400.0 < total,
-        "first audio at {first} ms of {total} ms: the upstream takes 750 ms"
-    );
+    assert_first_audio_early(&out, "");
     assert!(out["request_id"].is_string(), "{out}");
     assert_eq!(out["upstream"], "a");
     assert_eq!(
@@ -463,14 +475,7 @@ async fn upstreams_get_their_own_key_or_none_never_the_clients() {
 /// the upstream is done, and the Node client gets the audio whole.
 #[tokio::test]
 async fn both_sdks_speak_https_to_voxgate_streaming_included() {
-    let chunks: Vec<Bytes> = (0..5u8).map(|i| Bytes::from(vec![i; 4096])).collect();
-    let kokoro = Scripted::always(Reply::Chunks {
-        status: 200,
-        content_type: "audio/pcm",
-        chunks: chunks.clone(),
-        delay: Duration::from_millis(150),
-    })
-    .await;
+    let (kokoro, chunks) = slow_kokoro().await;
     let dir = tempfile::tempdir().unwrap();
     let ca = support::pki::TestCa::new();
     let ca_file = ca.write(dir.path());
@@ -496,14 +501,7 @@ async fn both_sdks_speak_https_to_voxgate_streaming_included() {
     .await
     .ok();
     assert_eq!(out["sha256"], sha256(&all));
-    let (first, total) = (
-        out["first_chunk_ms"].as_f64().unwrap(),
-        out["total_ms"].as_f64().unwrap(),
-    );
-    assert!(
-        first + 400.0 < total,
-        "over https, first audio at {first} ms of {total} ms: the upstream takes 750 ms"
-    );
+    assert_first_audio_early(&out, "over https, ");
 
     let out = run_at(
         node_command("speech"),

@@ -152,24 +152,28 @@ impl Reloads {
 
 /// Compiles `config` beside `old`, the runtime serving now, sharing what did not change.
 fn compile(old: &Runtime, budget: Arc<MemoryBudget>, mut config: Config) -> (Runtime, Reloaded) {
+    let needs_restart = restart_only(&old.config, &mut config);
+    let runtime = Runtime::new(config, budget, Some(old));
+    // What the runtime made of each upstream, read back from it: one that is the same
+    // `Arc` as before was kept, one with an old namesake was rebuilt.
     let mut reloaded = Reloaded {
-        needs_restart: restart_only(&old.config, &mut config),
+        needs_restart,
         ..Reloaded::default()
     };
-    for u in &config.upstreams {
-        match old.upstreams.iter().find(|o| o.name() == u.name) {
-            Some(o) if o.config == *u => reloaded.kept.push(u.name.clone()),
-            Some(_) => reloaded.changed.push(u.name.clone()),
-            None => reloaded.added.push(u.name.clone()),
+    for u in &runtime.upstreams {
+        let name = u.name().to_string();
+        match old.upstreams.iter().find(|o| o.name() == name) {
+            Some(o) if Arc::ptr_eq(o, u) => reloaded.kept.push(name),
+            Some(_) => reloaded.changed.push(name),
+            None => reloaded.added.push(name),
         }
     }
     reloaded.removed = old
         .upstreams
         .iter()
-        .filter(|o| config.upstream_index(o.name()).is_none())
+        .filter(|o| runtime.config.upstream_index(o.name()).is_none())
         .map(|o| o.name().to_string())
         .collect();
-    let runtime = Runtime::new(config, budget, Some(old));
     (runtime, reloaded)
 }
 

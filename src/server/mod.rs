@@ -178,6 +178,25 @@ impl Connection {
     }
 }
 
+/// What a new connection on `role` gets from the `[server]` settings serving now: the TLS
+/// to speak (public listener only) and how a close after an unread body lingers.
+fn accepting(
+    gateway: &Gateway,
+    role: Listener,
+) -> (Option<Arc<rustls::ServerConfig>>, LingerLimits) {
+    gateway.with_server_config(|s| {
+        let tls = match role {
+            Listener::Public => s.tls.as_ref().map(|t| t.server.clone()),
+            Listener::Admin => None,
+        };
+        let linger = LingerLimits {
+            time: s.lingering_time,
+            bytes: s.lingering_bytes,
+        };
+        (tls, linger)
+    })
+}
+
 /// Serves `gateway` on `listener` until `shutdown` resolves.
 pub async fn run(listener: TcpListener, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
     serve(listener, gateway, shutdown, Listener::Public).await
@@ -225,15 +244,11 @@ async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        // Per connection, from the configuration serving now: a reload with renewed
+        // certificates or other lingering limits applies to the next connection.
+        let (tls, linger) = accepting(&gateway, role);
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            let (tls, linger) = gateway.with_server_config(|s| {
-                let linger = LingerLimits {
-                    time: s.lingering_time,
-                    bytes: s.lingering_bytes,
-                };
-                (s.tls.is_some(), linger)
-            });
-            if role == Listener::Public && tls {
+            if tls.is_some() {
                 // Over the limit on TLS: a handshake would cost what the limit saves.
                 drop(stream);
                 continue;
@@ -252,20 +267,6 @@ async fn serve(
             peer,
             listener: role,
         };
-        // Per connection, from the configuration serving now: a reload with renewed
-        // certificates or other lingering limits applies to the next connection. TLS is
-        // for the public listener only.
-        let (tls, linger) = gateway.with_server_config(|s| {
-            let tls = match role {
-                Listener::Public => s.tls.as_ref().map(|t| t.server.clone()),
-                Listener::Admin => None,
-            };
-            let linger = LingerLimits {
-                time: s.lingering_time,
-                bytes: s.lingering_bytes,
-            };
-            (tls, linger)
-        });
         let connection = Connection {
             builder: builder.clone(),
             graceful: graceful.watcher(),

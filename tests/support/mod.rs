@@ -635,6 +635,42 @@ pub fn repo(path: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+/// The built binary, without the environment variables voxgate reads (`VOXGATE_CONFIG`,
+/// `RUST_LOG`), so that the test's own environment cannot change what it does.
+pub fn voxgate_bin() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_voxgate"));
+    c.env_remove("VOXGATE_CONFIG").env_remove("RUST_LOG");
+    c
+}
+
+/// `voxgate check --config FILE`, run by `command` (the binary with its environment).
+pub fn check_with(
+    mut command: std::process::Command,
+    file: &std::path::Path,
+) -> std::process::Output {
+    command
+        .arg("check")
+        .arg("--config")
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+/// The `.toml` files in these folders of the repository, sorted.
+pub fn tomls_in(dirs: &[&str]) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for dir in dirs {
+        for entry in std::fs::read_dir(repo(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
 /// How a client script (an SDK scenario, the voice-mode driver) ended: its exit code, its
 /// last stdout line as JSON, its stderr.
 pub struct Outcome {
