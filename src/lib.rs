@@ -41,6 +41,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod gateway;
+pub mod policy;
 pub mod request;
 pub mod route;
 pub mod server;
