@@ -405,6 +405,8 @@ pub struct RouteConfig {
     pub fallback: FallbackPolicy,
     /// Time for the whole request, every attempt included, until response headers.
     pub deadline: Option<Duration>,
+    /// `cache = false`: this route's speech is never served from or kept in the cache.
+    pub cache: bool,
 }
 
 impl RouteConfig {

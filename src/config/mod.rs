@@ -24,10 +24,14 @@ use crate::route::{FallbackPolicy, Matcher, Operation, Pattern, RouteConfig};
 
 mod diagnostic;
 mod load;
+mod policy;
 mod raw;
 mod validate;
 
 pub use diagnostic::{ConfigError, Diagnostic};
+pub use crate::policy::cost::{Price, Pricing};
+pub use crate::policy::quota::Limits;
+pub use policy::{CacheConfig, ClientConfig};
 
 /// The built-in default configuration, also printed by `voxgate print-config`.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -47,6 +51,12 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// In file order: the first route that matches wins.
     pub routes: Vec<RouteConfig>,
+    /// `[[clients]]`: when any is configured, every `/v1` request needs one's key.
+    pub clients: Vec<ClientConfig>,
+    /// `[limits]`: for all requests together.
+    pub limits: Limits,
+    /// `[cache]`: the TTS cache, when configured.
+    pub cache: Option<CacheConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -216,4 +226,6 @@ pub struct UpstreamConfig {
     pub ca_certs: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// What the engine accepts and how requests are adapted to it (`kind` and its keys).
     pub dialect: Dialect,
+    /// What its answers cost (`price`, or OpenAI's list for the `openai` kind).
+    pub price: Pricing,
 }

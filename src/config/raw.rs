@@ -20,6 +20,53 @@ pub(super) struct RawConfig {
     pub(super) upstreams: BTreeMap<String, Spanned<RawUpstream>>,
     #[serde(default)]
     pub(super) routes: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    pub(super) clients: Vec<Spanned<RawClient>>,
+    pub(super) limits: Option<RawLimits>,
+    pub(super) cache: Option<Spanned<RawCache>>,
+}
+
+/// `[[clients]]`: who may call voxgate, with what key, for what, and how much.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClient {
+    pub(super) name: Spanned<String>,
+    pub(super) key: Option<Spanned<String>>,
+    pub(super) key_sha256: Option<Spanned<String>>,
+    pub(super) routes: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) models: Option<Spanned<toml::Value>>,
+    pub(super) limits: Option<RawLimits>,
+}
+
+/// `[limits]` (everyone together) or a client's `limits = { … }`: rates such as
+/// `"60/min"`, `"200MiB/day"`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub(super) requests: Option<Spanned<String>>,
+    pub(super) tts_chars: Option<Spanned<String>>,
+    pub(super) stt_bytes: Option<Spanned<String>>,
+}
+
+/// `[cache]`: the TTS cache.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCache {
+    pub(super) memory_bytes: Option<Spanned<toml::Value>>,
+    pub(super) dir: Option<Spanned<String>>,
+    pub(super) disk_bytes: Option<Spanned<toml::Value>>,
+    pub(super) ttl: Option<Spanned<String>>,
+    pub(super) max_entry_bytes: Option<Spanned<toml::Value>>,
+    pub(super) charge_hits: Option<bool>,
+}
+
+/// An upstream's `price = { … }`, in US dollars.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPrice {
+    pub(super) tts_per_million_chars: Option<Spanned<f64>>,
+    pub(super) stt_per_minute: Option<Spanned<f64>>,
+    pub(super) stt_per_mib: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -100,6 +147,7 @@ pub(super) struct RawUpstream {
     pub(super) only_listed_models: Option<bool>,
     pub(super) voices: Option<Vec<String>>,
     pub(super) voice_by_gender: Option<Spanned<HashMap<String, String>>>,
+    pub(super) price: Option<Spanned<RawPrice>>,
 }
 
 #[derive(Deserialize)]
@@ -127,6 +175,8 @@ pub(super) struct RawRoute {
     pub(super) set: BTreeMap<String, Spanned<toml::Value>>,
     pub(super) fallback_on: Option<Spanned<Vec<Spanned<toml::Value>>>>,
     pub(super) deadline: Option<Spanned<String>>,
+    /// `false`: this route's speech is never cached.
+    pub(super) cache: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]

@@ -72,19 +72,19 @@ fn env_names(text: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-struct Validator<'a> {
+pub(super) struct Validator<'a> {
     locator: &'a Locator<'a>,
     env: &'a dyn Fn(&str) -> Option<String>,
     diagnostics: Vec<Diagnostic>,
 }
 
 impl Validator<'_> {
-    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+    pub(super) fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
         let d = self.locator.span(span, message);
         self.diagnostics.push(d);
     }
 
-    fn duration(
+    pub(super) fn duration(
         &mut self,
         value: Option<Spanned<String>>,
         key: &str,
@@ -123,7 +123,7 @@ impl Validator<'_> {
 
     /// A number of bytes written as an integer or as a string with a binary or decimal
     /// unit: `26214400`, `"25MiB"`, `"512KiB"`, `"1GB"`, `"100B"`.
-    fn byte_size(&mut self, value: Option<Spanned<toml::Value>>, key: &str, default: u64) -> u64 {
+    pub(super) fn byte_size(&mut self, value: Option<Spanned<toml::Value>>, key: &str, default: u64) -> u64 {
         let Some(value) = value else { return default };
         let bytes = match value.get_ref() {
             toml::Value::Integer(n) => u64::try_from(*n).ok(),
@@ -145,7 +145,7 @@ impl Validator<'_> {
     }
 
     /// Expands `${VAR}` and `${VAR:-default}`.
-    fn expand(&mut self, value: &Spanned<String>, key: &str) -> String {
+    pub(super) fn expand(&mut self, value: &Spanned<String>, key: &str) -> String {
         let text = value.get_ref();
         let mut out = String::with_capacity(text.len());
         let mut rest = text.as_str();
@@ -515,7 +515,7 @@ impl Validator<'_> {
     }
 
     /// A match value: a string or a list of strings, each a glob.
-    fn pattern(&mut self, value: Option<Spanned<toml::Value>>, key: &str) -> Option<Pattern> {
+    pub(super) fn pattern(&mut self, value: Option<Spanned<toml::Value>>, key: &str) -> Option<Pattern> {
         let value = value?;
         let span = value.span();
         let items: Vec<String> = match value.into_inner() {
@@ -958,6 +958,7 @@ pub(super) fn validate(
             model_map: u.model_map,
             tls_verify: u.tls_verify.unwrap_or(true),
             ca_certs: v.ca_file(u.ca_file),
+            price: v.pricing(u.price, dialect.kind == Kind::Openai),
             dialect,
         });
     }
@@ -1039,8 +1040,12 @@ pub(super) fn validate(
             set,
             fallback,
             deadline,
+            cache: route.cache.unwrap_or(true),
         });
     }
+    let clients = v.clients(raw.clients, &routes);
+    let limits = v.limits(raw.limits);
+    let cache = v.cache(raw.cache);
 
     if v.diagnostics.is_empty() {
         Ok(Config {
@@ -1050,6 +1055,9 @@ pub(super) fn validate(
             },
             upstreams,
             routes,
+            clients,
+            limits,
+            cache,
         })
     } else {
         v.diagnostics.sort_by_key(|d| (d.line, d.column));
