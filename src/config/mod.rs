@@ -28,9 +28,9 @@ mod policy;
 mod raw;
 mod validate;
 
-pub use diagnostic::{ConfigError, Diagnostic};
 pub use crate::policy::cost::{Price, Pricing};
 pub use crate::policy::quota::Limits;
+pub use diagnostic::{ConfigError, Diagnostic};
 pub use policy::{CacheConfig, ClientConfig};
 
 /// The built-in default configuration, also printed by `voxgate print-config`.

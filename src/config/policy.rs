@@ -44,7 +44,11 @@ impl Validator<'_> {
         match parse_rate(value.get_ref(), sizes) {
             Ok(rate) => Some(rate),
             Err(e) => {
-                let example = if sizes { "\"200MiB/day\"" } else { "\"60/min\"" };
+                let example = if sizes {
+                    "\"200MiB/day\""
+                } else {
+                    "\"60/min\""
+                };
                 self.error(
                     value.span(),
                     format!("`{key}` is not a rate such as {example}: {e}"),
@@ -87,7 +91,10 @@ impl Validator<'_> {
                     "a client `name` is 1 to 64 letters, digits, `-`, `_`, `.` or `@`",
                 );
             } else if clients.iter().any(|c| c.name == name) {
-                self.error(client.name.span(), format!("two clients are named `{name}`"));
+                self.error(
+                    client.name.span(),
+                    format!("two clients are named `{name}`"),
+                );
             }
             let Some(key_sha256) = self.client_key(&client, span) else {
                 continue;
@@ -106,7 +113,10 @@ impl Validator<'_> {
                 let mut names = Vec::new();
                 for route in list.into_inner() {
                     let wanted = route.get_ref();
-                    if routes.iter().any(|r| r.name.as_deref() == Some(wanted.as_str())) {
+                    if routes
+                        .iter()
+                        .any(|r| r.name.as_deref() == Some(wanted.as_str()))
+                    {
                         names.push(wanted.clone());
                     } else {
                         let named: Vec<&str> =
@@ -169,7 +179,10 @@ impl Validator<'_> {
                 None
             }
             (None, None) => {
-                self.error(span, "a client needs `key = \"${ENV_VAR}\"` or `key_sha256`");
+                self.error(
+                    span,
+                    "a client needs `key = \"${ENV_VAR}\"` or `key_sha256`",
+                );
                 None
             }
         }
@@ -178,7 +191,9 @@ impl Validator<'_> {
     pub(super) fn cache(&mut self, raw: Option<Spanned<RawCache>>) -> Option<CacheConfig> {
         let raw = raw?.into_inner();
         let memory_bytes = self.byte_size(raw.memory_bytes, "memory_bytes", 64 * 1_048_576);
-        let dir = raw.dir.map(|d| (PathBuf::from(self.expand(&d, "dir")), d.span()));
+        let dir = raw
+            .dir
+            .map(|d| (PathBuf::from(self.expand(&d, "dir")), d.span()));
         let disk_bytes = match (&dir, raw.disk_bytes) {
             (Some(_), bytes) => self.byte_size(bytes, "disk_bytes", 1 << 30),
             (None, Some(bytes)) => {
@@ -214,7 +229,11 @@ impl Validator<'_> {
     /// `price = { … }`; the `openai` kind is priced by OpenAI's list without one.
     pub(super) fn pricing(&mut self, raw: Option<Spanned<RawPrice>>, openai: bool) -> Pricing {
         let Some(raw) = raw else {
-            return if openai { Pricing::OpenAi } else { Pricing::Free };
+            return if openai {
+                Pricing::OpenAi
+            } else {
+                Pricing::Free
+            };
         };
         let span = raw.span();
         let raw = raw.into_inner();
@@ -224,7 +243,10 @@ impl Validator<'_> {
             if n.is_finite() && n >= 0.0 {
                 Some(n)
             } else {
-                self.error(value.span(), format!("`{key}` must be a price of 0 or more"));
+                self.error(
+                    value.span(),
+                    format!("`{key}` must be a price of 0 or more"),
+                );
                 None
             }
         };

@@ -123,7 +123,12 @@ impl Validator<'_> {
 
     /// A number of bytes written as an integer or as a string with a binary or decimal
     /// unit: `26214400`, `"25MiB"`, `"512KiB"`, `"1GB"`, `"100B"`.
-    pub(super) fn byte_size(&mut self, value: Option<Spanned<toml::Value>>, key: &str, default: u64) -> u64 {
+    pub(super) fn byte_size(
+        &mut self,
+        value: Option<Spanned<toml::Value>>,
+        key: &str,
+        default: u64,
+    ) -> u64 {
         let Some(value) = value else { return default };
         let bytes = match value.get_ref() {
             toml::Value::Integer(n) => u64::try_from(*n).ok(),
@@ -515,7 +520,11 @@ impl Validator<'_> {
     }
 
     /// A match value: a string or a list of strings, each a glob.
-    pub(super) fn pattern(&mut self, value: Option<Spanned<toml::Value>>, key: &str) -> Option<Pattern> {
+    pub(super) fn pattern(
+        &mut self,
+        value: Option<Spanned<toml::Value>>,
+        key: &str,
+    ) -> Option<Pattern> {
         let value = value?;
         let span = value.span();
         let items: Vec<String> = match value.into_inner() {

@@ -178,6 +178,7 @@ impl Gateway {
             reloads_succeeded: history.succeeded,
             reloads_failed: history.failed,
             loaded_at: history.loaded_at,
+            cache: runtime.policy.cache.as_ref().map(|c| c.store.stats()),
         };
         self.metrics
             .render(&runtime.labels, &runtime.upstreams, state)

@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod explain;
 pub mod forward;
 pub mod phases;
+pub mod policy;
 pub mod reload;
 pub mod request_id;
 pub mod respond;
@@ -78,6 +79,8 @@ pub enum GatewayError {
     },
     #[error("{}", .0.api_error().message)]
     Upstreams(Exhausted),
+    #[error("{}", .0.api_error().message)]
+    Policy(policy::Refusal),
 }
 
 impl GatewayError {
@@ -104,6 +107,7 @@ impl GatewayError {
                     .with_code("no_route")
             }
             GatewayError::Upstreams(e) => e.api_error(),
+            GatewayError::Policy(refusal) => refusal.api_error(),
         }
     }
 }
@@ -118,6 +122,9 @@ pub enum Stop {
     Answered(Box<Response<ProxyBody>>),
     /// A refusal, answered in OpenAI's error shape.
     Refused(GatewayError),
+    /// An answer to stream that did not come from an upstream now: a cache hit, or the
+    /// answer another identical request is fetching.
+    Streamed(Box<Response<ProxyBody>>),
 }
 
 impl Stop {
@@ -140,6 +147,8 @@ pub struct Context<'r> {
     pub id: HeaderValue,
     /// What is known so far, for the observers.
     pub trace: Trace,
+    /// Its client, what it took from the limits, what the cache made of it.
+    pub admitted: policy::Admitted,
 }
 
 /// What [`Gateway::handle`] gives the server: the response, and whether the connection
@@ -174,6 +183,8 @@ pub struct Runtime {
     /// The metrics' rows for this configuration, sharing the counters of the rows the
     /// previous one had with the same labels.
     labels: Arc<LabelTable>,
+    /// Client keys, limits and the TTS cache.
+    policy: policy::Policy,
 }
 
 impl Runtime {
@@ -211,6 +222,7 @@ impl Runtime {
         let labels = Arc::new(LabelTable::compile(&config, previous.map(|p| &*p.labels)));
         Runtime {
             labels,
+            policy: policy::Policy::compile(&config, previous.map(|p| &p.policy)),
             retry_budget: RetryBudget::new(
                 config.server.retry_budget_percent,
                 config.server.retry_budget_min,

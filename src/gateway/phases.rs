@@ -31,6 +31,7 @@ use http_body_util::BodyExt;
 use crate::body::{BoxError, ProxyBody};
 use crate::gateway::classify::{check_head, classify as target_of, Target};
 use crate::gateway::forward::{forward as try_upstreams, RequestHead, Served};
+use crate::gateway::policy::{authenticate, lookup, meter_request, meter_units, permit, Admitted};
 use crate::gateway::request_id::request_id;
 use crate::gateway::respond::respond;
 use crate::gateway::{
@@ -68,6 +69,7 @@ impl Gateway {
                 self.observers.clone(),
             ),
             id,
+            admitted: Default::default(),
         };
         cx.trace.record.labels = Some(runtime.labels.clone());
         let (head, body) = request.into_parts();
@@ -80,7 +82,7 @@ impl Gateway {
         // (An upstream's answer comes only after the whole body was read: never closing.)
         let closes = head.version < Version::HTTP_2 && !body.ended() && end.is_err();
         Handled {
-            response: observe(cx.trace, cx.id, end, closes),
+            response: observe(cx.trace, cx.id, end, closes, &cx.admitted),
             closes,
         }
     }
@@ -100,10 +102,14 @@ impl Gateway {
         // A body framed by its Content-Length had no Transfer-Encoding to check.
         let length_framed = body.size_hint().exact().is_some();
         let api = self.classify(cx, head, length_framed).await?;
+        meter_request(cx, &api, head)?;
         let payload = intake(cx, &api, head, body).await?;
         let route = route(cx, &api, head, &payload)?;
+        permit(cx, route, &payload)?;
+        let cache = lookup(cx, &api, head, route, &payload).await?;
+        meter_units(cx, &api, &payload)?;
         let served = forward(cx, &api, head, route, &payload).await?;
-        respond(cx, &api, served, payload).await
+        respond(cx, &api, route, served, payload, cache).await
     }
 
     /// admit: a request over `max_in_flight` is shed at once, not queued.
@@ -147,6 +153,9 @@ impl Gateway {
         };
         if !allowed {
             return Err(GatewayError::NotFound(head.uri.path().to_string()).into());
+        }
+        if matches!(target, Target::Api(_) | Target::Discovery(_)) {
+            authenticate(cx, &head.headers)?;
         }
         let runtime = cx.runtime;
         let local = match target {
@@ -261,7 +270,32 @@ async fn forward(
         &mut cx.trace.record,
     )
     .await;
-    outcome.map_err(|e| Stop::Refused(GatewayError::Upstreams(e)))
+    // A request that failed on every upstream is given back what it took of the limits.
+    match outcome {
+        Ok(served) if served.response.status().is_server_error() => {
+            cx.admitted.quota.refund();
+            Ok(served)
+        }
+        Ok(served) => Ok(served),
+        Err(e) => {
+            cx.admitted.quota.refund();
+            Err(Stop::Refused(GatewayError::Upstreams(e)))
+        }
+    }
+}
+
+/// An answer streamed from elsewhere than voxgate itself (an upstream, the cache): the
+/// trace closes at the end of its body.
+fn streaming(
+    mut trace: Trace,
+    streamed: Response<ProxyBody>,
+    admitted: &Admitted,
+) -> Response<ProxyBody> {
+    trace.record.status = streamed.status().as_u16();
+    trace.record.cache = admitted.cache;
+    let (mut parts, body) = streamed.into_parts();
+    admitted.write_headers(&mut parts.headers);
+    Response::from_parts(parts, ObservedBody::new(body, trace).boxed())
 }
 
 /// observe: the answer goes out, and the trace closes when it is over: at the end of the
@@ -271,14 +305,12 @@ fn observe(
     id: HeaderValue,
     end: Step<Response<ProxyBody>>,
     closing: bool,
+    admitted: &Admitted,
 ) -> Response<ProxyBody> {
     let mut response = match end {
         // An upstream's answer comes only after the whole body was read: never closing.
-        Ok(streamed) => {
-            trace.record.status = streamed.status().as_u16();
-            let (parts, body) = streamed.into_parts();
-            return Response::from_parts(parts, ObservedBody::new(body, trace).boxed());
-        }
+        Ok(streamed) => return streaming(trace, streamed, admitted),
+        Err(Stop::Streamed(streamed)) => return streaming(trace, *streamed, admitted),
         Err(Stop::Answered(response)) => *response,
         Err(Stop::Refused(e)) => {
             let api = e.api_error();
@@ -288,6 +320,8 @@ fn observe(
     };
     let headers = response.headers_mut();
     headers.insert(REQUEST_ID_HEADER_NAME.clone(), id);
+    admitted.write_headers(headers);
+    trace.record.cache = admitted.cache;
     if closing {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

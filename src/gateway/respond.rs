@@ -14,8 +14,10 @@ use crate::body::{full, IdleTimeout};
 use crate::engine::answers;
 use crate::engine::dialect::Convert;
 use crate::gateway::forward::{Exhausted, Served};
+use crate::gateway::policy::{self, Lookup};
 use crate::gateway::{Api, Context, GatewayError, Step, Stop};
 use crate::request::payload::Payload;
+use crate::route::RouteConfig;
 use crate::upstream::{strip_hop_by_hop, Upstream, REQUEST_ID_HEADER_NAME, UPSTREAM_HEADER_NAME};
 
 /// respond: the client's answer made from `served`, to be streamed; an answer voxgate
@@ -24,15 +26,18 @@ use crate::upstream::{strip_hop_by_hop, Upstream, REQUEST_ID_HEADER_NAME, UPSTRE
 pub async fn respond(
     cx: &mut Context<'_>,
     api: &Api,
+    route: &RouteConfig,
     served: Served,
     payload: Payload,
+    cache: Lookup,
 ) -> Step<Response<ProxyBody>> {
     let Served {
         index,
         response,
         convert,
     } = served;
-    let upstream = &cx.runtime.upstreams[index];
+    let runtime = cx.runtime;
+    let upstream = &runtime.upstreams[index];
     let (id, record) = (&cx.id, &mut cx.trace.record);
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -58,6 +63,9 @@ pub async fn respond(
         parts.status,
         &mut parts.headers,
     );
+    if parts.status.is_success() {
+        policy::price(cx, api, route, index, &payload).await;
+    }
     // The request body is no longer needed: give its memory back before streaming.
     drop(payload);
     if answers::rewritable_error(parts.status, &parts.headers) {
@@ -85,6 +93,15 @@ pub async fn respond(
             return Err(Stop::answered(Response::from_parts(parts, full(events))));
         }
         _ => IdleTimeout::new(body, idle).boxed(),
+    };
+    // The first of identical speech requests: its complete answer fills the cache, and
+    // those waiting for it get it as it comes.
+    let body = match (cache, parts.status.is_success()) {
+        (Lookup::Lead(flight), true) => match parts.headers.get(header::CONTENT_TYPE) {
+            Some(content_type) => flight.answered(content_type.clone(), body),
+            None => body,
+        },
+        _ => body,
     };
     Ok(Response::from_parts(parts, body))
 }

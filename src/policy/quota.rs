@@ -148,7 +148,11 @@ impl Meter {
     }
 
     /// The limiters a request of `client` takes `unit` from: global first.
-    fn limiters(&self, client: Option<usize>, unit: Unit) -> impl Iterator<Item = (Scope, &Arc<Gcra>)> {
+    fn limiters(
+        &self,
+        client: Option<usize>,
+        unit: Unit,
+    ) -> impl Iterator<Item = (Scope, &Arc<Gcra>)> {
         let global = self.global.get(unit).map(|g| (Scope::Global, g));
         let own = client
             .and_then(|c| self.clients.get(c))
@@ -355,13 +359,19 @@ mod tests {
         let refused = refused.expect_err("a is over its own limit");
         assert_eq!(refused.scope, Scope::Client("a".into()));
         // So b still has two of the global three.
-        assert!(meter.take(Some(1), Unit::Requests, 1, &mut Quota::default()).is_ok());
-        assert!(meter.take(Some(1), Unit::Requests, 1, &mut Quota::default()).is_ok());
+        assert!(meter
+            .take(Some(1), Unit::Requests, 1, &mut Quota::default())
+            .is_ok());
+        assert!(meter
+            .take(Some(1), Unit::Requests, 1, &mut Quota::default())
+            .is_ok());
         let refused = meter.take(Some(1), Unit::Requests, 1, &mut Quota::default());
         assert_eq!(refused.expect_err("global is spent").scope, Scope::Global);
         // Refunding a's request lets one more through.
         q.refund();
-        assert!(meter.take(None, Unit::Requests, 1, &mut Quota::default()).is_ok());
+        assert!(meter
+            .take(None, Unit::Requests, 1, &mut Quota::default())
+            .is_ok());
     }
 
     #[test]
@@ -372,16 +382,24 @@ mod tests {
             ..Limits::default()
         };
         let first = Meter::compile(&global, [], None);
-        assert!(first.take(None, Unit::Requests, 1, &mut Quota::default()).is_ok());
-        assert!(first.take(None, Unit::TtsChars, 100, &mut Quota::default()).is_ok());
+        assert!(first
+            .take(None, Unit::Requests, 1, &mut Quota::default())
+            .is_ok());
+        assert!(first
+            .take(None, Unit::TtsChars, 100, &mut Quota::default())
+            .is_ok());
         let changed = Limits {
             tts_chars: per_minute(200),
             ..global
         };
         let second = Meter::compile(&changed, [], Some(&first));
         // requests kept its spent limiter; tts_chars has a new rate, so a new one.
-        assert!(second.take(None, Unit::Requests, 1, &mut Quota::default()).is_err());
-        assert!(second.take(None, Unit::TtsChars, 200, &mut Quota::default()).is_ok());
+        assert!(second
+            .take(None, Unit::Requests, 1, &mut Quota::default())
+            .is_err());
+        assert!(second
+            .take(None, Unit::TtsChars, 200, &mut Quota::default())
+            .is_ok());
     }
 
     #[test]
@@ -421,7 +439,9 @@ mod tests {
         let meter = Meter::compile(&global, [], None);
         assert!(meter.check(None, Unit::SttBytes, 1000).is_ok());
         assert!(meter.check(None, Unit::SttBytes, 1000).is_ok());
-        let over = meter.check(None, Unit::SttBytes, 1001).expect_err("over the burst");
+        let over = meter
+            .check(None, Unit::SttBytes, 1001)
+            .expect_err("over the burst");
         assert_eq!(over.retry_after_seconds(), None, "can never pass");
         assert!(!meter.limits(None, Unit::Requests));
         assert!(meter.limits(None, Unit::SttBytes));

@@ -18,6 +18,7 @@ impl Observer for AccessLog {
             target: "voxgate::access",
             request_id = %record.request_id.to_str().unwrap_or_default(),
             client = %record.client,
+            client_name = record.caller.as_ref().map(|(name, _)| &**name),
             method = %record.method,
             path = %record.path,
             endpoint = record.endpoint,
@@ -34,6 +35,10 @@ impl Observer for AccessLog {
             total_ms,
             ending = end.ending.name(),
             error = record.error.as_deref(),
+            cache = record.cache,
+            limited = record.limited,
+            cost_usd = (record.cost_nanos > 0).then(|| record.cost_nanos as f64 / 1e9),
+            cost_avoided_usd = record.avoided.map(|(n, _)| n as f64 / 1e9),
             "request"
         );
     }

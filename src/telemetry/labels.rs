@@ -287,7 +287,26 @@ pub struct LabelTable {
     models: Vec<String>,
     /// `voxgate_model_requests_total`: endpoint × model.
     pub model_requests: Series<Count>,
+    /// The configured clients' names, then `anonymous` (no `[[clients]]`).
+    pub clients: Vec<String>,
+    /// `voxgate_estimated_cost_total`: upstream × client, in nano-dollars.
+    pub costs: Series<Count>,
+    /// `voxgate_cost_avoided_total`: by [`AVOIDED`] reason, in nano-dollars.
+    pub avoided: Series<Count>,
+    /// `voxgate_cache_requests_total`: by [`CACHE_RESULTS`].
+    pub cache_results: Series<Count>,
+    /// `voxgate_rate_limited_total`: client × [`UNITS`].
+    pub limited: Series<Count>,
 }
+
+/// Why a request cost less than the route's priced upstream would have charged.
+pub const AVOIDED: [&str; 2] = ["local", "cache"];
+/// What the TTS cache made of a speech request (`x-voxgate-cache`).
+pub const CACHE_RESULTS: [&str; 3] = ["hit", "miss", "bypass"];
+/// The units limits count.
+pub const UNITS: [&str; 3] = ["requests", "tts_chars", "stt_bytes"];
+/// The `client` label of requests from no configured client.
+pub const ANONYMOUS: &str = "anonymous";
 
 /// Model names a configuration mentions: route matches and `set`s, upstream model maps
 /// (both sides) and the models an upstream lists.
@@ -393,7 +412,30 @@ impl LabelTable {
             })
             .collect();
         models.shrink_to_fit();
+        let clients: Vec<String> = config
+            .clients
+            .iter()
+            .map(|c| c.name.clone())
+            .chain([ANONYMOUS.to_string()])
+            .collect();
+        let cost_labels = upstreams
+            .iter()
+            .flat_map(|u| clients.iter().map(move |c| vec![u.clone(), c.clone()]));
+        let limited_labels = clients
+            .iter()
+            .flat_map(|c| UNITS.iter().map(move |u| vec![c.clone(), u.to_string()]));
+        let fixed = |values: &[&str]| {
+            values
+                .iter()
+                .map(|v| vec![v.to_string()])
+                .collect::<Vec<_>>()
+        };
         LabelTable {
+            costs: Series::carry(old.map(|o| &o.costs), cost_labels),
+            avoided: Series::carry(old.map(|o| &o.avoided), fixed(&AVOIDED)),
+            cache_results: Series::carry(old.map(|o| &o.cache_results), fixed(&CACHE_RESULTS)),
+            limited: Series::carry(old.map(|o| &o.limited), limited_labels),
+            clients,
             requests: Series::carry(old.map(|o| &o.requests), requests),
             timings: Series::carry(old.map(|o| &o.timings), timings),
             attempts: Series::carry(old.map(|o| &o.attempts), per_upstream()),
@@ -452,6 +494,12 @@ impl LabelTable {
         // Pairs (i, j) with i < j, in order: those of every earlier i, then j's place.
         let pair = i * (2 * n - i - 1) / 2 + (j - i - 1);
         Some(rows.fallback_base + pair * rows.reasons() + rows.reason_slot(reason)?)
+    }
+
+    /// The client slot of a request: its client's index, else `anonymous`.
+    pub fn client_slot(&self, caller: Option<u32>) -> usize {
+        let anonymous = self.clients.len() - 1;
+        caller.map_or(anonymous, |c| (c as usize).min(anonymous))
     }
 
     /// The model row of `endpoint` for a request's `model`: the model's own when the

@@ -13,13 +13,16 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, MetricEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::policy::cache::CacheStats;
 use crate::telemetry::labels::{
-    endpoint_slot, status_label, status_slot, Count, Counts, LabelTable, Reason, Series, BUCKETS,
-    ENDPOINTS, OUTCOMES,
+    endpoint_slot, status_label, status_slot, Count, Counts, LabelTable, Reason, Series, AVOIDED,
+    BUCKETS, CACHE_RESULTS, ENDPOINTS, OUTCOMES, UNITS,
 };
 use crate::telemetry::observe::Observer;
 use crate::telemetry::record::{AttemptResult, End, RequestRecord};
@@ -131,6 +134,37 @@ impl Metrics {
         if let Some(count) = table.model_requests.get(row) {
             count.add(1);
         }
+        self.count_policy(table, record, upstream);
+    }
+
+    /// Costs, savings, the cache's verdicts and refusals by limits.
+    fn count_policy(&self, table: &LabelTable, record: &RequestRecord, upstream: Option<usize>) {
+        let client = table.client_slot(record.caller.as_ref().map(|(_, i)| *i));
+        if let Some(u) = upstream.filter(|_| record.cost_nanos > 0) {
+            let row = u * table.clients.len() + client;
+            if let Some(count) = table.costs.get(row) {
+                count.add(record.cost_nanos);
+            }
+        }
+        if let Some((nanos, reason)) = record.avoided {
+            let slot = AVOIDED.iter().position(|r| *r == reason);
+            if let Some(count) = slot.and_then(|s| table.avoided.get(s)) {
+                count.add(nanos);
+            }
+        }
+        if let Some(result) = record.cache {
+            let slot = CACHE_RESULTS.iter().position(|r| *r == result);
+            if let Some(count) = slot.and_then(|s| table.cache_results.get(s)) {
+                count.add(1);
+            }
+        }
+        if let Some(unit) = record.limited {
+            let slot = UNITS.iter().position(|u| *u == unit);
+            let row = slot.map(|s| client * UNITS.len() + s);
+            if let Some(count) = row.and_then(|r| table.limited.get(r)) {
+                count.add(1);
+            }
+        }
     }
 
     /// The `/metrics` page: every family, with the configuration serving now (`table`,
@@ -185,6 +219,8 @@ pub struct State {
     pub reloads_failed: u64,
     /// When the configuration serving now was loaded.
     pub loaded_at: SystemTime,
+    /// The TTS cache's tiers, when one is configured.
+    pub cache: Option<CacheStats>,
 }
 
 /// One pool endpoint's health as a scrape found it.
@@ -209,21 +245,26 @@ struct Page {
 type Fmt = Result<(), std::fmt::Error>;
 
 /// A counter family: one sample per label set given.
-fn counters<'a, const K: usize>(
+fn counters<'a, const K: usize, V: EncodeCounterValue>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     names: [&str; K],
-    samples: impl IntoIterator<Item = ([&'a str; K], u64)>,
+    samples: impl IntoIterator<Item = ([&'a str; K], V)>,
 ) -> Fmt {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (values, value) in samples {
         let labels: [(&str, &str); K] = std::array::from_fn(|i| (names[i], values[i]));
         family
             .encode_family(&labels)?
-            .encode_counter::<NoLabelSet, u64, u64>(&value, None)?;
+            .encode_counter::<NoLabelSet, V, u64>(&value, None)?;
     }
     Ok(())
+}
+
+/// Nano-dollars as dollars.
+fn dollars(nanos: u64) -> f64 {
+    nanos as f64 / 1e9
 }
 
 /// A gauge family: one sample per label set given.
@@ -467,6 +508,70 @@ impl Collector for Page {
             "When the configuration serving now was loaded, in seconds since the Unix epoch.",
             unix_seconds(s.loaded_at),
         )?;
+        let costs = t.costs.0.iter().filter_map(|row| {
+            let n = row.cells.get();
+            (n > 0).then(|| (row_labels::<2>(&row.labels), dollars(n)))
+        });
+        counters(
+            e,
+            "voxgate_estimated_cost",
+            "Estimated charges of priced upstreams in US dollars, by upstream and client (anonymous without [[clients]]).",
+            ["upstream", "client"],
+            costs,
+        )?;
+        counters(
+            e,
+            "voxgate_cost_avoided",
+            "Estimated charges in US dollars the route's priced upstream would have made for requests served by a local upstream or from the cache instead, by reason.",
+            ["reason"],
+            t.avoided
+                .0
+                .iter()
+                .map(|r| ([r.labels[0].as_str()], dollars(r.cells.get()))),
+        )?;
+        counters(
+            e,
+            "voxgate_cache_requests",
+            "Speech requests by what the TTS cache made of them (x-voxgate-cache).",
+            ["result"],
+            t.cache_results
+                .0
+                .iter()
+                .map(|r| ([r.labels[0].as_str()], r.cells.get())),
+        )?;
+        let limited = t.limited.0.iter().filter_map(|row| {
+            let n = row.cells.get();
+            (n > 0).then(|| (row_labels::<2>(&row.labels), n))
+        });
+        counters(
+            e,
+            "voxgate_rate_limited",
+            "Requests refused with 429 by a rate limit, by client and unit.",
+            ["client", "unit"],
+            limited,
+        )?;
+        if let Some(cache) = &s.cache {
+            gauges(
+                e,
+                "voxgate_cache_bytes",
+                "Bytes of speech held by the TTS cache, by tier.",
+                ["tier"],
+                [
+                    (["memory"], cache.memory_bytes as f64),
+                    (["disk"], cache.disk_bytes as f64),
+                ],
+            )?;
+            gauges(
+                e,
+                "voxgate_cache_entries",
+                "Answers held by the TTS cache, by tier.",
+                ["tier"],
+                [
+                    (["memory"], cache.memory_entries as f64),
+                    (["disk"], cache.disk_entries as f64),
+                ],
+            )?;
+        }
         gauges(
             e,
             "voxgate_build_info",

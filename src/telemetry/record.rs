@@ -40,6 +40,18 @@ pub struct RequestRecord {
     /// values, a transcription's or translation's uploaded file in bytes.
     pub billed_units: u64,
     pub error: Option<String>,
+    /// The configured client (`[[clients]]`) whose key the request presented: its name
+    /// for the access log, its index for the metrics.
+    pub caller: Option<(Arc<str>, u32)>,
+    /// `hit`, `miss` or `bypass` for speech when a cache is configured.
+    pub cache: Option<&'static str>,
+    /// The unit of the limit that refused the request.
+    pub limited: Option<&'static str>,
+    /// What the answering upstream is estimated to charge, in nano-dollars.
+    pub cost_nanos: u64,
+    /// What serving it locally or from the cache saved against the route's priced
+    /// upstream: nano-dollars and why (`local`, `cache`).
+    pub avoided: Option<(u64, &'static str)>,
     /// The metric rows of the configuration the request runs on.
     pub labels: Option<Arc<LabelTable>>,
 }
@@ -70,6 +82,11 @@ impl RequestRecord {
             bytes_in: 0,
             billed_units: 0,
             error: None,
+            caller: None,
+            cache: None,
+            limited: None,
+            cost_nanos: 0,
+            avoided: None,
             labels: None,
         }
     }

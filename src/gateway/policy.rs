@@ -1,0 +1,541 @@
+//! The policy phases: who is calling (`authenticate`, 401), how much they may
+//! (`meter_request` before the body is read, `meter_units` after it, 429), what they may
+//! use (`permit`, 403), the TTS cache (`lookup`: a hit, a coalesced wait, or the flight
+//! that will fill it), and what the answer cost (`price`).
+//!
+//! [`Policy`] is their part of a compiled configuration: the client keys, the limiters
+//! and the cache, the last two taken over from the previous configuration where their
+//! settings did not change, so a reload neither refills every bucket nor empties the cache.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::body::{full, ProxyBody};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::gateway::{Api, Context, GatewayError, Step, Stop};
+use crate::policy::audio;
+use crate::policy::cache::{Cache, Flight, Join, Key};
+use crate::policy::cost::{self, nano_dollars};
+use crate::policy::keys::{self, Keys};
+use crate::policy::quota::{go_duration, Limited, Meter, Scope, Unit};
+use crate::request::payload::{PartValue, Payload};
+use crate::route::{Operation, Pattern, RouteConfig};
+use crate::upstream::{Upstream, REQUEST_ID_HEADER_NAME};
+
+/// `x-voxgate-cache`: on every speech answer while a cache is configured.
+pub static CACHE_HEADER: HeaderName = HeaderName::from_static("x-voxgate-cache");
+
+/// A multipart form's bytes besides its file: boundaries, part headers, the text fields.
+/// An upload's Content-Length less this is at most its file, which is what `stt_bytes`
+/// counts, so a length over the limit by more than this is refused before it is read.
+const FORM_ALLOWANCE: u64 = 64 * 1024;
+
+/// A configured client, as the request path needs it.
+#[derive(Debug)]
+struct Client {
+    name: Arc<str>,
+    routes: Option<Vec<String>>,
+    models: Option<Pattern>,
+}
+
+/// The TTS cache, shared with the next configuration while its settings stay the same.
+#[derive(Clone)]
+pub struct SpeechCache {
+    pub store: Arc<Cache>,
+    charge_hits: bool,
+}
+
+impl std::fmt::Debug for SpeechCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpeechCache")
+            .field("settings", self.store.settings())
+            .field("charge_hits", &self.charge_hits)
+            .finish()
+    }
+}
+
+/// The policy of one compiled configuration.
+#[derive(Debug, Default)]
+pub struct Policy {
+    keys: Keys,
+    clients: Vec<Client>,
+    meter: Meter,
+    pub cache: Option<SpeechCache>,
+}
+
+impl Policy {
+    pub fn compile(config: &Config, old: Option<&Policy>) -> Policy {
+        let keys = Keys::new(config.clients.iter().map(|c| c.key_sha256).collect());
+        let clients = config
+            .clients
+            .iter()
+            .map(|c| Client {
+                name: c.name.as_str().into(),
+                routes: c.routes.clone(),
+                models: c.models.clone(),
+            })
+            .collect();
+        let meter = Meter::compile(
+            &config.limits,
+            config.clients.iter().map(|c| (c.name.as_str(), &c.limits)),
+            old.map(|o| &o.meter),
+        );
+        let cache = config.cache.as_ref().and_then(|wanted| {
+            let kept = old
+                .and_then(|o| o.cache.as_ref())
+                .filter(|c| *c.store.settings() == wanted.settings)
+                .map(|c| c.store.clone());
+            let store = match kept {
+                Some(store) => store,
+                None => match Cache::open(wanted.settings.clone()) {
+                    Ok(store) => Arc::new(store),
+                    Err(e) => {
+                        tracing::error!(
+                            "the TTS cache could not be opened, running without it: {e}"
+                        );
+                        return None;
+                    }
+                },
+            };
+            Some(SpeechCache {
+                store,
+                charge_hits: wanted.charge_hits,
+            })
+        });
+        Policy {
+            keys,
+            clients,
+            meter,
+            cache,
+        }
+    }
+}
+
+/// What the policy phases know of one request.
+#[derive(Debug, Default)]
+pub struct Admitted {
+    /// The configured client it is, by index.
+    pub client: Option<usize>,
+    pub quota: crate::policy::quota::Quota,
+    /// `x-voxgate-cache` for its answer.
+    pub cache: Option<&'static str>,
+    /// Whether its speech characters were charged (not for a cache hit, by default).
+    charged_units: bool,
+}
+
+impl Admitted {
+    /// The headers every answer of this request carries: `x-ratelimit-*` and
+    /// `x-voxgate-cache`.
+    pub fn write_headers(&self, headers: &mut HeaderMap) {
+        self.quota.write_headers(headers);
+        if let Some(verdict) = self.cache {
+            headers.insert(CACHE_HEADER.clone(), HeaderValue::from_static(verdict));
+        }
+    }
+}
+
+/// A refusal of the policy phases.
+#[derive(Debug)]
+pub enum Refusal {
+    NoKey,
+    UnknownKey,
+    NotAllowed(String),
+    Limited(Box<Limited>),
+}
+
+impl Refusal {
+    pub fn api_error(&self) -> ApiError {
+        match self {
+            Refusal::NoKey => ApiError::invalid_request(
+                StatusCode::UNAUTHORIZED,
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
+            )
+            .with_code("missing_api_key")
+            .with_should_retry(false),
+            Refusal::UnknownKey => ApiError::invalid_request(
+                StatusCode::UNAUTHORIZED,
+                "Incorrect API key provided: it is not one of this voxgate's client keys.",
+            )
+            .with_code("invalid_api_key")
+            .with_should_retry(false),
+            Refusal::NotAllowed(what) => {
+                ApiError::invalid_request(StatusCode::FORBIDDEN, what.clone())
+                    .with_code("permission_denied")
+                    .with_should_retry(false)
+            }
+            Refusal::Limited(limited) => limited_error(limited),
+        }
+    }
+}
+
+fn limited_error(limited: &Limited) -> ApiError {
+    let who = match &limited.scope {
+        Scope::Global => "all clients together".to_string(),
+        Scope::Client(name) => format!("client `{name}`"),
+    };
+    let rate = limited.rate;
+    let limit = format!(
+        "{} {} per {}",
+        rate.count,
+        limited.unit.name(),
+        go_duration(rate.period)
+    );
+    let kind = match limited.unit {
+        Unit::Requests => "requests",
+        Unit::TtsChars | Unit::SttBytes => "tokens",
+    };
+    let error = ApiError::new(StatusCode::TOO_MANY_REQUESTS, kind, String::new())
+        .with_code("rate_limit_exceeded");
+    match limited.retry_after_seconds() {
+        Some(seconds) => ApiError {
+            message: format!(
+                "Rate limit reached for {who} on {}: limit {limit}. Please try again in {}.",
+                limited.unit.name(),
+                go_duration(limited.denied.retry_after.unwrap_or_default()),
+            ),
+            ..error.with_retry_after(seconds)
+        },
+        None => ApiError {
+            message: format!(
+                "This request is larger than the rate limit for {who} on {} allows at once ({limit}): it cannot pass.",
+                limited.unit.name()
+            ),
+            ..error.with_should_retry(false)
+        },
+    }
+}
+
+impl From<Refusal> for Stop {
+    fn from(refusal: Refusal) -> Stop {
+        Stop::Refused(GatewayError::Policy(refusal))
+    }
+}
+
+/// authenticate: when clients are configured, the request's key must be one of theirs.
+pub fn authenticate(cx: &mut Context<'_>, headers: &HeaderMap) -> Step<()> {
+    let policy = &cx.runtime.policy;
+    if policy.keys.is_empty() {
+        return Ok(());
+    }
+    let key = keys::presented(headers).ok_or(Refusal::NoKey)?;
+    let index = policy.keys.find(key).ok_or(Refusal::UnknownKey)?;
+    cx.admitted.client = Some(index);
+    cx.trace.record.caller = Some((policy.clients[index].name.clone(), index as u32));
+    Ok(())
+}
+
+/// meter_request: one request taken from the `requests` limits; an upload whose
+/// Content-Length is already over `stt_bytes` is refused before a byte of it is read.
+pub fn meter_request(cx: &mut Context<'_>, api: &Api, head: &Parts) -> Step<()> {
+    let meter = &cx.runtime.policy.meter;
+    let client = cx.admitted.client;
+    if matches!(
+        api.operation,
+        Operation::Transcriptions | Operation::Translations
+    ) && meter.limits(client, Unit::SttBytes)
+    {
+        let length = head
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if let Some(length) = length {
+            let file_at_least = length.saturating_sub(FORM_ALLOWANCE);
+            if let Err(limited) = meter.check(client, Unit::SttBytes, file_at_least) {
+                return Err(limit(cx, limited));
+            }
+        }
+    }
+    if meter.limits(client, Unit::Requests) {
+        if let Err(limited) = meter.take(client, Unit::Requests, 1, &mut cx.admitted.quota) {
+            return Err(limit(cx, limited));
+        }
+    }
+    Ok(())
+}
+
+fn limit(cx: &mut Context<'_>, limited: Limited) -> Stop {
+    cx.trace.record.limited = Some(limited.unit.name());
+    Refusal::Limited(Box::new(limited)).into()
+}
+
+/// permit: the client may use this route and this model.
+pub fn permit(cx: &Context<'_>, route: &RouteConfig, payload: &Payload) -> Step<()> {
+    let Some(client) = cx.admitted.client.map(|c| &cx.runtime.policy.clients[c]) else {
+        return Ok(());
+    };
+    if let Some(routes) = &client.routes {
+        if !route.name.as_ref().is_some_and(|n| routes.contains(n)) {
+            return Err(Refusal::NotAllowed(format!(
+                "client `{}` may not use route `{}`",
+                client.name,
+                route.label()
+            ))
+            .into());
+        }
+    }
+    if let Some(models) = &client.models {
+        let model = payload.model().unwrap_or_default();
+        if !models.matches(model) {
+            return Err(Refusal::NotAllowed(format!(
+                "client `{}` may not use model `{model}`",
+                client.name
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// meter_units: the speech characters or uploaded bytes taken from the limits (a cache
+/// hit's characters only with `charge_hits`).
+pub fn meter_units(cx: &mut Context<'_>, api: &Api, payload: &Payload) -> Step<()> {
+    let unit = match api.operation {
+        Operation::Speech => Unit::TtsChars,
+        Operation::Transcriptions | Operation::Translations => Unit::SttBytes,
+        Operation::Other => return Ok(()),
+    };
+    let meter = &cx.runtime.policy.meter;
+    let client = cx.admitted.client;
+    if !meter.limits(client, unit) {
+        return Ok(());
+    }
+    let cost = payload.billed_units();
+    match meter.take(client, unit, cost, &mut cx.admitted.quota) {
+        Ok(()) => {
+            cx.admitted.charged_units = true;
+            Ok(())
+        }
+        Err(limited) => {
+            // All or none: the request itself is not counted either.
+            cx.admitted.quota.refund();
+            Err(limit(cx, limited))
+        }
+    }
+}
+
+/// What the cache made of a speech request.
+pub enum Lookup {
+    /// Not cached: go upstream.
+    Pass,
+    /// The first of identical misses: go upstream, and its 2xx answer fills the cache
+    /// and feeds those waiting.
+    Lead(Flight),
+}
+
+/// lookup: a speech request the cache can answer is answered here (a hit, or the same
+/// answer another identical request is fetching now); otherwise it goes upstream.
+pub async fn lookup(
+    cx: &mut Context<'_>,
+    api: &Api,
+    head: &Parts,
+    route: &RouteConfig,
+    payload: &Payload,
+) -> Step<Lookup> {
+    let Some(cache) = &cx.runtime.policy.cache else {
+        return Ok(Lookup::Pass);
+    };
+    if api.operation != Operation::Speech {
+        return Ok(Lookup::Pass);
+    }
+    let Payload::Json(json) = payload else {
+        return Ok(Lookup::Pass);
+    };
+    if !route.cache || bypassed(&head.headers) {
+        cx.admitted.cache = Some("bypass");
+        return Ok(Lookup::Pass);
+    }
+    let key = speech_key(route, json.object.iter());
+    let store = cache.store.clone();
+    let charge_hits = cache.charge_hits;
+    if let Some(entry) = store.get(&key).await {
+        let answer = hit(cx, entry.content_type.clone(), full(entry.body.clone()));
+        return hit_answered(cx, api, route, payload, charge_hits, answer);
+    }
+    match store.join(key) {
+        Join::Leader(flight) => {
+            cx.admitted.cache = Some("miss");
+            Ok(Lookup::Lead(flight))
+        }
+        Join::Follower(waiter) => match waiter.wait().await {
+            Some((content_type, body)) => {
+                let answer = hit(cx, content_type, body);
+                hit_answered(cx, api, route, payload, charge_hits, answer)
+            }
+            // The first one got no answer worth sharing: this one tries for itself.
+            None => {
+                cx.admitted.cache = Some("miss");
+                Ok(Lookup::Pass)
+            }
+        },
+    }
+}
+
+/// A hit is still a request of its client: its characters are charged with
+/// `charge_hits`, and what it saved is counted.
+fn hit_answered(
+    cx: &mut Context<'_>,
+    api: &Api,
+    route: &RouteConfig,
+    payload: &Payload,
+    charge_hits: bool,
+    answer: Response<ProxyBody>,
+) -> Step<Lookup> {
+    if charge_hits {
+        meter_units(cx, api, payload)?;
+    }
+    let runtime = cx.runtime;
+    if let Some((price, _)) = priced_upstream(&runtime.upstreams, route, payload.model()) {
+        let saved = cost::speech(&price, payload.billed_units());
+        cx.trace.record.avoided = Some((nano_dollars(saved), "cache"));
+    }
+    cx.trace.record.status = answer.status().as_u16();
+    Err(Stop::Streamed(Box::new(answer)))
+}
+
+fn hit(cx: &mut Context<'_>, content_type: HeaderValue, body: ProxyBody) -> Response<ProxyBody> {
+    cx.admitted.cache = Some("hit");
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, content_type);
+    headers.insert(REQUEST_ID_HEADER_NAME.clone(), cx.id.clone());
+    response
+}
+
+/// `Cache-Control: no-cache` or `no-store` from the client: neither read nor stored.
+fn bypassed(headers: &HeaderMap) -> bool {
+    headers.get_all(CACHE_CONTROL).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',').any(|d| {
+                let d = d.trim();
+                d.eq_ignore_ascii_case("no-cache") || d.eq_ignore_ascii_case("no-store")
+            })
+        })
+    })
+}
+
+/// The request as the client meant it: its fields with the route's `set` applied and the
+/// API's defaults filled in, in key order; numbers compared by value (`1` is `1.0`). The
+/// upstream's own rewrites (model and voice maps, its dialect) come later and are not in
+/// it, so a hit does not depend on which upstream answered first.
+pub fn speech_key<'a>(
+    route: &RouteConfig,
+    fields: impl Iterator<Item = (&'a String, &'a Value)>,
+) -> Key {
+    let mut all: Vec<(&str, Value)> = fields
+        .filter(|(k, _)| !route.set.iter().any(|(s, _)| s == *k))
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    all.extend(route.set.iter().map(|(k, v)| (k.as_str(), v.to_json())));
+    for (key, default) in [
+        ("response_format", Value::from("mp3")),
+        ("speed", Value::from(1.0)),
+        ("stream_format", Value::from("audio")),
+    ] {
+        if !all.iter().any(|(k, _)| *k == key) {
+            all.push((key, default));
+        }
+    }
+    all.sort_by(|a, b| a.0.cmp(b.0));
+    let mut hash = Sha256::new();
+    hash.update(b"voxgate speech v1\n");
+    for (key, value) in all {
+        let value = match value.as_f64() {
+            Some(n) if value.is_number() => Value::from(n),
+            _ => value,
+        };
+        hash.update(key.as_bytes());
+        hash.update(b"=");
+        hash.update(value.to_string().as_bytes());
+        hash.update(b"\n");
+    }
+    hash.finalize().into()
+}
+
+/// The first upstream of the route that charges for `model`, and its price.
+fn priced_upstream(
+    upstreams: &[Arc<Upstream>],
+    route: &RouteConfig,
+    model: Option<&str>,
+) -> Option<(cost::Price, usize)> {
+    route.to.iter().find_map(|&i| {
+        let price = upstreams.get(i)?.config.price.price(model)?;
+        Some((price, i))
+    })
+}
+
+/// price: what the answer of upstream `index` is estimated to cost, and what answering
+/// locally saved against the route's priced upstream. An upload's minutes are read from
+/// its header only when some price needs them.
+pub async fn price(
+    cx: &mut Context<'_>,
+    api: &Api,
+    route: &RouteConfig,
+    index: usize,
+    payload: &Payload,
+) {
+    let runtime = cx.runtime;
+    let model = payload.model();
+    let charged = runtime.upstreams[index].config.price.price(model);
+    let reference = match charged {
+        Some(_) => None,
+        None => priced_upstream(&runtime.upstreams, route, model).map(|(p, _)| p),
+    };
+    if charged.is_none() && reference.is_none() {
+        return;
+    }
+    let units = payload.billed_units();
+    let dollars = |price: &cost::Price, minutes: Option<std::time::Duration>| match api.operation {
+        Operation::Speech => cost::speech(price, units),
+        Operation::Transcriptions | Operation::Translations => cost::upload(price, minutes, units),
+        Operation::Other => 0.0,
+    };
+    let duration = match api.operation {
+        Operation::Transcriptions | Operation::Translations => upload_duration(payload).await,
+        _ => None,
+    };
+    let record = &mut cx.trace.record;
+    if let Some(price) = charged {
+        record.cost_nanos = nano_dollars(dollars(&price, duration));
+    }
+    if let Some(price) = reference {
+        record.avoided = Some((nano_dollars(dollars(&price, duration)), "local"));
+    }
+}
+
+/// The uploaded file's duration, from the first and last bytes of its `file` part.
+async fn upload_duration(payload: &Payload) -> Option<std::time::Duration> {
+    let Payload::Form(form) = payload else {
+        return None;
+    };
+    let range = form.parts.iter().find_map(|p| match &p.value {
+        PartValue::File(range) if p.name == "file" => Some(range.clone()),
+        _ => None,
+    })?;
+    let total = range.end - range.start;
+    let head_end = range.start + total.min(audio::HEAD_BYTES as u64);
+    let tail_start = range.end - total.min(audio::TAIL_BYTES as u64);
+    let head = read(&form.replay, range.start..head_end).await?;
+    let tail = read(&form.replay, tail_start..range.end).await?;
+    audio::duration(&head, &tail, total)
+}
+
+async fn read(
+    replay: &Arc<crate::request::replay::Replay>,
+    range: std::ops::Range<u64>,
+) -> Option<Vec<u8>> {
+    use futures_util::StreamExt;
+    let mut out = Vec::with_capacity((range.end - range.start) as usize);
+    let mut stream = std::pin::pin!(replay.stream(range));
+    while let Some(chunk) = stream.next().await {
+        let chunk: Bytes = chunk.ok()?;
+        out.extend_from_slice(&chunk);
+    }
+    Some(out)
+}
