@@ -210,7 +210,10 @@ impl Upstream {
                 || name == header::CONTENT_LENGTH
                 || name == header::EXPECT
                 || *name == REQUEST_ID_HEADER_NAME
-                || (drop_authorization && name == header::AUTHORIZATION)
+                // The key in any of the headers clients send it in (`api-key`, `x-api-key`:
+                // Azure-style and Anthropic-style clients).
+                || (drop_authorization
+                    && (name == header::AUTHORIZATION || name == "api-key" || name == "x-api-key"))
                 // The client's organization and project belong to the client's key, not ours.
                 || (ours.is_some() && (name == "openai-organization" || name == "openai-project"))
                 || named.contains(name));
@@ -334,6 +337,8 @@ mod tests {
             HeaderValue::from_static("keep-alive, x-private"),
         );
         h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("api-key", HeaderValue::from_static("client-azure"));
+        h.insert("x-api-key", HeaderValue::from_static("client-x"));
         h.insert(
             "openai-organization",
             HeaderValue::from_static("org-client"),
@@ -363,10 +368,15 @@ mod tests {
             h.get("openai-organization").is_none(),
             "goes with the client's key"
         );
+        for name in ["api-key", "x-api-key"] {
+            assert!(h.get(name).is_none(), "{name} is the client's key too");
+        }
         let h = sent(&upstream("http://a", None, false), &client_headers(), &id);
         assert!(h.get(header::AUTHORIZATION).is_none());
+        assert!(h.get("api-key").is_none() && h.get("x-api-key").is_none());
         let h = sent(&upstream("http://a", None, true), &client_headers(), &id);
         assert_eq!(h[header::AUTHORIZATION], "Bearer client");
+        assert_eq!(h["api-key"], "client-azure");
         assert_eq!(h["openai-organization"], "org-client");
     }
 
