@@ -242,6 +242,13 @@ key = "bob-key"
 async fn a_burst_passes_and_the_next_request_gets_429_with_a_correct_retry_after() {
     let up = Scripted::always(Reply::ok("audio/pcm", "PCM")).await;
     let proxy = Proxy::start(&limited_config(&up.url(), "", r#"requests = "3/min""#)).await;
+    // A request voxgate refuses itself (here: not JSON) reached no upstream: not counted.
+    let bad = Request::post(proxy.url("/v1/audio/speech"))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer alice-key")
+        .body(full_body("{not json"))
+        .unwrap();
+    assert_eq!(send(bad).await.status, 400);
     for i in 0..3 {
         let ok = send(bearer(&proxy, "alice-key", say("hi"))).await;
         assert_eq!(ok.status, 200);

@@ -519,3 +519,40 @@ async fn both_sdks_speak_https_to_voxgate_streaming_included() {
     assert_eq!(refused.code, Some(1), "{:?}", refused.json);
     assert_eq!(kokoro.count(), 2);
 }
+
+/// Client keys and limits (issue 20) as the SDKs see them: their own error classes, and
+/// no client key ever reaching an upstream.
+#[tokio::test]
+async fn keys_and_limits_reach_both_sdks_as_their_error_classes() {
+    let up = Scripted::always(Reply::ok("audio/pcm", "PCM")).await;
+    let config = format!(
+        "{}\n[[clients]]\nname = \"alice\"\nkey = \"sk-alice-test\"\nmodels = [\"tts-1\", \"whisper-1\"]\nlimits = {{ requests = \"2/hour\" }}\n",
+        single_upstream(&up.url(), "api_key = \"sk-upstream\"")
+    );
+    let proxy = Proxy::start(&config).await;
+    let (file, _) = wav();
+    let expect = |out: &Outcome, class: &str, status: u16| {
+        assert_eq!(out.code, Some(3), "an API status error: {}", out.stderr);
+        assert_eq!(out.json["error"]["class"], class, "{}", out.json);
+        assert_eq!(out.json["error"]["status"], status);
+    };
+    let nobody = [("OPENAI_API_KEY", "sk-nobody")];
+    expect(&run_python("speech", &proxy, &file, &nobody).await, "AuthenticationError", 401);
+    expect(&run_node("speech", &proxy, &file, &nobody).await, "AuthenticationError", 401);
+    let hd = [("OPENAI_API_KEY", "sk-alice-test"), ("VOXGATE_MODEL", "tts-1-hd")];
+    expect(&run_python("speech", &proxy, &file, &hd).await, "PermissionDeniedError", 403);
+    expect(&run_node("speech", &proxy, &file, &hd).await, "PermissionDeniedError", 403);
+    assert_eq!(up.count(), 0);
+    let alice = [("OPENAI_API_KEY", "sk-alice-test")];
+    let out = run_python("speech", &proxy, &file, &alice).await.ok();
+    assert_eq!(out["sha256"], sha256(b"PCM"));
+    run_node("speech", &proxy, &file, &alice).await.ok();
+    expect(&run_python("speech", &proxy, &file, &alice).await, "RateLimitError", 429);
+    expect(&run_node("speech", &proxy, &file, &alice).await, "RateLimitError", 429);
+    assert_eq!(up.count(), 2);
+    for got in up.received() {
+        assert_eq!(got.header("authorization"), Some("Bearer sk-upstream"));
+        let all = format!("{:?}", got.headers);
+        assert!(!all.contains("sk-alice") && !all.contains("sk-nobody"), "{all}");
+    }
+}

@@ -75,6 +75,10 @@ impl Gateway {
         let (head, body) = request.into_parts();
         let mut body = TrackedBody::new(body);
         let end = self.phases(&mut cx, &head, &mut body).await;
+        // A request voxgate refused itself reached no upstream: it costs nothing.
+        if let Err(Stop::Refused(_)) = end {
+            cx.admitted.quota.refund();
+        }
         // An HTTP/1 answer given before the body was read to its end closes the
         // connection, and says so (RFC 9112 §9.6): the rest of the body cannot be told
         // from a next request. The server lingers on such a close (server/linger.rs).
