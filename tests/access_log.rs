@@ -281,3 +281,51 @@ async fn no_key_reaches_the_log_at_trace_level_through_every_kind_of_failure() {
         assert!(!log.contains(secret), "{secret} leaked into the log");
     }
 }
+
+/// The policy fields: the client's name (never its key), the cache's verdict, the limit
+/// that refused, the cost and what the cache avoided.
+#[tokio::test(flavor = "current_thread")]
+async fn policy_fields_name_the_client_the_cache_the_limit_and_the_cost() {
+    let (captured, _guard) = capture(tracing::Level::INFO);
+    let up = Scripted::always(Reply::ok("audio/mpeg", "MP3")).await;
+    let config = format!(
+        "[upstreams.openai]\nurl = \"{}\"\nkind = \"openai\"\nhealth = {{ enabled = false }}\n\
+         [[routes]]\nto = [\"openai\"]\n[cache]\n\
+         [[clients]]\nname = \"laptop\"\nkey = \"sk-laptop-secret\"\nlimits = {{ requests = \"2/hour\" }}\n",
+        up.url()
+    );
+    let proxy = Proxy::start(&config).await;
+    for _ in 0..3 {
+        let mut req = speech_request(
+            &proxy.url("/v1/audio/speech"),
+            json!({"model": "tts-1", "input": "x".repeat(1000), "voice": "alloy"}),
+        );
+        req.headers_mut()
+            .insert("authorization", "Bearer sk-laptop-secret".parse().unwrap());
+        send(req).await;
+    }
+    let lines = captured.wait_for(3).await;
+    assert!(!captured.text().contains("sk-laptop-secret"));
+    let fields = |l: &Value| {
+        (
+            l["client_name"].clone(),
+            l["cache"].clone(),
+            l["limited"].clone(),
+            l["cost_usd"].clone(),
+            l["cost_avoided_usd"].clone(),
+        )
+    };
+    assert_eq!(
+        fields(&lines[0]),
+        (json!("laptop"), json!("miss"), Value::Null, json!(0.015), Value::Null)
+    );
+    assert_eq!(
+        fields(&lines[1]),
+        (json!("laptop"), json!("hit"), Value::Null, Value::Null, json!(0.015))
+    );
+    assert_eq!(
+        fields(&lines[2]),
+        (json!("laptop"), Value::Null, json!("requests"), Value::Null, Value::Null)
+    );
+    assert_eq!(lines[2]["status"], 429);
+}
