@@ -18,7 +18,10 @@
 # 3 to 12 s of callgrind after the builds.
 #
 # Knobs (environment): CALLGRIND_WARMUP (300), CALLGRIND_REQUESTS (2000), BENCH_PROXY_CORE
-# (0), BENCH_LOAD_CORE (1), BENCH_VOXGATE_LOG (warn), BENCH_KEEP_WORKDIR=1 (keep the files).
+# (0), BENCH_LOAD_CORE (1), BENCH_VOXGATE_LOG (warn), BENCH_KEEP_WORKDIR=1 (keep the files),
+# CALLGRIND_POLICY=keys (the config gets load/keys.toml.in's two clients with keys and
+# limits, and global limits, none ever refusing; the client presents the second key: what
+# checking keys and limits costs a request).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -75,6 +78,15 @@ python3 -c 'import string, sys; print(string.Template(open(sys.argv[1]).read()).
     port=sys.argv[2], upstream_port=sys.argv[3], upstream_503_port=sys.argv[4], dead_port=sys.argv[5]))' \
     benches/load/voxgate.toml.in "$port" "$upstream_port" "$upstream_503_port" "$dead_port" \
     >"$workdir/voxgate.toml"
+client_key=""
+case "${CALLGRIND_POLICY:-}" in
+    "") ;;
+    keys)
+        cat benches/load/keys.toml.in >>"$workdir/voxgate.toml"
+        client_key="$(sed -n 's/^key = "\(.*\)"$/\1/p' benches/load/keys.toml.in | tail -n 1)"
+        ;;
+    *) echo "CALLGRIND_POLICY is keys or empty, not ${CALLGRIND_POLICY}" >&2; exit 2 ;;
+esac
 
 start=$SECONDS
 out="$workdir/callgrind.out"
@@ -84,14 +96,15 @@ RUST_LOG="${BENCH_VOXGATE_LOG:-warn}" taskset -c "$proxy_core" valgrind --tool=c
 voxgate=$!
 # The client connects once voxgate listens (a refused connect costs voxgate nothing), and
 # dumps the counts when voxgate has had 0.2 s to finish the last request and wait again.
-taskset -c "$load_core" python3 - "$port" "$voxgate" "$warmup" "$requests" <<'EOF' \
+taskset -c "$load_core" python3 - "$port" "$voxgate" "$warmup" "$requests" "$client_key" <<'EOF' \
     || { cat "$workdir/voxgate.log" >&2; exit 1; }
 import json, socket, subprocess, sys, time
 port, pid, warmup, requests = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+auth = f"Authorization: Bearer {sys.argv[5]}\r\n" if sys.argv[5] else ""
 body = json.dumps({"model": "tts-1", "input": "Hello from the benchmark.", "voice": "alloy",
                    "response_format": "pcm"}).encode()
 raw = (f"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-       f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+       f"Content-Type: application/json\r\n{auth}Content-Length: {len(body)}\r\n\r\n").encode() + body
 for _ in range(1200):  # 60 s
     try: s = socket.create_connection(("127.0.0.1", port), timeout=60); break
     except OSError: time.sleep(0.05)

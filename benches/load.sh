@@ -6,15 +6,19 @@
 #
 # Installs nginx, haproxy and wrk with apt-get when they are missing, builds the scripted
 # upstream (examples/bench_upstream.rs) in release mode and voxgate as it is shipped
-# (scripts/build-release.sh: profile-guided), then runs benches/load/run.py. Traffic stays on 127.0.0.1 (ports BENCH_PORT_BASE..+13, default
-# 18400..18413). Every process started is ended on exit, failure included. About 6 to 8
-# minutes of measuring (two voxgate builds), plus the builds (about 9 minutes when nothing is cached).
+# (scripts/build-release.sh: profile-guided), then runs benches/load/run.py. Besides the
+# plain contestants: voxgate with client keys and rate limits (small TTS), and voxgate's
+# [cache] against nginx's proxy_cache (cache hits). Traffic stays on 127.0.0.1 (ports
+# BENCH_PORT_BASE..+17, default 18400..18417). Every process started is ended on exit,
+# failure included. About 8 to 10 minutes of measuring (two voxgate builds), plus the
+# builds (about 9 minutes when nothing is cached).
 #
 # Knobs (environment): BENCH_RUNS (3), BENCH_SECONDS (5 per wrk run), BENCH_BIG_SECONDS (4),
 # BENCH_PORT_BASE (18400), BENCH_PROXY_CORE (0), BENCH_LOAD_CORE (1), BENCH_VOXGATE_LOG
 # (RUST_LOG for voxgate, default warn: no access log, as nginx and HAProxy run here),
 # BENCH_BUILD (both: the profile-guided build as "voxgate" and the plain one as "voxgate B",
 # measured side by side in every phase; pgo or plain for one of them),
+# BENCH_PHASES (abcdefg: the phases to run, by letter; ag is small TTS and cache hits),
 # BENCH_KEEP_WORKDIR=1 to keep the generated configs, bodies, logs and results.json,
 # BENCH_CHARTS=DIR to draw the results as SVG bar charts there (benches/load/charts.py;
 # benches/README.md embeds the ones in benches/charts/).

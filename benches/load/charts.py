@@ -5,9 +5,9 @@
 
 RESULTS_JSON is the results.json run.py writes ({"results": {figure: {target: value}}}).
 One SVG per figure in CHARTS below, each a horizontal bar per target (direct, voxgate,
-voxgate with a reload every second where measured, nginx, HAProxy), the value written at
-the bar's end and whether more or less is better in the title. run.py calls draw() itself
-when BENCH_CHARTS names a directory.
+voxgate with a reload every second and with keys and limits where measured, nginx,
+HAProxy), the value written at the bar's end and whether more or less is better in the
+title. run.py calls draw() itself when BENCH_CHARTS names a directory.
 """
 
 import json
@@ -29,11 +29,13 @@ CHARTS = [
      "Peak RSS, 32 uploads of 25 MiB at a time", "MiB", False),
 ]
 
-ORDER = ["direct", "voxgate", "voxgate, reload 1/s", "voxgate B", "nginx", "haproxy"]
+ORDER = ["direct", "voxgate", "voxgate, reload 1/s", "voxgate, keys+limits", "voxgate B", "nginx",
+         "haproxy"]
 COLOURS = {
     "direct": "#9e9e9e",
     "voxgate": "#1565c0",
     "voxgate, reload 1/s": "#64b5f6",
+    "voxgate, keys+limits": "#0097a7",
     "voxgate B": "#7e57c2",
     "nginx": "#2e7d32",
     "haproxy": "#ef6c00",

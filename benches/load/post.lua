@@ -1,10 +1,15 @@
 -- wrk script for benches/load.sh: POSTs one prebuilt body (BENCH_BODY, a file) with the
--- content type BENCH_CTYPE, and prints one machine-readable line when the run is done.
+-- content type BENCH_CTYPE, with `Authorization: Bearer BENCH_KEY` when that is set (a
+-- client's key), and prints one machine-readable line when the run is done.
 local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
 wrk.body = f:read("*a")
 f:close()
 wrk.method = "POST"
 wrk.headers["Content-Type"] = os.getenv("BENCH_CTYPE")
+local key = os.getenv("BENCH_KEY")
+if key and key ~= "" then
+   wrk.headers["Authorization"] = "Bearer " .. key
+end
 
 function done(summary, latency, requests)
    local e = summary.errors

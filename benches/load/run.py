@@ -4,16 +4,21 @@
 load.sh installs the tools and builds the binaries, then runs this file. It starts the
 scripted upstream (examples/bench_upstream.rs) on the load core, voxgate, nginx and HAProxy
 each pinned to the proxy core, drives them with wrk and with the small HTTP/1.1 client
-below from the load core, and prints one table. Everything is on 127.0.0.1; every loop is
-bounded in count and time; every process started here is ended here (and its pid written
-to BENCH_PIDFILE, so that load.sh's trap can end it if this script is killed).
+below from the load core, and prints one table. Two more voxgate processes carry the
+policy features (client keys and rate limits; the TTS cache), and a second nginx its
+proxy_cache; the cache phase's upstream is a counting one in this process. Everything is
+on 127.0.0.1; every loop is bounded in count and time; every process started here is ended
+here (and its pid written to BENCH_PIDFILE, so that load.sh's trap can end it if this
+script is killed).
 
 Standard library only.
 """
 
 import argparse
+import http.server
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -41,10 +46,36 @@ SECOND = "voxgate B"
 # The same voxgate process, sent SIGHUP every second while wrk runs (small TTS only): what
 # hot reload costs the requests going through it.
 RELOADING = "voxgate, reload 1/s"
+# A voxgate process whose config adds two [[clients]] with keys and limits, and global
+# limits, none of them ever refusing (load/keys.toml.in); wrk presents a client's key.
+# Small TTS only: what checking keys and limits costs.
+KEYS = "voxgate, keys+limits"
+CLIENT_KEYS = ("bench-key-a-7c1e9d24f3b85a06", "bench-key-b-2f8a6e0c41d97b53")  # keys.toml.in's
+# The cache phase: a voxgate process with [cache] (load/cache.toml.in) and an nginx with
+# proxy_cache (load/nginx-cache.conf.in), both in front of the counting upstream, both
+# answering the same speech request from their caches. Their figures go in the table's
+# voxgate and nginx columns.
+CACHED = "voxgate, cache"
+NGINX_CACHED = "nginx, proxy_cache"
+CACHE_FIGURES = {  # the cache phase's figures: target -> table column
+    CACHED: "voxgate",
+    NGINX_CACHED: "nginx",
+}
 
 
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def slug(name):
+    """A file name for a target: "voxgate, keys+limits" -> "voxgate-keys-limits"."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def percentile(samples, q):
+    """The q-th percentile (0-100) of samples, nearest rank."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,6 +219,8 @@ class Conn:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
+        self.headers = {}  # the last response's, names in lower case
+        self.first_byte = None  # s from sending the last request to its first response byte
 
     def close(self):
         self.sock.close()
@@ -216,6 +249,9 @@ class Conn:
         """Sends one request; returns (status, body bytes, s to first body byte, s in all)."""
         t0 = time.perf_counter()
         self.sock.sendall(raw)
+        if not self.buf:
+            self._fill()
+        self.first_byte = time.perf_counter() - t0
         while b"\r\n\r\n" not in self.buf:
             if len(self.buf) > 65536:
                 raise HttpError("headers too long")
@@ -227,6 +263,7 @@ class Conn:
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
+        self.headers = headers
         length = headers.get("content-length")
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         if length == "0":
@@ -255,10 +292,11 @@ class Conn:
         return status, received, t_first - t0, t_end - t0
 
 
-def raw_post(port, path, body, ctype):
+def raw_post(port, path, body, ctype, key=None):
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
     head = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {ctype}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"{auth}Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 
@@ -290,6 +328,72 @@ def wait_ready(port, deadline_s=10.0, interval_s=0.0005, proc=None):
     raise RuntimeError(f"nothing answered GET /health on port {port} within {deadline_s} s")
 
 
+class CountingUpstream:
+    """The cache phase's upstream: answers a speech POST as bench_upstream does (32 KiB of
+    audio/pcm with a Content-Length) and counts the requests it answered, so that the bench
+    can check the caches sent it nothing after their warm-up. Slow (Python), which does not
+    matter while nothing reaches it, and would show if something did."""
+
+    def __init__(self, port):
+        counts = self.counts = {}
+        lock = self.lock = threading.Lock()
+        reply = bytes(i % 251 for i in range(SPEECH_REPLY_BYTES))  # bench_upstream's sawtooth
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as the proxies' pools expect
+
+            def _answer(self, status, ctype, body):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                self._answer(200 if self.path == "/health" else 404, "text/plain", b"ok\n")
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > 1 << 20:
+                    self.close_connection = True
+                    self._answer(413, "text/plain", b"too large\n")
+                    return
+                self.rfile.read(length)
+                with lock:
+                    counts[self.path] = counts.get(self.path, 0) + 1
+                if self.path.endswith(SPEECH_PATH):
+                    self._answer(200, "audio/pcm", reply)
+                else:
+                    self._answer(404, "text/plain", b"not found\n")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.1,), daemon=True)
+        self.thread.start()
+
+    def speech_requests(self):
+        with self.lock:
+            return sum(n for path, n in self.counts.items() if path.endswith(SPEECH_PATH))
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def metric(port, name, labels):
+    """One counter from voxgate's /metrics, by its exact label set (`{result="hit"}`)."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no http_proxy
+    with direct.open(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + labels + " "):
+            return float(line.split()[-1])
+    raise RuntimeError(f"no {name}{labels} in voxgate's /metrics")
+
+
 # ---------------------------------------------------------------------------------------
 # the benchmark
 
@@ -308,6 +412,10 @@ class Bench:
             SECOND: b + 13,
             "nginx": b + 11,
             "haproxy": b + 12,
+            KEYS: b + 14,
+            CACHED: b + 15,
+            NGINX_CACHED: b + 16,
+            "cache_upstream": b + 17,
         }
         self.running = {}  # proxy name -> Popen
         self.results = {}  # figure -> target -> value
@@ -339,17 +447,24 @@ class Bench:
             "dead_port": self.ports["dead"],
             "user_line": "user root;" if os.geteuid() == 0 else "",
         }
-        for name, template, out in [
-            ("voxgate", "voxgate.toml.in", "voxgate.toml"),
-            (SECOND, "voxgate.toml.in", "voxgate-b.toml"),
-            ("nginx", "nginx.conf.in", "nginx.conf"),
-            ("haproxy", "haproxy.cfg.in", "haproxy.cfg"),
+        # The cache phase's proxies send their misses to the counting upstream.
+        cached = dict(subst, upstream_port=self.ports["cache_upstream"])
+        for name, templates, values, out in [
+            ("voxgate", ["voxgate.toml.in"], subst, "voxgate.toml"),
+            (SECOND, ["voxgate.toml.in"], subst, "voxgate-b.toml"),
+            ("nginx", ["nginx.conf.in"], subst, "nginx.conf"),
+            ("haproxy", ["haproxy.cfg.in"], subst, "haproxy.cfg"),
+            (KEYS, ["voxgate.toml.in", "keys.toml.in"], subst, "voxgate-keys.toml"),
+            (CACHED, ["voxgate.toml.in", "cache.toml.in"], cached, "voxgate-cache.toml"),
+            (NGINX_CACHED, ["nginx-cache.conf.in"], cached, "nginx-cache.conf"),
         ]:
-            with open(j(HERE, template)) as f:
-                text = string.Template(f.read()).substitute(subst, port=self.ports[name])
+            text = ""
+            for template in templates:
+                with open(j(HERE, template)) as f:
+                    text += string.Template(f.read()).substitute(values, port=self.ports[name])
             with open(j(self.work, out), "w") as f:
                 f.write(text)
-        for d in ["nginx-body", "nginx-proxy"]:
+        for d in ["nginx-body", "nginx-proxy", "nginx-cache-body", "nginx-cache-proxy", "nginx-cache"]:
             os.makedirs(j(self.work, d), exist_ok=True)
 
         speech = {"model": "tts-1", "input": "Hello from the benchmark.", "voice": "alloy",
@@ -391,21 +506,28 @@ class Bench:
             return pin + [self.args.voxgate, "--config", j(self.work, "voxgate.toml")]
         if name == SECOND:
             return pin + [self.args.voxgate_b, "--config", j(self.work, "voxgate-b.toml")]
+        if name == KEYS:
+            return pin + [self.args.voxgate, "--config", j(self.work, "voxgate-keys.toml")]
+        if name == CACHED:
+            return pin + [self.args.voxgate, "--config", j(self.work, "voxgate-cache.toml")]
         if name == "nginx":
             return pin + ["nginx", "-c", j(self.work, "nginx.conf"), "-e", j(self.work, "nginx-error.log")]
+        if name == NGINX_CACHED:
+            return pin + ["nginx", "-c", j(self.work, "nginx-cache.conf"),
+                          "-e", j(self.work, "nginx-cache-error.log")]
         if name == "haproxy":
             return pin + ["haproxy", "-db", "-f", j(self.work, "haproxy.cfg")]
         raise ValueError(name)
 
     def proxy_env(self, name):
         env = dict(os.environ)
-        if name in ("voxgate", SECOND):
+        if name in ("voxgate", SECOND, KEYS, CACHED):
             # The access log off, as nginx (access_log off) and HAProxy (no log) run here.
             env["RUST_LOG"] = self.args.voxgate_log
         return env
 
     def start_proxy(self, name):
-        log_path = os.path.join(self.work, f"{name}.log")  # and the error output: see it on failure
+        log_path = os.path.join(self.work, f"{slug(name)}.log")  # and the error output: see it on failure
         with open(log_path, "ab") as out:
             p = self.procs.start(self.proxy_argv(name), stdout=out, stderr=out, env=self.proxy_env(name))
         return p
@@ -449,7 +571,8 @@ class Bench:
     def wrk(self, target, path, body_file, ctype, conns, seconds, peak=False):
         port = self.ports["voxgate" if target == RELOADING else target]
         url = f"http://127.0.0.1:{port}{path}"
-        env = dict(os.environ, BENCH_BODY=body_file, BENCH_CTYPE=ctype)
+        env = dict(os.environ, BENCH_BODY=body_file, BENCH_CTYPE=ctype,
+                   BENCH_KEY=CLIENT_KEYS[1] if target == KEYS else "")
         argv = ["taskset", "-c", self.args.load_core, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s",
                 "--timeout", "30s", "-s", os.path.join(HERE, "post.lua"), url]
         pids = self.pids(target)
@@ -555,7 +678,24 @@ class Bench:
             log(f"  {name}: ready in {statistics.median(ready_ms):.1f} ms, idle RSS {statistics.median(rss)} KiB")
 
     def sanity(self):
-        """One request of each kind through each target, checked, before any timing."""
+        """One request of each kind through each target, checked, before any timing; and
+        that voxgate with keys refuses a request without one, and limits the one with."""
+        port = self.ports[KEYS]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # a 401 closes it
+            s.sendall(raw_post(port, SPEECH_PATH, self.bodies["speech"], "application/json"))
+            head = s.recv(4096)
+        if not head.startswith(b"HTTP/1.1 401 "):
+            sys.exit(f"sanity check failed: {KEYS} answered {head[:40]!r} to a request without a key")
+        c = Conn(port)
+        try:
+            for key in CLIENT_KEYS:
+                raw = raw_post(port, SPEECH_PATH, self.bodies["speech"], "application/json", key)
+                status, n, _, _ = c.request(raw)
+                if status != 200 or n != SPEECH_REPLY_BYTES or "x-ratelimit-limit-requests" not in c.headers:
+                    sys.exit(f"sanity check failed: {KEYS} with a key: status {status}, {n} bytes, "
+                             f"headers {sorted(c.headers)}")
+        finally:
+            c.close()
         checks = [
             ("speech", SPEECH_PATH, self.bodies["speech"], "application/json", SPEECH_REPLY_BYTES),
             ("stream", SPEECH_PATH + STREAM_QUERY, self.bodies["speech"], "application/json", STREAM_REPLY_BYTES),
@@ -592,18 +732,19 @@ class Bench:
 
     def small_tts(self):
         a = self.args
-        targets = TARGETS + [RELOADING]
+        targets = TARGETS + [RELOADING, KEYS]
         per = {t: [] for t in targets}
         body = os.path.join(self.work, "speech.json")
-        for t in TARGETS:  # warm-up: pools filled, caches warm
+        for t in TARGETS + [KEYS]:  # warm-up: pools filled, caches warm
             self.wrk(t, SPEECH_PATH, body, "application/json", a.conns, 1)
         for run in range(a.runs):
-            # Interleaved, so that a noisy moment hits every target alike; voxgate with and
-            # without reloads back to back, in turn first, so that neither always follows
-            # the same neighbour.
-            pair = ["voxgate", RELOADING] if run % 2 == 0 else [RELOADING, "voxgate"]
+            # Interleaved, so that a noisy moment hits every target alike. Plain voxgate in
+            # the middle of its two variants, each of which is right before it in one round
+            # and right after it in the next: each pair back to back, neither always
+            # following the same neighbour.
+            group = [RELOADING, "voxgate", KEYS] if run % 2 == 0 else [KEYS, "voxgate", RELOADING]
             rest = [t for t in self.order(run) if t not in ("direct", "voxgate")]
-            for t in ["direct"] + (pair + rest if run % 2 == 0 else rest[:1] + pair + rest[1:]):
+            for t in ["direct"] + (group + rest if run % 2 == 0 else rest[:1] + group + rest[1:]):
                 r = self.timed(t, SPEECH_PATH, body, "application/json", a.conns, a.seconds)
                 per[t].append(r)
                 cpu = f"{r['cpu_us_per_req']:.1f} µs/req" if r["cpu_us_per_req"] else ""
@@ -735,6 +876,124 @@ class Bench:
             log(f"  {t}: plain {plain:.0f} µs, 503 {statistics.median(per[t]['503']):.0f} µs, "
                 f"refused {statistics.median(per[t]['dead']):.0f} µs (direct {base:.0f} µs)")
 
+    CACHE_HEADERS = {  # target -> (header, its value on a miss, on a hit)
+        CACHED: ("x-voxgate-cache", "miss", "hit"),
+        NGINX_CACHED: ("x-cache", "MISS", "HIT"),
+    }
+
+    def cache_answer(self, conn, target, raw, want):
+        """One request on `conn`; fails unless it is a whole speech answer whose cache
+        header says `want` (0: a miss, 1: a hit). Returns the s to its first byte."""
+        header, *values = self.CACHE_HEADERS[target]
+        status, n, _, _ = conn.request(raw)
+        got = conn.headers.get(header)
+        if status != 200 or n != SPEECH_REPLY_BYTES or got != values[want]:
+            raise RuntimeError(f"{target}: status {status}, {n} bytes, {header}: {got} "
+                               f"(wanted 200, {SPEECH_REPLY_BYTES} bytes, {values[want]})")
+        return conn.first_byte
+
+    def first_bytes(self, target):
+        """Times from sending to the first response byte, one request at a time on one
+        kept-alive connection, every answer checked to be a hit."""
+        port = self.ports[target]
+        raw = raw_post(port, SPEECH_PATH, self.bodies["speech"], "application/json")
+        c = Conn(port)
+        try:
+            return [self.cache_answer(c, target, raw, 1) for _ in range(self.args.first_byte_requests)]
+        finally:
+            c.close()
+
+    def cache_hits(self):
+        """Cache hits: voxgate with [cache] against nginx with proxy_cache, on the same
+        speech request. Each is warmed with one request (a miss, answered by the counting
+        upstream) and must then answer hits; wrk as in the small-TTS phase, then one
+        request at a time for the time to the first response byte, the two in turn first.
+        At the end the upstream must have seen the two warm-up requests and nothing else,
+        voxgate's /metrics must count one miss, and nginx's log of non-hits one line."""
+        a = self.args
+        targets = [CACHED, NGINX_CACHED]
+        body = os.path.join(self.work, "speech.json")
+        upstream = CountingUpstream(self.ports["cache_upstream"])
+        try:
+            for t in targets:
+                self.running[t] = self.start_proxy(t)
+            for t in targets:
+                wait_ready(self.ports[t], 10.0, proc=self.running[t])
+            for warmed, t in enumerate(targets, 1):
+                port = self.ports[t]
+                raw = raw_post(port, SPEECH_PATH, self.bodies["speech"], "application/json")
+                c = Conn(port)
+                try:
+                    self.cache_answer(c, t, raw, 0)
+                    self.cache_answer(c, t, raw, 1)
+                finally:
+                    c.close()
+                if upstream.speech_requests() != warmed:
+                    raise RuntimeError(f"{t}: the upstream saw {upstream.speech_requests()} speech "
+                                       f"requests after {warmed} warm-up(s)")
+            for t in targets:  # warm-up: connections, the cache's pages
+                self.wrk(t, SPEECH_PATH, body, "application/json", a.conns, 1)
+            per = {t: [] for t in targets}
+            firsts = {t: [] for t in targets}  # every sample
+            rounds = []  # per round: target -> (median, p99) of its first-byte samples
+            served = {t: 0 for t in targets}
+            for run in range(a.runs):
+                order = targets if run % 2 == 0 else targets[::-1]
+                for t in order:
+                    r = self.timed(t, SPEECH_PATH, body, "application/json", a.conns, a.seconds)
+                    if r["errors"]:
+                        raise RuntimeError(f"{t}: {r['errors']} errors under wrk")
+                    per[t].append(r)
+                    served[t] += r["requests"]
+                    log(f"  run {run + 1} {t}: {r['rps']:.0f} req/s p50 {r['p50_us']} µs "
+                        f"p99 {r['p99_us']} µs {r['cpu_us_per_req']:.1f} µs/req")
+                this = {}
+                for t in order:
+                    samples = self.first_bytes(t)
+                    firsts[t] += samples
+                    served[t] += len(samples)
+                    this[t] = (statistics.median(samples) * 1e6, percentile(samples, 99) * 1e6)
+                    log(f"  run {run + 1} {t}: first byte median {this[t][0]:.0f} µs, p99 {this[t][1]:.0f} µs")
+                rounds.append(this)
+            self.check_only_warm_ups(upstream, served)
+        finally:
+            for t in targets:
+                if t in self.running:
+                    self.procs.stop(self.running.pop(t))
+            upstream.stop()
+        col = CACHE_FIGURES
+        per = {col[t]: rs for t, rs in per.items()}
+        self.put_runs("cache hits: requests/s", per, "rps")
+        self.put_runs("cache hits: p50 latency, ms", per, "p50_us", 1e-3)
+        self.put_runs("cache hits: p99 latency, ms", per, "p99_us", 1e-3)
+        self.put_runs("cache hits: proxy CPU per request, µs", per, "cpu_us_per_req")
+        for i, figure in enumerate(["cache hits: time to first byte, median, µs",
+                                    "cache hits: time to first byte, p99, µs"]):
+            for t, samples in firsts.items():
+                pooled = statistics.median(samples) if i == 0 else percentile(samples, 99)
+                self.put(figure, col[t], pooled * 1e6)
+            self.per_run[figure] = [{col[t]: v[i] for t, v in this.items()} for this in rounds]
+
+    def check_only_warm_ups(self, upstream, served):
+        """After the timed runs: nothing but the two warm-ups reached the upstream."""
+        if upstream.speech_requests() != 2:
+            raise RuntimeError(f"the cache phase's upstream saw {upstream.speech_requests()} "
+                               f"speech requests; only the 2 warm-ups should have reached it")
+        port = self.ports[CACHED]
+        misses = metric(port, "voxgate_cache_requests_total", '{result="miss"}')
+        hits = metric(port, "voxgate_cache_requests_total", '{result="hit"}')
+        # wrk counts only the answers it read whole before its time ran out; voxgate may
+        # have answered a few more.
+        if misses != 1 or hits < served[CACHED]:
+            raise RuntimeError(f"{CACHED}: /metrics counts {misses:.0f} misses and {hits:.0f} hits "
+                               f"for 1 warm-up and at least {served[CACHED]} hits served")
+        with open(os.path.join(self.work, "nginx-cache-upstream.log")) as f:
+            lines = f.read().splitlines()
+        if len(lines) != 1 or not lines[0].startswith("MISS POST"):
+            raise RuntimeError(f"{NGINX_CACHED}: requests that were not hits: {lines[:5]}")
+        log(f"  checked: the upstream saw the 2 warm-ups only; voxgate counts 1 miss and "
+            f"{hits:.0f} hits; nginx logged 1 non-hit (its MISS)")
+
     # -- the table ------------------------------------------------------------------------
 
     NOISY = 0.15
@@ -744,7 +1003,7 @@ class Bench:
 
     def table(self):
         second = [SECOND] if SECOND in TARGETS else []
-        rows = [tuple(["figure", "direct", "voxgate", RELOADING] + second
+        rows = [tuple(["figure", "direct", "voxgate", RELOADING, KEYS] + second
                       + ["nginx", "haproxy", "voxgate/direct", "voxgate/best peer"])]
 
         def fmt(v):
@@ -770,7 +1029,7 @@ class Bench:
                 r_best = f"{vg - best:+.0f} µs"  # a ratio to zero or less says nothing
             else:
                 r_best = f"{vg / best:.2f}×"
-            rows.append(tuple([figure, fmt(d), fmt(vg), fmt(by.get(RELOADING))]
+            rows.append(tuple([figure, fmt(d), fmt(vg), fmt(by.get(RELOADING)), fmt(by.get(KEYS))]
                               + [fmt(by.get(t)) for t in second]
                               + [fmt(by.get("nginx")), fmt(by.get("haproxy")), r_direct, r_best]))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -818,29 +1077,40 @@ class Bench:
         try:
             log("upstream: starting bench_upstream on the load core")
             self.start_upstream()
-            log("e. start-to-ready and idle RSS (fresh starts)")
-            self.startup()
-            for name in PROXIES:
+            phases = self.args.phases
+            if "e" in phases:
+                log("e. start-to-ready and idle RSS (fresh starts)")
+                self.startup()
+            for name in PROXIES + [KEYS]:
                 self.running[name] = self.start_proxy(name)
-            for name in PROXIES:
+            for name in PROXIES + [KEYS]:
                 wait_ready(self.ports[name], 10.0, proc=self.running[name])
             # HAProxy marks the dead primary down after two failed checks, 500 ms apart.
             time.sleep(1.5)
             log("sanity: one request of each kind through each target")
             self.sanity()
-            log(f"a. small TTS, 32 KiB reply, {self.args.conns} connections, {self.args.runs} × {self.args.seconds} s per target")
-            self.small_tts()
-            log("b. streaming TTS, 10 chunks 50 ms apart: time to first byte")
-            self.streaming()
-            log(f"c. 10 MiB uploads, {self.args.upload_conns} connections, fallback armed")
-            self.uploads()
-            log("d. 25 MiB uploads, 32 connections")
-            self.big_uploads()
-            log("f. one request at a time, plain and with a fallback")
-            self.fallback()
+            if "a" in phases:
+                log(f"a. small TTS, 32 KiB reply, {self.args.conns} connections, {self.args.runs} × {self.args.seconds} s per target")
+                self.small_tts()
+            if "b" in phases:
+                log("b. streaming TTS, 10 chunks 50 ms apart: time to first byte")
+                self.streaming()
+            if "c" in phases:
+                log(f"c. 10 MiB uploads, {self.args.upload_conns} connections, fallback armed")
+                self.uploads()
+            if "d" in phases:
+                log("d. 25 MiB uploads, 32 connections")
+                self.big_uploads()
+            if "f" in phases:
+                log("f. one request at a time, plain and with a fallback")
+                self.fallback()
+            if "g" in phases:
+                log(f"g. cache hits: voxgate [cache] and nginx proxy_cache, {self.args.conns} connections, "
+                    f"then {self.args.first_byte_requests} requests one at a time, {self.args.runs} rounds")
+                self.cache_hits()
         except Exception:
-            for name in PROXIES + ["nginx-error"]:
-                path = os.path.join(self.work, f"{name}.log")
+            for name in PROXIES + [KEYS, CACHED, NGINX_CACHED, "nginx-error", "nginx-cache-error"]:
+                path = os.path.join(self.work, f"{slug(name)}.log")
                 if os.path.exists(path) and os.path.getsize(path):
                     with open(path, errors="replace") as f:
                         tail = f.readlines()[-5:]
@@ -858,6 +1128,10 @@ class Bench:
             "one small TTS at a time: latency, µs",
             "fallback from a 503 primary: added latency vs direct, µs",
             "fallback from a refusing primary: added latency vs direct, µs",
+            # voxgate with [cache] in the voxgate column, nginx with proxy_cache in nginx's
+            "cache hits: requests/s", "cache hits: p50 latency, ms", "cache hits: p99 latency, ms",
+            "cache hits: proxy CPU per request, µs",
+            "cache hits: time to first byte, median, µs", "cache hits: time to first byte, p99, µs",
         ]
         self.results = {k: self.results[k] for k in order if k in self.results}
         print()
@@ -865,7 +1139,8 @@ class Bench:
         print()
         paired = self.paired()
         if paired:
-            print("voxgate / best peer, run by run (median of the per-run ratios):")
+            print("voxgate / best peer, run by run (median of the per-run ratios; cache hits: "
+                  "voxgate [cache] / nginx proxy_cache):")
             print("\n".join(paired))
             print()
         builds = self.paired_reload(SECOND)
@@ -877,6 +1152,11 @@ class Bench:
         if reload:
             print("voxgate with a reload every second / without, run by run (median of the per-run ratios):")
             print("\n".join(reload))
+            print()
+        keys = self.paired_reload(KEYS)
+        if keys:
+            print("voxgate with client keys and limits / without, run by run (median of the per-run ratios):")
+            print("\n".join(keys))
             print()
         for n in self.notes:
             print(f"note: {n}")
@@ -915,9 +1195,15 @@ def main():
     p.add_argument("--ttfb-threads", type=int, default=6)
     p.add_argument("--ttfb-requests", type=int, default=4)
     p.add_argument("--seq-requests", type=int, default=200)
+    p.add_argument("--first-byte-requests", type=int, default=2000)
     p.add_argument("--start-runs", type=int, default=5)
     p.add_argument("--voxgate-log", default=env("BENCH_VOXGATE_LOG", "warn"))
+    p.add_argument("--phases", default=env("BENCH_PHASES", "abcdefg"),
+                   help="the phases to run, by letter (a small TTS … g cache hits); all by default")
     args = p.parse_args()
+    args.phases = set(args.phases.replace(",", "").lower())
+    if not args.phases or not args.phases <= set("abcdefg"):
+        sys.exit("--phases takes letters a to g (BENCH_PHASES=ag: small TTS and cache hits)")
     for n in ("runs", "seconds", "big_seconds"):
         if not 1 <= getattr(args, n) <= 30:
             sys.exit(f"--{n.replace('_', '-')} must be between 1 and 30")
