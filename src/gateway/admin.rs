@@ -121,6 +121,7 @@ pub fn status(
             "config": config,
             "routes": routes(runtime),
             "upstreams": upstreams,
+            "policy": runtime.policy.status(),
             "recent_errors": recent_errors.to_json(),
         }),
     )

@@ -118,6 +118,61 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// `/status`'s `policy`: the clients (names, what they may use, their limits as they
+    /// stand), the global limits, the cache's tiers. Never a key or its hash.
+    pub fn status(&self) -> Value {
+        let limits = |client: Option<usize>| -> Value {
+            let mut out = serde_json::Map::new();
+            for (unit, rate, now) in self.meter.report(client) {
+                out.insert(
+                    unit.name().into(),
+                    serde_json::json!({
+                        "rate": rate.to_string(),
+                        "remaining": now.remaining,
+                        "full_in_ms": now.reset.as_millis() as u64,
+                    }),
+                );
+            }
+            Value::Object(out)
+        };
+        let clients: Vec<Value> = self
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                serde_json::json!({
+                    "name": &*c.name,
+                    "routes": c.routes,
+                    "models": c.models.as_ref().map(|m| m.written().collect::<Vec<_>>()),
+                    "limits": limits(Some(i)),
+                })
+            })
+            .collect();
+        let cache = self.cache.as_ref().map(|c| {
+            let stats = c.store.stats();
+            let settings = c.store.settings();
+            serde_json::json!({
+                "memory": { "bytes": stats.memory_bytes, "entries": stats.memory_entries, "capacity": settings.memory_bytes },
+                "disk": settings.dir.as_ref().map(|dir| serde_json::json!({
+                    "dir": dir.display().to_string(),
+                    "bytes": stats.disk_bytes,
+                    "entries": stats.disk_entries,
+                    "capacity": settings.disk_bytes,
+                })),
+                "ttl_s": settings.ttl.as_secs(),
+                "charge_hits": c.charge_hits,
+            })
+        });
+        serde_json::json!({
+            "keys_required": !self.keys.is_empty(),
+            "clients": clients,
+            "limits": limits(None),
+            "cache": cache,
+        })
+    }
+}
+
 /// What the policy phases know of one request.
 #[derive(Debug, Default)]
 pub struct Admitted {

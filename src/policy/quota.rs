@@ -160,6 +160,23 @@ impl Meter {
         global.into_iter().chain(own)
     }
 
+    /// Each limited unit of the global scope (`None`) or a client's: its rate and how it
+    /// stands now, for `/status`.
+    pub fn report(&self, client: Option<usize>) -> Vec<(Unit, Rate, Snapshot)> {
+        let buckets = match client {
+            None => Some(&self.global),
+            Some(c) => self.clients.get(c).map(|(_, b)| b),
+        };
+        let now = rate::now();
+        Unit::ALL
+            .into_iter()
+            .filter_map(|unit| {
+                let gcra = buckets?.get(unit)?;
+                Some((unit, gcra.rate(), gcra.snapshot(now)))
+            })
+            .collect()
+    }
+
     /// Whether `unit` is limited for `client` at all (nothing to do otherwise).
     pub fn limits(&self, client: Option<usize>, unit: Unit) -> bool {
         self.global.get(unit).is_some()
