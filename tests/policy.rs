@@ -571,3 +571,41 @@ async fn a_reload_keeps_spent_limits_and_the_cache_and_applies_changed_ones() {
     );
     assert_eq!(up.count(), 2);
 }
+
+#[test]
+fn shared_settings_are_checked_and_the_password_never_shown() {
+    let base = "[upstreams.a]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\nto = [\"a\"]\n";
+    std::env::set_var("VOXGATE_TEST_REDIS_PASSWORD", "hunter2-redis");
+    let ok = format!("{base}[shared]\nredis = \"redis://:${{VOXGATE_TEST_REDIS_PASSWORD}}@10.0.0.5:6379/0\"\ntimeout = \"15ms\"\n");
+    let config = voxgate::config::Config::from_toml(&ok, "ok.toml").unwrap();
+    let shared = config.shared.expect("[shared]");
+    assert_eq!(shared.timeout, Duration::from_millis(15));
+    assert_eq!(shared.connect_timeout, Duration::from_secs(1));
+    assert_eq!(shared.prefix, "voxgate:");
+    assert_eq!(
+        shared.redis.expose(),
+        "redis://:hunter2-redis@10.0.0.5:6379/0"
+    );
+    let shown = format!("{shared:?}");
+    assert!(
+        shown.contains("redis://:***@10.0.0.5:6379/0") && !shown.contains("hunter2"),
+        "{shown}"
+    );
+    assert_eq!(
+        voxgate::config::redacted_url("rediss://user:pw@h:6380"),
+        "rediss://user:***@h:6380"
+    );
+    let bad = format!("{base}[shared]\nredis = \"http://:hunter2-redis@h\"\ntimeout = \"soon\"\n");
+    let text = voxgate::config::Config::from_toml(&bad, "bad.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("bad.toml:6:9: `redis` must be a URL"),
+        "{text}"
+    );
+    assert!(
+        text.contains("bad.toml:7:11: `timeout` is not a duration"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+}
