@@ -106,12 +106,12 @@ impl Gateway {
         // A body framed by its Content-Length had no Transfer-Encoding to check.
         let length_framed = body.size_hint().exact().is_some();
         let api = self.classify(cx, head, length_framed).await?;
-        meter_request(cx, &api, head)?;
+        meter_request(cx, &api, head).await?;
         let payload = intake(cx, &api, head, body).await?;
         let route = route(cx, &api, head, &payload)?;
         permit(cx, route, &payload)?;
         let cache = lookup(cx, &api, head, route, &payload).await?;
-        meter_units(cx, &api, &payload)?;
+        meter_units(cx, &api, &payload).await?;
         let served = forward(cx, &api, head, route, &payload).await?;
         respond(cx, &api, route, served, payload, cache).await
     }

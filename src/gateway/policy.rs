@@ -24,7 +24,11 @@ use crate::policy::audio;
 use crate::policy::cache::{Cache, Flight, Join, Key};
 use crate::policy::cost::{self, nano_dollars};
 use crate::policy::keys::{self, Keys};
-use crate::policy::quota::{go_duration, Limited, Meter, Scope, Unit};
+use crate::policy::quota::{
+    go_duration, refund_shared, shared_key, Limited, Meter, Quota, Scope, Unit,
+};
+use crate::policy::rate::Rate;
+use crate::policy::shared::{Shared, SharedSettings, Unavailable};
 use crate::request::payload::{PartValue, Payload};
 use crate::route::{Operation, Pattern, RouteConfig};
 use crate::upstream::{Upstream, REQUEST_ID_HEADER_NAME};
@@ -68,6 +72,8 @@ pub struct Policy {
     clients: Vec<Client>,
     meter: Meter,
     pub cache: Option<SpeechCache>,
+    /// `[shared]`: limits and cache shared with other instances through Redis.
+    pub shared: Option<Arc<Shared>>,
 }
 
 impl Policy {
@@ -109,11 +115,32 @@ impl Policy {
                 charge_hits: wanted.charge_hits,
             })
         });
+        let shared = config.shared.as_ref().and_then(|wanted| {
+            let settings = SharedSettings {
+                url: wanted.redis.expose().to_string(),
+                timeout: wanted.timeout,
+                connect_timeout: wanted.connect_timeout,
+                max_entry_bytes: wanted.max_entry_bytes,
+                prefix: wanted.prefix.clone(),
+            };
+            let kept = old
+                .and_then(|o| o.shared.as_ref())
+                .filter(|s| *s.settings() == settings)
+                .cloned();
+            // Connecting needs the runtime; `voxgate explain` compiles without one and
+            // asks no shared state.
+            kept.or_else(|| {
+                tokio::runtime::Handle::try_current()
+                    .ok()
+                    .map(|_| Shared::start(settings))
+            })
+        });
         Policy {
             keys,
             clients,
             meter,
             cache,
+            shared,
         }
     }
 }
@@ -288,7 +315,7 @@ pub fn authenticate(cx: &mut Context<'_>, headers: &HeaderMap) -> Step<()> {
 
 /// meter_request: one request taken from the `requests` limits; an upload whose
 /// Content-Length is already over `stt_bytes` is refused before a byte of it is read.
-pub fn meter_request(cx: &mut Context<'_>, api: &Api, head: &Parts) -> Step<()> {
+pub async fn meter_request(cx: &mut Context<'_>, api: &Api, head: &Parts) -> Step<()> {
     let meter = &cx.runtime.policy.meter;
     let client = cx.admitted.client;
     if matches!(
@@ -302,17 +329,112 @@ pub fn meter_request(cx: &mut Context<'_>, api: &Api, head: &Parts) -> Step<()> 
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if let Some(length) = length {
             let file_at_least = length.saturating_sub(FORM_ALLOWANCE);
-            if let Err(limited) = meter.check(client, Unit::SttBytes, file_at_least) {
+            if let Err(limited) = check(cx, Unit::SttBytes, file_at_least).await {
                 return Err(limit(cx, limited));
             }
         }
     }
     if meter.limits(client, Unit::Requests) {
-        if let Err(limited) = meter.take(client, Unit::Requests, 1, &mut cx.admitted.quota) {
+        if let Err(limited) = take(cx, Unit::Requests, 1).await {
             return Err(limit(cx, limited));
         }
     }
     Ok(())
+}
+
+/// Takes `cost` of `unit` from the shared state when there is one and it answers in
+/// time, else from this instance's own limiters.
+async fn take(cx: &mut Context<'_>, unit: Unit, cost: u64) -> Result<(), Limited> {
+    let policy = &cx.runtime.policy;
+    let client = cx.admitted.client;
+    if let Some(shared) = &policy.shared {
+        match take_shared(
+            shared,
+            &policy.meter,
+            client,
+            unit,
+            cost,
+            &mut cx.admitted.quota,
+        )
+        .await
+        {
+            Ok(done) => return done,
+            Err(Unavailable) => shared.note_fallback(),
+        }
+    }
+    policy
+        .meter
+        .take(client, unit, cost, &mut cx.admitted.quota)
+}
+
+/// Every scope's limiter in the shared state, all or none.
+async fn take_shared(
+    shared: &Arc<Shared>,
+    meter: &Meter,
+    client: Option<usize>,
+    unit: Unit,
+    cost: u64,
+    quota: &mut Quota,
+) -> Result<Result<(), Limited>, Unavailable> {
+    let mut taken: Vec<(Arc<Shared>, String, Rate, u64)> = Vec::new();
+    for (scope, rate) in meter.scopes(client, unit) {
+        let key = shared_key(&scope, unit);
+        match shared.take(&key, rate, cost).await {
+            Ok(Ok(snapshot)) => {
+                quota.note(unit, snapshot);
+                taken.push((shared.clone(), key, rate, cost));
+            }
+            Ok(Err(denied)) => {
+                refund_shared(taken);
+                quota.note(unit, denied.snapshot);
+                return Ok(Err(Limited {
+                    unit,
+                    scope,
+                    rate,
+                    denied,
+                }));
+            }
+            Err(unavailable) => {
+                refund_shared(taken);
+                return Err(unavailable);
+            }
+        }
+    }
+    for (shared, key, rate, cost) in taken {
+        quota.took_shared(&shared, key, rate, cost);
+    }
+    Ok(Ok(()))
+}
+
+/// Whether `cost` of `unit` could be taken now, taking nothing (shared state first).
+async fn check(cx: &mut Context<'_>, unit: Unit, cost: u64) -> Result<(), Limited> {
+    let policy = &cx.runtime.policy;
+    let client = cx.admitted.client;
+    if let Some(shared) = &policy.shared {
+        let mut answered = true;
+        for (scope, rate) in policy.meter.scopes(client, unit) {
+            match shared.check(&shared_key(&scope, unit), rate, cost).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(denied)) => {
+                    return Err(Limited {
+                        unit,
+                        scope,
+                        rate,
+                        denied,
+                    })
+                }
+                Err(Unavailable) => {
+                    answered = false;
+                    break;
+                }
+            }
+        }
+        if answered {
+            return Ok(());
+        }
+        shared.note_fallback();
+    }
+    policy.meter.check(client, unit, cost)
 }
 
 fn limit(cx: &mut Context<'_>, limited: Limited) -> Stop {
@@ -350,7 +472,7 @@ pub fn permit(cx: &Context<'_>, route: &RouteConfig, payload: &Payload) -> Step<
 
 /// meter_units: the speech characters or uploaded bytes taken from the limits (a cache
 /// hit's characters only with `charge_hits`).
-pub fn meter_units(cx: &mut Context<'_>, api: &Api, payload: &Payload) -> Step<()> {
+pub async fn meter_units(cx: &mut Context<'_>, api: &Api, payload: &Payload) -> Step<()> {
     let unit = match api.operation {
         Operation::Speech => Unit::TtsChars,
         Operation::Transcriptions | Operation::Translations => Unit::SttBytes,
@@ -362,7 +484,7 @@ pub fn meter_units(cx: &mut Context<'_>, api: &Api, payload: &Payload) -> Step<(
         return Ok(());
     }
     let cost = payload.billed_units();
-    match meter.take(client, unit, cost, &mut cx.admitted.quota) {
+    match take(cx, unit, cost).await {
         Ok(()) => {
             cx.admitted.charged_units = true;
             Ok(())
@@ -411,7 +533,7 @@ pub async fn lookup(
     let charge_hits = cache.charge_hits;
     if let Some(entry) = store.get(&key).await {
         let answer = hit(cx, entry.content_type.clone(), full(entry.body.clone()));
-        return hit_answered(cx, api, route, payload, charge_hits, answer);
+        return hit_answered(cx, api, route, payload, charge_hits, answer).await;
     }
     match store.join(key) {
         Join::Leader(flight) => {
@@ -421,7 +543,7 @@ pub async fn lookup(
         Join::Follower(waiter) => match waiter.wait().await {
             Some((content_type, body)) => {
                 let answer = hit(cx, content_type, body);
-                hit_answered(cx, api, route, payload, charge_hits, answer)
+                hit_answered(cx, api, route, payload, charge_hits, answer).await
             }
             // The first one got no answer worth sharing: this one tries for itself.
             None => {
@@ -434,7 +556,7 @@ pub async fn lookup(
 
 /// A hit is still a request of its client: its characters are charged with
 /// `charge_hits`, and what it saved is counted.
-fn hit_answered(
+async fn hit_answered(
     cx: &mut Context<'_>,
     api: &Api,
     route: &RouteConfig,
@@ -443,7 +565,7 @@ fn hit_answered(
     answer: Response<ProxyBody>,
 ) -> Step<Lookup> {
     if charge_hits {
-        meter_units(cx, api, payload)?;
+        Box::pin(meter_units(cx, api, payload)).await?;
     }
     let runtime = cx.runtime;
     if let Some((price, _)) = priced_upstream(&runtime.upstreams, route, payload.model()) {
