@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::gateway::{Api, Context, GatewayError, Step, Stop};
 use crate::policy::audio;
-use crate::policy::cache::{Cache, Flight, Join, Key};
+use crate::policy::cache::{Cache, Entry, Flight, Join, Key, Landed};
 use crate::policy::cost::{self, nano_dollars};
 use crate::policy::keys::{self, Keys};
 use crate::policy::quota::{
@@ -135,6 +135,17 @@ impl Policy {
                     .map(|_| Shared::start(settings))
             })
         });
+        // The answers this instance fetched fill the shared tier too.
+        if let Some(cache) = &cache {
+            let ttl = cache.store.settings().ttl;
+            let hook = shared.clone().map(|shared| {
+                let hook: Landed = Arc::new(move |key, entry: &Arc<Entry>| {
+                    shared.cache_put(key, entry.content_type.clone(), entry.body.clone(), ttl);
+                });
+                hook
+            });
+            cache.store.on_landed(hook);
+        }
         Policy {
             keys,
             clients,
@@ -191,7 +202,23 @@ impl Policy {
                 "charge_hits": c.charge_hits,
             })
         });
+        let shared = self.shared.as_ref().map(|shared| {
+            let now = shared.status();
+            let since = now
+                .since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            serde_json::json!({
+                "redis": crate::config::redacted_url(&shared.settings().url),
+                "up": now.up,
+                "since_unix": since,
+                "outages": now.outages,
+                "fallbacks": now.fallbacks,
+                "last_error": now.last_error,
+            })
+        });
         serde_json::json!({
+            "shared": shared,
             "keys_required": !self.keys.is_empty(),
             "clients": clients,
             "limits": limits(None),
@@ -534,6 +561,23 @@ pub async fn lookup(
     if let Some(entry) = store.get(&key).await {
         let answer = hit(cx, entry.content_type.clone(), full(entry.body.clone()));
         return hit_answered(cx, api, route, payload, charge_hits, answer).await;
+    }
+    // Another instance may have it: a hit there fills this one's memory.
+    if let Some(shared) = &cx.runtime.policy.shared {
+        match shared.cache_get(&key).await {
+            Ok(Some((content_type, body))) => {
+                let entry = Entry {
+                    content_type: content_type.clone(),
+                    body: body.clone(),
+                    stored_at: std::time::SystemTime::now(),
+                };
+                store.insert(key, entry);
+                let answer = hit(cx, content_type, full(body));
+                return hit_answered(cx, api, route, payload, charge_hits, answer).await;
+            }
+            Ok(None) => {}
+            Err(Unavailable) => shared.note_fallback(),
+        }
     }
     match store.join(key) {
         Join::Leader(flight) => {

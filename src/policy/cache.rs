@@ -76,7 +76,13 @@ struct Shared {
     flights: Mutex<HashMap<Key, Arc<FlightState>>>,
     /// Disk writes started and not yet finished, for [`Cache::flush`].
     writes: Arc<watch::Sender<usize>>,
+    /// Told of each answer a flight stored: how a tier beyond this process (Redis) is
+    /// filled. Not told of [`Cache::insert`]s, which came from there.
+    landed: std::sync::RwLock<Option<Landed>>,
 }
+
+/// See [`Cache::on_landed`].
+pub type Landed = Arc<dyn Fn(Key, &Arc<Entry>) + Send + Sync>;
 
 impl Cache {
     /// Opens the tiers. With a `dir`, creates it if missing and indexes the files already
@@ -103,8 +109,17 @@ impl Cache {
                 disk,
                 flights: Mutex::new(HashMap::new()),
                 writes: Arc::new(watch::Sender::new(0)),
+                landed: std::sync::RwLock::new(None),
             }),
         })
+    }
+
+    /// Calls `hook` with every answer a flight stores from now on (replacing the hook
+    /// before, `None` removing it).
+    pub fn on_landed(&self, hook: Option<Landed>) {
+        if let Ok(mut slot) = self.shared.landed.write() {
+            *slot = hook;
+        }
     }
 
     pub fn settings(&self) -> &CacheSettings {
@@ -195,15 +210,16 @@ impl Shared {
         None
     }
 
-    fn store(&self, key: Key, entry: Entry) {
+    fn store(&self, key: Key, entry: Entry) -> Option<Arc<Entry>> {
         if entry.body.len() as u64 > self.settings.max_entry_bytes {
-            return;
+            return None;
         }
         let entry = Arc::new(entry);
         self.memory.insert(key, Arc::clone(&entry));
         if let Some(disk) = &self.disk {
-            self.write_behind(disk, key, entry);
+            self.write_behind(disk, key, Arc::clone(&entry));
         }
+        Some(entry)
     }
 
     fn write_behind(&self, disk: &Arc<Disk>, key: Key, entry: Arc<Entry>) {
@@ -824,7 +840,7 @@ impl OpenFlight {
             // for a whole ttl.
             if let Some(content_type) = content_type.filter(|_| len > 0) {
                 if len <= self.shared.settings.max_entry_bytes {
-                    self.shared.store(
+                    let stored = self.shared.store(
                         self.key,
                         Entry {
                             content_type,
@@ -832,6 +848,10 @@ impl OpenFlight {
                             stored_at: SystemTime::now(),
                         },
                     );
+                    let hook = self.shared.landed.read().ok().and_then(|h| h.clone());
+                    if let (Some(entry), Some(hook)) = (stored, hook) {
+                        hook(self.key, &entry);
+                    }
                 }
             }
         }
