@@ -6,8 +6,9 @@
 //! - [`server`]     accept loop, HTTP/1.1 + HTTP/2, plain or TLS, graceful shutdown;
 //!   `inline_wake`: a connection's wake-ups to itself taken at once for small bodies;
 //!   `linger`: a closing connection's unread upload drained (lingering close).
-//! - [`gateway`]    the request path: `phases` (admit → classify → intake → route → forward →
-//!   respond → observe), `classify`, `admin` (/health /ready /status /metrics /reload),
+//! - [`gateway`]    the request path: `phases` (admit → classify (authenticate) →
+//!   meter_request → intake → route → permit → lookup → meter_units → forward → respond →
+//!   observe), `policy` (the policy phases), `classify`, `admin` (/health /ready /status /metrics /reload),
 //!   `ui` (the status page, /ui), `discovery`, `forward` (the fallback loop and its one decision), `respond`,
 //!   `request_id`; `reload` (a new config compiled beside the old, unchanged upstreams
 //!   shared, swapped whole); `explain` (`voxgate explain`: classify, intake, route and
@@ -20,6 +21,10 @@
 //!   `tls`, `error` (one error type with a kind).
 //! - [`config`]     TOML → `raw` → `validate` → one typed [`config::Config`]; `load`;
 //!   `diagnostic` (every mistake with file:line:col).
+//! - [`policy`]     what the policy phases (`gateway/policy.rs`: authenticate, meter,
+//!   permit, the cache lookup, price) use, none of it reading the config: `rate` (GCRA),
+//!   `quota` (a configuration's limiters), `keys`, `cache` (the TTS cache), `shared`
+//!   (Redis: limits and cache shared by instances), `cost`, `audio` (an upload's duration).
 //! - [`request`]    the client's body: `intake` within limits, `multipart`, `payload` (what
 //!   rules read, how rewrites re-send it), `replay` (the store), `outgoing` (an upstream
 //!   request's body).

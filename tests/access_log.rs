@@ -317,15 +317,33 @@ async fn policy_fields_name_the_client_the_cache_the_limit_and_the_cost() {
     };
     assert_eq!(
         fields(&lines[0]),
-        (json!("laptop"), json!("miss"), Value::Null, json!(0.015), Value::Null)
+        (
+            json!("laptop"),
+            json!("miss"),
+            Value::Null,
+            json!(0.015),
+            Value::Null
+        )
     );
     assert_eq!(
         fields(&lines[1]),
-        (json!("laptop"), json!("hit"), Value::Null, Value::Null, json!(0.015))
+        (
+            json!("laptop"),
+            json!("hit"),
+            Value::Null,
+            Value::Null,
+            json!(0.015)
+        )
     );
     assert_eq!(
         fields(&lines[2]),
-        (json!("laptop"), Value::Null, json!("requests"), Value::Null, Value::Null)
+        (
+            json!("laptop"),
+            Value::Null,
+            json!("requests"),
+            Value::Null,
+            Value::Null
+        )
     );
     assert_eq!(lines[2]["status"], 429);
 }

@@ -29,10 +29,21 @@ async fn speak_with(proxy: &Proxy, body: Value, header: (&str, &str)) -> Answer 
 
 /// The value of a sample line `name{labels} value` of the metrics page, 0 when absent.
 async fn sample(proxy: &Proxy, series: &str) -> f64 {
-    let page = send(Request::get(proxy.url("/metrics")).body(full_body("")).unwrap()).await;
+    let page = send(
+        Request::get(proxy.url("/metrics"))
+            .body(full_body(""))
+            .unwrap(),
+    )
+    .await;
     let text = String::from_utf8_lossy(&page.body).to_string();
     text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0.0)
 }
 
@@ -69,17 +80,35 @@ async fn a_second_identical_request_is_served_from_memory_byte_for_byte() {
     // The request as the client meant it: defaults written out or not, 1 or 1.0.
     let spelled = json!({"model": "tts-1", "voice": "alloy", "input": "Hello there",
                          "response_format": "mp3", "speed": 1, "stream_format": "audio"});
-    assert_eq!(speak(&proxy, spelled).await.header("x-voxgate-cache"), Some("hit"));
+    assert_eq!(
+        speak(&proxy, spelled).await.header("x-voxgate-cache"),
+        Some("hit")
+    );
     // Anything that changes the audio is another entry.
     let other_voice = json!({"model": "tts-1", "voice": "nova", "input": "Hello there"});
-    assert_eq!(speak(&proxy, other_voice).await.header("x-voxgate-cache"), Some("miss"));
+    assert_eq!(
+        speak(&proxy, other_voice).await.header("x-voxgate-cache"),
+        Some("miss")
+    );
     let faster = json!({"model": "tts-1", "voice": "alloy", "input": "Hello there", "speed": 1.5});
-    assert_eq!(speak(&proxy, faster).await.header("x-voxgate-cache"), Some("miss"));
+    assert_eq!(
+        speak(&proxy, faster).await.header("x-voxgate-cache"),
+        Some("miss")
+    );
     let wav = json!({"model": "tts-1", "voice": "alloy", "input": "Hello there", "response_format": "wav"});
-    assert_eq!(speak(&proxy, wav).await.header("x-voxgate-cache"), Some("miss"));
+    assert_eq!(
+        speak(&proxy, wav).await.header("x-voxgate-cache"),
+        Some("miss")
+    );
     assert_eq!(up.count(), 4);
-    assert_eq!(sample(&proxy, r#"voxgate_cache_requests_total{result="hit"}"#).await, 2.0);
-    assert_eq!(sample(&proxy, r#"voxgate_cache_requests_total{result="miss"}"#).await, 4.0);
+    assert_eq!(
+        sample(&proxy, r#"voxgate_cache_requests_total{result="hit"}"#).await,
+        2.0
+    );
+    assert_eq!(
+        sample(&proxy, r#"voxgate_cache_requests_total{result="miss"}"#).await,
+        4.0
+    );
 }
 
 #[tokio::test]
@@ -108,7 +137,11 @@ fallback_on = [503]
     let proxy = Proxy::start(&config).await;
     let first = speak(&proxy, say("Same words")).await;
     assert_eq!(kokoro.count(), 1);
-    assert_eq!(kokoro.last().json()["voice"], "af_sky", "kokoro got its own voice");
+    assert_eq!(
+        kokoro.last().json()["voice"],
+        "af_sky",
+        "kokoro got its own voice"
+    );
     let again = speak(&proxy, say("Same words")).await;
     assert_eq!(again.header("x-voxgate-cache"), Some("hit"));
     assert_eq!(again.body, first.body);
@@ -127,7 +160,10 @@ async fn only_complete_successful_answers_are_kept() {
         let req = speech_request(&proxy.url("/v1/audio/speech"), say("broken"));
         let response = client().request(req).await.expect("headers arrive");
         use http_body_util::BodyExt;
-        assert!(response.into_body().collect().await.is_err(), "the break reaches the client");
+        assert!(
+            response.into_body().collect().await.is_err(),
+            "the break reaches the client"
+        );
     }
     assert_eq!(broken.count(), 2, "a truncated stream was not cached");
 
@@ -145,7 +181,10 @@ async fn a_completed_event_stream_is_kept_with_its_content_type() {
     let up = Scripted::always(Reply::Chunks {
         status: 200,
         content_type: "text/event-stream",
-        chunks: events.split_inclusive("\n\n").map(|e| Bytes::from(e.to_string())).collect(),
+        chunks: events
+            .split_inclusive("\n\n")
+            .map(|e| Bytes::from(e.to_string()))
+            .collect(),
         delay: Duration::from_millis(5),
     })
     .await;
@@ -183,7 +222,11 @@ to = ["a"]
     speak(&proxy, say("hello")).await;
     for directive in ["no-cache", "no-store", "max-age=0, No-Cache"] {
         let fresh = speak_with(&proxy, say("hello"), ("cache-control", directive)).await;
-        assert_eq!(fresh.header("x-voxgate-cache"), Some("bypass"), "{directive}");
+        assert_eq!(
+            fresh.header("x-voxgate-cache"),
+            Some("bypass"),
+            "{directive}"
+        );
     }
     assert_eq!(up.count(), 4);
     let uncached = json!({"model": "tts-1", "voice": "fresh", "input": "hello"});
@@ -194,7 +237,10 @@ to = ["a"]
     assert_eq!(up.count(), 6);
     // Without [cache], speech answers carry no cache header.
     let plain = Proxy::start(&single_upstream(&up.url(), "")).await;
-    assert_eq!(speak(&plain, say("hello")).await.header("x-voxgate-cache"), None);
+    assert_eq!(
+        speak(&plain, say("hello")).await.header("x-voxgate-cache"),
+        None
+    );
 }
 
 #[tokio::test]
@@ -224,7 +270,11 @@ async fn twenty_concurrent_identical_misses_make_one_upstream_call() {
         verdicts.push(answer.header("x-voxgate-cache").unwrap_or("-").to_string());
     }
     assert_eq!(up.count(), 1, "one upstream call: {verdicts:?}");
-    assert_eq!(verdicts.iter().filter(|v| *v == "miss").count(), 1, "{verdicts:?}");
+    assert_eq!(
+        verdicts.iter().filter(|v| *v == "miss").count(),
+        1,
+        "{verdicts:?}"
+    );
 }
 
 #[tokio::test]
@@ -238,13 +288,26 @@ async fn eviction_keeps_memory_under_its_cap() {
     .await;
     let proxy = Proxy::start(&cached(&up.url(), "memory_bytes = \"64KiB\"")).await;
     for i in 0..30 {
-        assert_eq!(speak(&proxy, say(&format!("sentence {i}"))).await.status, 200);
+        assert_eq!(
+            speak(&proxy, say(&format!("sentence {i}"))).await.status,
+            200
+        );
     }
     let held = sample(&proxy, r#"voxgate_cache_bytes{tier="memory"}"#).await;
     assert!(held > 0.0 && held <= 65536.0, "held {held}");
     // The latest is still there, the first long gone.
-    assert_eq!(speak(&proxy, say("sentence 29")).await.header("x-voxgate-cache"), Some("hit"));
-    assert_eq!(speak(&proxy, say("sentence 0")).await.header("x-voxgate-cache"), Some("miss"));
+    assert_eq!(
+        speak(&proxy, say("sentence 29"))
+            .await
+            .header("x-voxgate-cache"),
+        Some("hit")
+    );
+    assert_eq!(
+        speak(&proxy, say("sentence 0"))
+            .await
+            .header("x-voxgate-cache"),
+        Some("miss")
+    );
 }
 
 #[tokio::test]
@@ -280,11 +343,22 @@ async fn hits_are_not_charged_against_character_limits_unless_asked() {
     assert_eq!(speak(&proxy, say("eight ch")).await.status, 200);
     for _ in 0..3 {
         let hit = speak(&proxy, say("eight ch")).await;
-        assert_eq!((hit.status, hit.header("x-voxgate-cache")), (200, Some("hit")));
+        assert_eq!(
+            (hit.status, hit.header("x-voxgate-cache")),
+            (200, Some("hit"))
+        );
     }
-    assert_eq!(speak(&proxy, say("other 8c")).await.status, 429, "2 of 10 left");
+    assert_eq!(
+        speak(&proxy, say("other 8c")).await.status,
+        429,
+        "2 of 10 left"
+    );
 
-    let charged = Proxy::start(&format!("{}{limits}", cached(&up.url(), "charge_hits = true"))).await;
+    let charged = Proxy::start(&format!(
+        "{}{limits}",
+        cached(&up.url(), "charge_hits = true")
+    ))
+    .await;
     assert_eq!(speak(&charged, say("eight ch")).await.status, 200);
     assert_eq!(speak(&charged, say("eight ch")).await.status, 429);
 }
@@ -301,7 +375,11 @@ async fn a_hit_counts_the_cost_it_avoided() {
     speak(&proxy, say(&text)).await;
     speak(&proxy, say(&text)).await;
     // 2000 characters of tts-1 at $15 a million: $0.03 paid, $0.03 avoided.
-    let paid = sample(&proxy, r#"voxgate_estimated_cost_total{upstream="openai",client="anonymous"}"#).await;
+    let paid = sample(
+        &proxy,
+        r#"voxgate_estimated_cost_total{upstream="openai",client="anonymous"}"#,
+    )
+    .await;
     assert!((paid - 0.03).abs() < 1e-9, "paid {paid}");
     let avoided = sample(&proxy, r#"voxgate_cost_avoided_total{reason="cache"}"#).await;
     assert!((avoided - 0.03).abs() < 1e-9, "avoided {avoided}");

@@ -276,6 +276,25 @@ async fn a_burst_passes_and_the_next_request_gets_429_with_a_correct_retry_after
     assert!(refused.header("x-ratelimit-limit-tokens").is_none());
     let limited = r#"voxgate_rate_limited_total{client="alice",unit="requests"}"#;
     assert_eq!(sample(&proxy, limited).await, 1.0);
+    // /status shows each client's limits as they stand, and never a key or its hash.
+    let status = send(
+        Request::get(proxy.url("/status"))
+            .body(full_body(""))
+            .unwrap(),
+    )
+    .await;
+    let policy = &status.json()["policy"];
+    assert_eq!(policy["keys_required"], true);
+    assert_eq!(policy["clients"][0]["name"], "alice");
+    assert_eq!(policy["clients"][0]["limits"]["requests"]["rate"], "3/min");
+    assert_eq!(policy["clients"][0]["limits"]["requests"]["remaining"], 0);
+    assert_eq!(policy["clients"][1]["limits"], json!({}));
+    let text = String::from_utf8_lossy(&status.body);
+    let alice_hash = hex(Sha256::digest(b"alice-key"));
+    assert!(
+        !text.contains("alice-key") && !text.contains(&alice_hash),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -493,4 +512,100 @@ async fn costs_are_estimated_per_upstream_and_client_and_local_answers_count_as_
     assert_eq!(send(upload).await.status, 200);
     let stt = r#"voxgate_estimated_cost_total{upstream="cheap",client="alice"}"#;
     assert!((sample(&proxy, stt).await - 0.00025).abs() < 1e-9);
+}
+
+#[tokio::test]
+async fn a_reload_keeps_spent_limits_and_the_cache_and_applies_changed_ones() {
+    let up = Scripted::start(|r| Reply::ok("audio/pcm", format!("PCM{}", r.json()["input"]))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("voxgate.toml");
+    let write = |requests: &str| {
+        let text = format!(
+            "{}\n[cache]\nmemory_bytes = \"1MiB\"\n",
+            limited_config(&up.url(), "", &format!("requests = \"{requests}\""))
+        );
+        std::fs::write(&file, text).unwrap();
+    };
+    write("2/hour");
+    let proxy = Proxy::start_from_file(&file).await;
+    assert_eq!(
+        send(bearer(&proxy, "alice-key", say("one"))).await.status,
+        200
+    );
+    assert_eq!(
+        send(bearer(&proxy, "alice-key", say("two"))).await.status,
+        200
+    );
+    assert_eq!(
+        send(bearer(&proxy, "alice-key", say("one"))).await.status,
+        429
+    );
+    // An unrelated edit (bob gets a limit) keeps alice's spent limiter and the cache.
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace(
+            "key = \"bob-key\"",
+            "key = \"bob-key\"\nlimits = { requests = \"5/min\" }",
+        ),
+    )
+    .unwrap();
+    proxy.gateway.reload("test").await.unwrap();
+    assert_eq!(
+        send(bearer(&proxy, "alice-key", say("one"))).await.status,
+        429
+    );
+    let hit = send(bearer(&proxy, "bob-key", say("one"))).await;
+    assert_eq!(
+        hit.header("x-voxgate-cache"),
+        Some("hit"),
+        "the cache outlived the reload"
+    );
+    assert_eq!(hit.header("x-ratelimit-limit-requests"), Some("5"));
+    // A new rate for alice is a new limiter.
+    write("3/hour");
+    proxy.gateway.reload("test").await.unwrap();
+    assert_eq!(
+        send(bearer(&proxy, "alice-key", say("one"))).await.status,
+        200
+    );
+    assert_eq!(up.count(), 2);
+}
+
+#[test]
+fn shared_settings_are_checked_and_the_password_never_shown() {
+    let base = "[upstreams.a]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\nto = [\"a\"]\n";
+    std::env::set_var("VOXGATE_TEST_REDIS_PASSWORD", "hunter2-redis");
+    let ok = format!("{base}[shared]\nredis = \"redis://:${{VOXGATE_TEST_REDIS_PASSWORD}}@10.0.0.5:6379/0\"\ntimeout = \"15ms\"\n");
+    let config = voxgate::config::Config::from_toml(&ok, "ok.toml").unwrap();
+    let shared = config.shared.expect("[shared]");
+    assert_eq!(shared.timeout, Duration::from_millis(15));
+    assert_eq!(shared.connect_timeout, Duration::from_secs(1));
+    assert_eq!(shared.prefix, "voxgate:");
+    assert_eq!(
+        shared.redis.expose(),
+        "redis://:hunter2-redis@10.0.0.5:6379/0"
+    );
+    let shown = format!("{shared:?}");
+    assert!(
+        shown.contains("redis://:***@10.0.0.5:6379/0") && !shown.contains("hunter2"),
+        "{shown}"
+    );
+    assert_eq!(
+        voxgate::config::redacted_url("rediss://user:pw@h:6380"),
+        "rediss://user:***@h:6380"
+    );
+    let bad = format!("{base}[shared]\nredis = \"http://:hunter2-redis@h\"\ntimeout = \"soon\"\n");
+    let text = voxgate::config::Config::from_toml(&bad, "bad.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("bad.toml:6:9: `redis` must be a URL"),
+        "{text}"
+    );
+    assert!(
+        text.contains("bad.toml:7:11: `timeout` is not a duration"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
 }

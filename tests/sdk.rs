@@ -537,22 +537,52 @@ async fn keys_and_limits_reach_both_sdks_as_their_error_classes() {
         assert_eq!(out.json["error"]["status"], status);
     };
     let nobody = [("OPENAI_API_KEY", "sk-nobody")];
-    expect(&run_python("speech", &proxy, &file, &nobody).await, "AuthenticationError", 401);
-    expect(&run_node("speech", &proxy, &file, &nobody).await, "AuthenticationError", 401);
-    let hd = [("OPENAI_API_KEY", "sk-alice-test"), ("VOXGATE_MODEL", "tts-1-hd")];
-    expect(&run_python("speech", &proxy, &file, &hd).await, "PermissionDeniedError", 403);
-    expect(&run_node("speech", &proxy, &file, &hd).await, "PermissionDeniedError", 403);
+    expect(
+        &run_python("speech", &proxy, &file, &nobody).await,
+        "AuthenticationError",
+        401,
+    );
+    expect(
+        &run_node("speech", &proxy, &file, &nobody).await,
+        "AuthenticationError",
+        401,
+    );
+    let hd = [
+        ("OPENAI_API_KEY", "sk-alice-test"),
+        ("VOXGATE_MODEL", "tts-1-hd"),
+    ];
+    expect(
+        &run_python("speech", &proxy, &file, &hd).await,
+        "PermissionDeniedError",
+        403,
+    );
+    expect(
+        &run_node("speech", &proxy, &file, &hd).await,
+        "PermissionDeniedError",
+        403,
+    );
     assert_eq!(up.count(), 0);
     let alice = [("OPENAI_API_KEY", "sk-alice-test")];
     let out = run_python("speech", &proxy, &file, &alice).await.ok();
     assert_eq!(out["sha256"], sha256(b"PCM"));
     run_node("speech", &proxy, &file, &alice).await.ok();
-    expect(&run_python("speech", &proxy, &file, &alice).await, "RateLimitError", 429);
-    expect(&run_node("speech", &proxy, &file, &alice).await, "RateLimitError", 429);
+    expect(
+        &run_python("speech", &proxy, &file, &alice).await,
+        "RateLimitError",
+        429,
+    );
+    expect(
+        &run_node("speech", &proxy, &file, &alice).await,
+        "RateLimitError",
+        429,
+    );
     assert_eq!(up.count(), 2);
     for got in up.received() {
         assert_eq!(got.header("authorization"), Some("Bearer sk-upstream"));
         let all = format!("{:?}", got.headers);
-        assert!(!all.contains("sk-alice") && !all.contains("sk-nobody"), "{all}");
+        assert!(
+            !all.contains("sk-alice") && !all.contains("sk-nobody"),
+            "{all}"
+        );
     }
 }

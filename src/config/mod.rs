@@ -31,7 +31,7 @@ mod validate;
 pub use crate::policy::cost::{Price, Pricing};
 pub use crate::policy::quota::Limits;
 pub use diagnostic::{ConfigError, Diagnostic};
-pub use policy::{CacheConfig, ClientConfig};
+pub use policy::{redacted_url, CacheConfig, ClientConfig, SharedConfig};
 
 /// The built-in default configuration, also printed by `voxgate print-config`.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -57,6 +57,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[cache]`: the TTS cache, when configured.
     pub cache: Option<CacheConfig>,
+    /// `[shared]`: limits and cache shared with other instances through Redis.
+    pub shared: Option<SharedConfig>,
 }
 
 #[derive(Debug, Clone)]

@@ -8,8 +8,9 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
-use super::raw::{RawCache, RawClient, RawLimits, RawPrice};
+use super::raw::{RawCache, RawClient, RawLimits, RawPrice, RawShared};
 use super::validate::Validator;
+use super::Secret;
 use crate::policy::cache::CacheSettings;
 use crate::policy::cost::{Price, Pricing};
 use crate::policy::quota::Limits;
@@ -35,6 +36,46 @@ pub struct CacheConfig {
     pub settings: CacheSettings,
     /// Whether a hit counts against `tts_chars` limits (it costs nothing upstream).
     pub charge_hits: bool,
+}
+
+/// `[shared]`: where the state shared by several instances lives.
+#[derive(Clone, PartialEq)]
+pub struct SharedConfig {
+    /// `redis://[:password@]host:port/db` or `rediss://…`; holds a password: never shown.
+    pub redis: Secret,
+    /// Longest wait on Redis for one request; then that request uses local state.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Cache entries larger than this stay in the local tiers only.
+    pub max_entry_bytes: u64,
+    /// Prefix of every key voxgate writes.
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for SharedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedConfig")
+            .field("redis", &redacted_url(self.redis.expose()))
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A Redis URL with its password (if any) replaced by `***`.
+pub fn redacted_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let shown = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_string()
+            };
+            format!("{}{shown}{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 impl Validator<'_> {
@@ -223,6 +264,36 @@ impl Validator<'_> {
                 ),
             },
             charge_hits: raw.charge_hits.unwrap_or(false),
+        })
+    }
+
+    pub(super) fn shared(&mut self, raw: Option<Spanned<RawShared>>) -> Option<SharedConfig> {
+        let raw = raw?.into_inner();
+        let url = self.expand(&raw.redis, "redis");
+        let scheme_ok = url.starts_with("redis://") || url.starts_with("rediss://");
+        let host_ok = url
+            .split_once("://")
+            .map(|(_, rest)| rest.rsplit('@').next().unwrap_or_default())
+            .is_some_and(|hostpart| !hostpart.is_empty() && !hostpart.starts_with('/'));
+        if !scheme_ok || !host_ok {
+            self.error(
+                raw.redis.span(),
+                "`redis` must be a URL such as \"redis://127.0.0.1:6379/0\" or \"rediss://:${REDIS_PASSWORD}@host:6380\"",
+            );
+        }
+        let prefix = raw
+            .prefix
+            .map_or_else(|| "voxgate:".to_string(), |p| p.into_inner());
+        Some(SharedConfig {
+            redis: Secret::new(url),
+            timeout: self.duration(raw.timeout, "timeout", Duration::from_millis(20)),
+            connect_timeout: self.duration(
+                raw.connect_timeout,
+                "connect_timeout",
+                Duration::from_secs(1),
+            ),
+            max_entry_bytes: self.byte_size(raw.max_entry_bytes, "max_entry_bytes", 1_048_576),
+            prefix,
         })
     }
 

@@ -24,6 +24,18 @@ pub(super) struct RawConfig {
     pub(super) clients: Vec<Spanned<RawClient>>,
     pub(super) limits: Option<RawLimits>,
     pub(super) cache: Option<Spanned<RawCache>>,
+    pub(super) shared: Option<Spanned<RawShared>>,
+}
+
+/// `[shared]`: limits and cache shared between instances through Redis.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShared {
+    pub(super) redis: Spanned<String>,
+    pub(super) timeout: Option<Spanned<String>>,
+    pub(super) connect_timeout: Option<Spanned<String>>,
+    pub(super) max_entry_bytes: Option<Spanned<toml::Value>>,
+    pub(super) prefix: Option<Spanned<String>>,
 }
 
 /// `[[clients]]`: who may call voxgate, with what key, for what, and how much.

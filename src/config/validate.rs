@@ -1055,6 +1055,7 @@ pub(super) fn validate(
     let clients = v.clients(raw.clients, &routes);
     let limits = v.limits(raw.limits);
     let cache = v.cache(raw.cache);
+    let shared = v.shared(raw.shared);
 
     if v.diagnostics.is_empty() {
         Ok(Config {
@@ -1067,6 +1068,7 @@ pub(super) fn validate(
             clients,
             limits,
             cache,
+            shared,
         })
     } else {
         v.diagnostics.sort_by_key(|d| (d.line, d.column));

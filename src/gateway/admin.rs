@@ -121,6 +121,7 @@ pub fn status(
             "config": config,
             "routes": routes(runtime),
             "upstreams": upstreams,
+            "policy": runtime.policy.status(),
             "recent_errors": recent_errors.to_json(),
         }),
     )
@@ -179,6 +180,7 @@ impl Gateway {
             reloads_failed: history.failed,
             loaded_at: history.loaded_at,
             cache: runtime.policy.cache.as_ref().map(|c| c.store.stats()),
+            shared: runtime.policy.shared.as_ref().map(|s| s.status()),
         };
         self.metrics
             .render(&runtime.labels, &runtime.upstreams, state)

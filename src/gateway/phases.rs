@@ -4,12 +4,19 @@
 //!   admit      under the in-flight limit, or 503 + retry-after        (here)
 //!   classify   Host and Transfer-Encoding checked; path + method → an API operation |
 //!              voxgate's own answer (classify.rs, admin.rs, ui.rs, discovery.rs;
-//!              400/404/405/501)
+//!              400/404/405/501); a /v1 request's client key checked   (authenticate,
+//!              policy.rs; 401)
+//!   meter_request  one request from the limits; an upload whose length (policy.rs; 429)
+//!              is already over refused unread
 //!   intake     read the body within limits → Payload                  (request/intake.rs;
 //!              400/408/413/415)
 //!   route      facts from the payload → first matching route          (route.rs; 404)
+//!   permit     the client may use this route and model                (policy.rs; 403)
+//!   lookup     speech the TTS cache holds answered here               (policy.rs)
+//!   meter_units  speech characters or upload bytes from the limits    (policy.rs; 429)
 //!   forward    upstreams in order, fallback before any byte           (forward.rs; 400/500/502/504)
-//!   respond    the upstream's answer made the client's, streamed      (respond.rs; 502)
+//!   respond    the upstream's answer made the client's, priced,       (respond.rs; 502)
+//!              streamed (and into the cache)
 //!   observe    the record closed when the response is over            (telemetry/)
 //! ```
 //!
@@ -106,12 +113,12 @@ impl Gateway {
         // A body framed by its Content-Length had no Transfer-Encoding to check.
         let length_framed = body.size_hint().exact().is_some();
         let api = self.classify(cx, head, length_framed).await?;
-        meter_request(cx, &api, head)?;
+        meter_request(cx, &api, head).await?;
         let payload = intake(cx, &api, head, body).await?;
         let route = route(cx, &api, head, &payload)?;
         permit(cx, route, &payload)?;
         let cache = lookup(cx, &api, head, route, &payload).await?;
-        meter_units(cx, &api, &payload)?;
+        meter_units(cx, &api, &payload).await?;
         let served = forward(cx, &api, head, route, &payload).await?;
         respond(cx, &api, route, served, payload, cache).await
     }

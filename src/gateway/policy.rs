@@ -21,10 +21,14 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::gateway::{Api, Context, GatewayError, Step, Stop};
 use crate::policy::audio;
-use crate::policy::cache::{Cache, Flight, Join, Key};
+use crate::policy::cache::{Cache, Entry, Flight, Join, Key, Landed};
 use crate::policy::cost::{self, nano_dollars};
 use crate::policy::keys::{self, Keys};
-use crate::policy::quota::{go_duration, Limited, Meter, Scope, Unit};
+use crate::policy::quota::{
+    go_duration, refund_shared, shared_key, Limited, Meter, Quota, Scope, Unit,
+};
+use crate::policy::rate::Rate;
+use crate::policy::shared::{Shared, SharedSettings, Unavailable};
 use crate::request::payload::{PartValue, Payload};
 use crate::route::{Operation, Pattern, RouteConfig};
 use crate::upstream::{Upstream, REQUEST_ID_HEADER_NAME};
@@ -68,6 +72,8 @@ pub struct Policy {
     clients: Vec<Client>,
     meter: Meter,
     pub cache: Option<SpeechCache>,
+    /// `[shared]`: limits and cache shared with other instances through Redis.
+    pub shared: Option<Arc<Shared>>,
 }
 
 impl Policy {
@@ -109,12 +115,115 @@ impl Policy {
                 charge_hits: wanted.charge_hits,
             })
         });
+        let shared = config.shared.as_ref().and_then(|wanted| {
+            let settings = SharedSettings {
+                url: wanted.redis.expose().to_string(),
+                timeout: wanted.timeout,
+                connect_timeout: wanted.connect_timeout,
+                max_entry_bytes: wanted.max_entry_bytes,
+                prefix: wanted.prefix.clone(),
+            };
+            let kept = old
+                .and_then(|o| o.shared.as_ref())
+                .filter(|s| *s.settings() == settings)
+                .cloned();
+            // Connecting needs the runtime; `voxgate explain` compiles without one and
+            // asks no shared state.
+            kept.or_else(|| {
+                tokio::runtime::Handle::try_current()
+                    .ok()
+                    .map(|_| Shared::start(settings))
+            })
+        });
+        // The answers this instance fetched fill the shared tier too.
+        if let Some(cache) = &cache {
+            let ttl = cache.store.settings().ttl;
+            let hook = shared.clone().map(|shared| {
+                let hook: Landed = Arc::new(move |key, entry: &Arc<Entry>| {
+                    shared.cache_put(key, entry.content_type.clone(), entry.body.clone(), ttl);
+                });
+                hook
+            });
+            cache.store.on_landed(hook);
+        }
         Policy {
             keys,
             clients,
             meter,
             cache,
+            shared,
         }
+    }
+}
+
+impl Policy {
+    /// `/status`'s `policy`: the clients (names, what they may use, their limits as they
+    /// stand), the global limits, the cache's tiers. Never a key or its hash.
+    pub fn status(&self) -> Value {
+        let limits = |client: Option<usize>| -> Value {
+            let mut out = serde_json::Map::new();
+            for (unit, rate, now) in self.meter.report(client) {
+                out.insert(
+                    unit.name().into(),
+                    serde_json::json!({
+                        "rate": rate.to_string(),
+                        "remaining": now.remaining,
+                        "full_in_ms": now.reset.as_millis() as u64,
+                    }),
+                );
+            }
+            Value::Object(out)
+        };
+        let clients: Vec<Value> = self
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                serde_json::json!({
+                    "name": &*c.name,
+                    "routes": c.routes,
+                    "models": c.models.as_ref().map(|m| m.written().collect::<Vec<_>>()),
+                    "limits": limits(Some(i)),
+                })
+            })
+            .collect();
+        let cache = self.cache.as_ref().map(|c| {
+            let stats = c.store.stats();
+            let settings = c.store.settings();
+            serde_json::json!({
+                "memory": { "bytes": stats.memory_bytes, "entries": stats.memory_entries, "capacity": settings.memory_bytes },
+                "disk": settings.dir.as_ref().map(|dir| serde_json::json!({
+                    "dir": dir.display().to_string(),
+                    "bytes": stats.disk_bytes,
+                    "entries": stats.disk_entries,
+                    "capacity": settings.disk_bytes,
+                })),
+                "ttl_s": settings.ttl.as_secs(),
+                "charge_hits": c.charge_hits,
+            })
+        });
+        let shared = self.shared.as_ref().map(|shared| {
+            let now = shared.status();
+            let since = now
+                .since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            serde_json::json!({
+                "redis": crate::config::redacted_url(&shared.settings().url),
+                "up": now.up,
+                "since_unix": since,
+                "outages": now.outages,
+                "fallbacks": now.fallbacks,
+                "last_error": now.last_error,
+            })
+        });
+        serde_json::json!({
+            "shared": shared,
+            "keys_required": !self.keys.is_empty(),
+            "clients": clients,
+            "limits": limits(None),
+            "cache": cache,
+        })
     }
 }
 
@@ -233,7 +342,7 @@ pub fn authenticate(cx: &mut Context<'_>, headers: &HeaderMap) -> Step<()> {
 
 /// meter_request: one request taken from the `requests` limits; an upload whose
 /// Content-Length is already over `stt_bytes` is refused before a byte of it is read.
-pub fn meter_request(cx: &mut Context<'_>, api: &Api, head: &Parts) -> Step<()> {
+pub async fn meter_request(cx: &mut Context<'_>, api: &Api, head: &Parts) -> Step<()> {
     let meter = &cx.runtime.policy.meter;
     let client = cx.admitted.client;
     if matches!(
@@ -247,17 +356,112 @@ pub fn meter_request(cx: &mut Context<'_>, api: &Api, head: &Parts) -> Step<()> 
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if let Some(length) = length {
             let file_at_least = length.saturating_sub(FORM_ALLOWANCE);
-            if let Err(limited) = meter.check(client, Unit::SttBytes, file_at_least) {
+            if let Err(limited) = check(cx, Unit::SttBytes, file_at_least).await {
                 return Err(limit(cx, limited));
             }
         }
     }
     if meter.limits(client, Unit::Requests) {
-        if let Err(limited) = meter.take(client, Unit::Requests, 1, &mut cx.admitted.quota) {
+        if let Err(limited) = take(cx, Unit::Requests, 1).await {
             return Err(limit(cx, limited));
         }
     }
     Ok(())
+}
+
+/// Takes `cost` of `unit` from the shared state when there is one and it answers in
+/// time, else from this instance's own limiters.
+async fn take(cx: &mut Context<'_>, unit: Unit, cost: u64) -> Result<(), Limited> {
+    let policy = &cx.runtime.policy;
+    let client = cx.admitted.client;
+    if let Some(shared) = &policy.shared {
+        match take_shared(
+            shared,
+            &policy.meter,
+            client,
+            unit,
+            cost,
+            &mut cx.admitted.quota,
+        )
+        .await
+        {
+            Ok(done) => return done,
+            Err(Unavailable) => shared.note_fallback(),
+        }
+    }
+    policy
+        .meter
+        .take(client, unit, cost, &mut cx.admitted.quota)
+}
+
+/// Every scope's limiter in the shared state, all or none.
+async fn take_shared(
+    shared: &Arc<Shared>,
+    meter: &Meter,
+    client: Option<usize>,
+    unit: Unit,
+    cost: u64,
+    quota: &mut Quota,
+) -> Result<Result<(), Limited>, Unavailable> {
+    let mut taken: Vec<(Arc<Shared>, String, Rate, u64)> = Vec::new();
+    for (scope, rate) in meter.scopes(client, unit) {
+        let key = shared_key(&scope, unit);
+        match shared.take(&key, rate, cost).await {
+            Ok(Ok(snapshot)) => {
+                quota.note(unit, snapshot);
+                taken.push((shared.clone(), key, rate, cost));
+            }
+            Ok(Err(denied)) => {
+                refund_shared(taken);
+                quota.note(unit, denied.snapshot);
+                return Ok(Err(Limited {
+                    unit,
+                    scope,
+                    rate,
+                    denied,
+                }));
+            }
+            Err(unavailable) => {
+                refund_shared(taken);
+                return Err(unavailable);
+            }
+        }
+    }
+    for (shared, key, rate, cost) in taken {
+        quota.took_shared(&shared, key, rate, cost);
+    }
+    Ok(Ok(()))
+}
+
+/// Whether `cost` of `unit` could be taken now, taking nothing (shared state first).
+async fn check(cx: &mut Context<'_>, unit: Unit, cost: u64) -> Result<(), Limited> {
+    let policy = &cx.runtime.policy;
+    let client = cx.admitted.client;
+    if let Some(shared) = &policy.shared {
+        let mut answered = true;
+        for (scope, rate) in policy.meter.scopes(client, unit) {
+            match shared.check(&shared_key(&scope, unit), rate, cost).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(denied)) => {
+                    return Err(Limited {
+                        unit,
+                        scope,
+                        rate,
+                        denied,
+                    })
+                }
+                Err(Unavailable) => {
+                    answered = false;
+                    break;
+                }
+            }
+        }
+        if answered {
+            return Ok(());
+        }
+        shared.note_fallback();
+    }
+    policy.meter.check(client, unit, cost)
 }
 
 fn limit(cx: &mut Context<'_>, limited: Limited) -> Stop {
@@ -295,7 +499,7 @@ pub fn permit(cx: &Context<'_>, route: &RouteConfig, payload: &Payload) -> Step<
 
 /// meter_units: the speech characters or uploaded bytes taken from the limits (a cache
 /// hit's characters only with `charge_hits`).
-pub fn meter_units(cx: &mut Context<'_>, api: &Api, payload: &Payload) -> Step<()> {
+pub async fn meter_units(cx: &mut Context<'_>, api: &Api, payload: &Payload) -> Step<()> {
     let unit = match api.operation {
         Operation::Speech => Unit::TtsChars,
         Operation::Transcriptions | Operation::Translations => Unit::SttBytes,
@@ -307,7 +511,7 @@ pub fn meter_units(cx: &mut Context<'_>, api: &Api, payload: &Payload) -> Step<(
         return Ok(());
     }
     let cost = payload.billed_units();
-    match meter.take(client, unit, cost, &mut cx.admitted.quota) {
+    match take(cx, unit, cost).await {
         Ok(()) => {
             cx.admitted.charged_units = true;
             Ok(())
@@ -356,7 +560,24 @@ pub async fn lookup(
     let charge_hits = cache.charge_hits;
     if let Some(entry) = store.get(&key).await {
         let answer = hit(cx, entry.content_type.clone(), full(entry.body.clone()));
-        return hit_answered(cx, api, route, payload, charge_hits, answer);
+        return hit_answered(cx, api, route, payload, charge_hits, answer).await;
+    }
+    // Another instance may have it: a hit there fills this one's memory.
+    if let Some(shared) = &cx.runtime.policy.shared {
+        match shared.cache_get(&key).await {
+            Ok(Some((content_type, body))) => {
+                let entry = Entry {
+                    content_type: content_type.clone(),
+                    body: body.clone(),
+                    stored_at: std::time::SystemTime::now(),
+                };
+                store.insert(key, entry);
+                let answer = hit(cx, content_type, full(body));
+                return hit_answered(cx, api, route, payload, charge_hits, answer).await;
+            }
+            Ok(None) => {}
+            Err(Unavailable) => shared.note_fallback(),
+        }
     }
     match store.join(key) {
         Join::Leader(flight) => {
@@ -366,7 +587,7 @@ pub async fn lookup(
         Join::Follower(waiter) => match waiter.wait().await {
             Some((content_type, body)) => {
                 let answer = hit(cx, content_type, body);
-                hit_answered(cx, api, route, payload, charge_hits, answer)
+                hit_answered(cx, api, route, payload, charge_hits, answer).await
             }
             // The first one got no answer worth sharing: this one tries for itself.
             None => {
@@ -379,7 +600,7 @@ pub async fn lookup(
 
 /// A hit is still a request of its client: its characters are charged with
 /// `charge_hits`, and what it saved is counted.
-fn hit_answered(
+async fn hit_answered(
     cx: &mut Context<'_>,
     api: &Api,
     route: &RouteConfig,
@@ -388,7 +609,7 @@ fn hit_answered(
     answer: Response<ProxyBody>,
 ) -> Step<Lookup> {
     if charge_hits {
-        meter_units(cx, api, payload)?;
+        Box::pin(meter_units(cx, api, payload)).await?;
     }
     let runtime = cx.runtime;
     if let Some((price, _)) = priced_upstream(&runtime.upstreams, route, payload.model()) {

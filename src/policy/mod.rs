@@ -18,3 +18,4 @@ pub mod cost;
 pub mod keys;
 pub mod quota;
 pub mod rate;
+pub mod shared;

@@ -17,6 +17,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::policy::rate::{self, Denied, Gcra, Nanos, Rate, Snapshot};
+use crate::policy::shared::Shared;
 
 /// Rates per unit; a unit without one is not limited.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -160,6 +161,31 @@ impl Meter {
         global.into_iter().chain(own)
     }
 
+    /// The scopes that limit `unit` for `client`, global first, with their rates: what a
+    /// request takes from the shared state instead of the local limiters.
+    pub fn scopes(&self, client: Option<usize>, unit: Unit) -> Vec<(Scope, Rate)> {
+        self.limiters(client, unit)
+            .map(|(scope, gcra)| (scope, gcra.rate()))
+            .collect()
+    }
+
+    /// Each limited unit of the global scope (`None`) or a client's: its rate and how it
+    /// stands now, for `/status`.
+    pub fn report(&self, client: Option<usize>) -> Vec<(Unit, Rate, Snapshot)> {
+        let buckets = match client {
+            None => Some(&self.global),
+            Some(c) => self.clients.get(c).map(|(_, b)| b),
+        };
+        let now = rate::now();
+        Unit::ALL
+            .into_iter()
+            .filter_map(|unit| {
+                let gcra = buckets?.get(unit)?;
+                Some((unit, gcra.rate(), gcra.snapshot(now)))
+            })
+            .collect()
+    }
+
     /// Whether `unit` is limited for `client` at all (nothing to do otherwise).
     pub fn limits(&self, client: Option<usize>, unit: Unit) -> bool {
         self.global.get(unit).is_some()
@@ -235,16 +261,35 @@ fn tighter(a: Option<Snapshot>, b: Snapshot) -> Snapshot {
 
 /// What one request took, to give back if it failed everywhere, and what the limits
 /// looked like, for its answer's headers.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Quota {
     taken: Vec<(Arc<Gcra>, u64)>,
+    /// Taken from the shared state: its key, the rate, the cost.
+    shared: Vec<(Arc<Shared>, String, Rate, u64)>,
     requests: Option<Snapshot>,
     /// Speech characters: OpenAI's `-tokens` headers.
     tokens: Option<Snapshot>,
 }
 
+impl std::fmt::Debug for Quota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Quota")
+            .field("taken", &self.taken.len())
+            .field("shared", &self.shared.len())
+            .field("requests", &self.requests)
+            .field("tokens", &self.tokens)
+            .finish()
+    }
+}
+
 impl Quota {
-    fn note(&mut self, unit: Unit, snapshot: Snapshot) {
+    /// Notes `cost` taken from the shared state's `key`, to give back on a refund.
+    pub fn took_shared(&mut self, shared: &Arc<Shared>, key: String, rate: Rate, cost: u64) {
+        self.shared.push((shared.clone(), key, rate, cost));
+    }
+
+    /// Notes how a limit stands, for the headers.
+    pub fn note(&mut self, unit: Unit, snapshot: Snapshot) {
         let slot = match unit {
             Unit::Requests => &mut self.requests,
             Unit::TtsChars => &mut self.tokens,
@@ -259,19 +304,7 @@ impl Quota {
         for (gcra, cost) in self.taken.drain(..) {
             gcra.refund(cost, now);
         }
-    }
-
-    /// Gives back what was taken of `unit`'s… every unit but the first `keep` takes.
-    pub fn refund_after(&mut self, keep: usize) {
-        let now: Nanos = rate::now();
-        for (gcra, cost) in self.taken.drain(keep.min(self.taken.len())..) {
-            gcra.refund(cost, now);
-        }
-    }
-
-    /// How many takes so far (see [`Quota::refund_after`]).
-    pub fn takes(&self) -> usize {
-        self.taken.len()
+        refund_shared(self.shared.drain(..).collect());
     }
 
     /// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, as OpenAI sends them.
@@ -285,6 +318,30 @@ impl Quota {
                 headers.insert(names[2].clone(), reset);
             }
         }
+    }
+}
+
+/// Gives back what was taken from the shared state, without waiting for it (the request
+/// is over; a refund lost to an outage is one request's worth).
+pub fn refund_shared(taken: Vec<(Arc<Shared>, String, Rate, u64)>) {
+    if taken.is_empty() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        for (shared, key, rate, cost) in taken {
+            shared.refund(&key, rate, cost).await;
+        }
+    });
+}
+
+/// The shared state's name of a scope's limiter of `unit`.
+pub fn shared_key(scope: &Scope, unit: Unit) -> String {
+    match scope {
+        Scope::Global => format!("global:{}", unit.name()),
+        Scope::Client(name) => format!("client:{name}:{}", unit.name()),
     }
 }
 

@@ -190,7 +190,8 @@ async fn serve(config: Config, threads: usize, options: Options) -> anyhow::Resu
         let notifier = notifier.clone();
         tokio::spawn(async move {
             // On the serving runtime: if it stops making progress, the pings stop too.
-            let mut tick = tokio::time::interval(every);
+            // The first one after an interval, not at once: READY=1 goes first.
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             loop {
                 tick.tick().await;
                 notifier.watchdog();

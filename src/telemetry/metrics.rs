@@ -20,6 +20,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::policy::cache::CacheStats;
+use crate::policy::shared::SharedStatus;
 use crate::telemetry::labels::{
     endpoint_slot, status_label, status_slot, Count, Counts, LabelTable, Reason, Series, AVOIDED,
     BUCKETS, CACHE_RESULTS, ENDPOINTS, OUTCOMES, UNITS,
@@ -221,6 +222,8 @@ pub struct State {
     pub loaded_at: SystemTime,
     /// The TTS cache's tiers, when one is configured.
     pub cache: Option<CacheStats>,
+    /// The shared state (Redis), when configured.
+    pub shared: Option<SharedStatus>,
 }
 
 /// One pool endpoint's health as a scrape found it.
@@ -570,6 +573,26 @@ impl Collector for Page {
                     (["memory"], cache.memory_entries as f64),
                     (["disk"], cache.disk_entries as f64),
                 ],
+            )?;
+        }
+        if let Some(shared) = &s.shared {
+            gauge(
+                e,
+                "voxgate_shared_up",
+                "1 while the shared state (Redis of [shared]) answers, else 0: limits and cache are local meanwhile.",
+                f64::from(u8::from(shared.up)),
+            )?;
+            counter(
+                e,
+                "voxgate_shared_outages",
+                "Times the shared state became unavailable.",
+                shared.outages,
+            )?;
+            counter(
+                e,
+                "voxgate_shared_fallbacks",
+                "Limit checks and cache lookups that used local state because the shared state was unavailable or too slow.",
+                shared.fallbacks,
             )?;
         }
         gauges(
