@@ -157,14 +157,14 @@ def tree(pid):
     return result
 
 
-def cpu_seconds(pids):
+def cpu_seconds(pids, user_only=False):
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
     for pid in pids:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         # utime and stime are fields 14 and 15; fields[0] here is field 3 (state).
-        total += int(fields[11]) + int(fields[12])
+        total += int(fields[11]) + (0 if user_only else int(fields[12]))
     return total / tick
 
 
@@ -580,6 +580,7 @@ class Bench:
         if peak:
             reset_peak(pids)
         cpu0 = cpu_seconds(pids) if pids else 0.0
+        user0 = cpu_seconds(pids, user_only=True) if pids else 0.0
         busy0, wall0 = core_busy_seconds(core), time.perf_counter()
         stop_reloads, reloader, before = threading.Event(), None, None
         if target == RELOADING:
@@ -595,6 +596,7 @@ class Bench:
                 stop_reloads.set()
                 reloader.join(5)
         cpu1 = cpu_seconds(pids) if pids else 0.0
+        user1 = cpu_seconds(pids, user_only=True) if pids else 0.0
         busy1, wall1 = core_busy_seconds(core), time.perf_counter()
         # What others (a compiler, a test suite) took of the proxy core meanwhile.
         noise = max(0.0, (busy1 - busy0) - (cpu1 - cpu0)) / (wall1 - wall0)
@@ -608,6 +610,7 @@ class Bench:
         r["seconds"] = r["duration_us"] / 1e6
         r["rps"] = r["requests"] / r["seconds"]
         r["cpu_us_per_req"] = (cpu1 - cpu0) * 1e6 / r["requests"] if pids and r["requests"] else None
+        r["user_us_per_req"] = (user1 - user0) * 1e6 / r["requests"] if pids and r["requests"] else None
         r["errors"] = errors
         r["noise"] = noise
         r["peak_kib"] = status_kib(pids, "VmHWM") if peak and pids else None
@@ -747,7 +750,8 @@ class Bench:
             for t in ["direct"] + (group + rest if run % 2 == 0 else rest[:1] + group + rest[1:]):
                 r = self.timed(t, SPEECH_PATH, body, "application/json", a.conns, a.seconds)
                 per[t].append(r)
-                cpu = f"{r['cpu_us_per_req']:.1f} µs/req" if r["cpu_us_per_req"] else ""
+                cpu = (f"{r['cpu_us_per_req']:.1f} µs/req (user {r['user_us_per_req']:.1f})"
+                       if r["cpu_us_per_req"] else "")
                 reloads = f", {r['reloads']} reloads" if "reloads" in r else ""
                 log(f"  run {run + 1} {t}: {r['rps']:.0f} req/s p50 {r['p50_us']} µs p99 {r['p99_us']} µs {cpu}{reloads}")
         self.put_runs("small TTS: requests/s", per, "rps")
@@ -755,6 +759,7 @@ class Bench:
         self.put_runs("small TTS: p99 latency, ms", per, "p99_us", 1e-3)
         proxies = {t: rs for t, rs in per.items() if t != "direct"}
         self.put_runs("small TTS: proxy CPU per request, µs", proxies, "cpu_us_per_req")
+        self.put_runs("small TTS: of which user space, µs", proxies, "user_us_per_req")
 
     def ttfb_samples(self, target):
         """Times to first body byte, threads × requests on keep-alive connections."""
@@ -892,16 +897,34 @@ class Bench:
                                f"(wanted 200, {SPEECH_REPLY_BYTES} bytes, {values[want]})")
         return conn.first_byte
 
-    def first_bytes(self, target):
-        """Times from sending to the first response byte, one request at a time on one
-        kept-alive connection, every answer checked to be a hit."""
+    def first_bytes_once(self, target):
+        """(times from sending to the first response byte, noise): one request at a time
+        on one kept-alive connection, every answer checked to be a hit; noise as in wrk()."""
         port = self.ports[target]
         raw = raw_post(port, SPEECH_PATH, self.bodies["speech"], "application/json")
+        pids, core = self.pids(target), self.args.proxy_core
+        cpu0, busy0, wall0 = cpu_seconds(pids), core_busy_seconds(core), time.perf_counter()
         c = Conn(port)
         try:
-            return [self.cache_answer(c, target, raw, 1) for _ in range(self.args.first_byte_requests)]
+            samples = [self.cache_answer(c, target, raw, 1) for _ in range(self.args.first_byte_requests)]
         finally:
             c.close()
+        cpu1, busy1, wall1 = cpu_seconds(pids), core_busy_seconds(core), time.perf_counter()
+        return samples, max(0.0, (busy1 - busy0) - (cpu1 - cpu0)) / (wall1 - wall0)
+
+    def first_bytes(self, target):
+        """first_bytes_once, run again (as timed() does) when others took more than NOISY
+        of the proxy core meanwhile: a few ms slice of someone else's is a p99 by itself."""
+        samples, noise = self.first_bytes_once(target)
+        while noise > self.NOISY and self.reruns_left > 0:
+            self.reruns_left -= 1
+            log(f"  ({target}: others took {noise:.0%} of the proxy core; first bytes again)")
+            again, noise_again = self.first_bytes_once(target)
+            self.reruns += 1
+            if noise_again < noise:
+                samples, noise = again, noise_again
+        self.noise.append(noise)
+        return samples
 
     def cache_hits(self):
         """Cache hits: voxgate with [cache] against nginx with proxy_cache, on the same
@@ -946,7 +969,7 @@ class Bench:
                     per[t].append(r)
                     served[t] += r["requests"]
                     log(f"  run {run + 1} {t}: {r['rps']:.0f} req/s p50 {r['p50_us']} µs "
-                        f"p99 {r['p99_us']} µs {r['cpu_us_per_req']:.1f} µs/req")
+                        f"p99 {r['p99_us']} µs {r['cpu_us_per_req']:.1f} µs/req (user {r['user_us_per_req']:.1f})")
                 this = {}
                 for t in order:
                     samples = self.first_bytes(t)
@@ -967,6 +990,7 @@ class Bench:
         self.put_runs("cache hits: p50 latency, ms", per, "p50_us", 1e-3)
         self.put_runs("cache hits: p99 latency, ms", per, "p99_us", 1e-3)
         self.put_runs("cache hits: proxy CPU per request, µs", per, "cpu_us_per_req")
+        self.put_runs("cache hits: of which user space, µs", per, "user_us_per_req")
         for i, figure in enumerate(["cache hits: time to first byte, median, µs",
                                     "cache hits: time to first byte, p99, µs"]):
             for t, samples in firsts.items():
@@ -1120,7 +1144,7 @@ class Bench:
             self.procs.stop_all()
         order = [
             "small TTS: requests/s", "small TTS: p50 latency, ms", "small TTS: p99 latency, ms",
-            "small TTS: proxy CPU per request, µs",
+            "small TTS: proxy CPU per request, µs", "small TTS: of which user space, µs",
             "streaming TTS: time to first byte, µs", "streaming TTS: added time to first byte, µs",
             "10 MiB uploads ×8: MiB/s", "10 MiB uploads ×8: peak RSS, MiB",
             "25 MiB uploads ×32: peak RSS, MiB",
@@ -1130,7 +1154,7 @@ class Bench:
             "fallback from a refusing primary: added latency vs direct, µs",
             # voxgate with [cache] in the voxgate column, nginx with proxy_cache in nginx's
             "cache hits: requests/s", "cache hits: p50 latency, ms", "cache hits: p99 latency, ms",
-            "cache hits: proxy CPU per request, µs",
+            "cache hits: proxy CPU per request, µs", "cache hits: of which user space, µs",
             "cache hits: time to first byte, median, µs", "cache hits: time to first byte, p99, µs",
         ]
         self.results = {k: self.results[k] for k in order if k in self.results}
