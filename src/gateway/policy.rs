@@ -209,7 +209,7 @@ impl Policy {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             serde_json::json!({
-                "redis": crate::config::redacted_url(&shared.settings().url),
+                "redis": crate::config::redact_url(&shared.settings().url),
                 "up": now.up,
                 "since_unix": since,
                 "outages": now.outages,
