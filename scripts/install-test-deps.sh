@@ -3,8 +3,9 @@
 # into target/sdk-venv, openai-node into tests/sdk/node/node_modules), voice-mode into
 # target/voicemode-venv, and the Debian packages that voice-mode's audio libraries,
 # voxgate's jemalloc build, tests/packaging.rs (systemd-analyze, from systemd) and
-# tests/status_page.rs (a headless chromium, driven over its DevTools protocol) need
-# (apt-get, as root or through sudo).
+# tests/status_page.rs (a headless chromium, driven over its DevTools protocol) and
+# tests/shared.rs (redis-server, which each test starts on a free port) need (apt-get, as
+# root or through sudo).
 # Idempotent: each step is skipped while its lock file is unchanged.
 set -euo pipefail
 
@@ -45,8 +46,9 @@ vm_constraints="$repo/tests/voicemode/constraints.txt"
 missing=()
 # gcc and make also build jemalloc (tikv-jemalloc-sys), voxgate's allocator; systemd
 # brings systemd-analyze, which checks packaging/systemd/voxgate.service; chromium loads
-# the status page in tests/status_page.rs and scripts/screenshot-status.sh.
-for pkg in libportaudio2 libasound2-dev gcc make systemd chromium; do
+# the status page in tests/status_page.rs and scripts/screenshot-status.sh; redis-server
+# backs tests/shared.rs (the tests start their own; the Debian service may stay stopped).
+for pkg in libportaudio2 libasound2-dev gcc make systemd chromium redis-server; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then

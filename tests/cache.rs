@@ -384,3 +384,55 @@ async fn a_hit_counts_the_cost_it_avoided() {
     let avoided = sample(&proxy, r#"voxgate_cost_avoided_total{reason="cache"}"#).await;
     assert!((avoided - 0.03).abs() < 1e-9, "avoided {avoided}");
 }
+
+#[tokio::test]
+async fn compressed_partial_and_close_delimited_answers_are_not_kept() {
+    // Compressed: a hit would lose its Content-Encoding.
+    let gzip = Scripted::always(Reply::Full {
+        status: 200,
+        headers: vec![
+            ("content-type", "audio/mpeg".to_string()),
+            ("content-encoding", "gzip".to_string()),
+        ],
+        body: Bytes::from_static(b"\x1f\x8bnot-really"),
+    })
+    .await;
+    // A range of the audio is not the audio.
+    let partial = Scripted::always(Reply::Full {
+        status: 206,
+        headers: vec![("content-type", "audio/mpeg".to_string())],
+        body: Bytes::from_static(b"part"),
+    })
+    .await;
+    for up in [&gzip, &partial] {
+        let proxy = Proxy::start(&cached(&up.url(), "")).await;
+        speak(&proxy, say("twice")).await;
+        let again = speak(&proxy, say("twice")).await;
+        assert_eq!(again.header("x-voxgate-cache"), Some("miss"));
+        assert_eq!(up.count(), 2);
+    }
+    // Ended by closing the connection: a crash mid-body would look the same.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: audio/mpeg\r\nconnection: close\r\n\r\nUNTIL-CLOSE")
+                    .await;
+            });
+        }
+    });
+    let proxy = Proxy::start(&cached(&format!("http://{addr}"), "")).await;
+    let first = speak(&proxy, say("close")).await;
+    assert_eq!(first.body, "UNTIL-CLOSE");
+    let again = speak(&proxy, say("close")).await;
+    assert_eq!(again.header("x-voxgate-cache"), Some("miss"));
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

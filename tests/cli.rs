@@ -237,3 +237,22 @@ fn server_threads_sets_the_threads_that_serve() {
         assert!(seen.iter().any(|l| l.contains("shutting down")), "{seen:?}");
     }
 }
+
+#[test]
+fn client_keys_passed_on_to_an_upstream_are_warned_about_at_start() {
+    let upstream = "[upstreams.openai]\nurl = \"http://127.0.0.1:9\"\npass_client_key = true\n[[routes]]\nto = [\"openai\"]\n";
+    let warning = "clients' voxgate keys will be sent to it";
+    let clients = "[[clients]]\nname = \"a\"\nkey = \"k-a\"\n";
+    for (name, text, warned) in [
+        ("pass-with-clients.toml", format!("{upstream}{clients}"), 1),
+        ("pass-without-clients.toml", upstream.to_string(), 0),
+    ] {
+        let config = temp_file(name, &text);
+        let (mut child, address, log, mut seen) = start_with(voxgate(), &config);
+        assert_healthy(&address);
+        stop_with_sigterm(&mut child);
+        seen.extend(log.iter());
+        let count = seen.iter().filter(|l| l.contains(warning)).count();
+        assert_eq!(count, warned, "{name}: {seen:#?}");
+    }
+}

@@ -592,7 +592,7 @@ fn shared_settings_are_checked_and_the_password_never_shown() {
         "{shown}"
     );
     assert_eq!(
-        voxgate::config::redacted_url("rediss://user:pw@h:6380"),
+        voxgate::config::redact_url("rediss://user:pw@h:6380"),
         "rediss://user:***@h:6380"
     );
     let bad = format!("{base}[shared]\nredis = \"http://:hunter2-redis@h\"\ntimeout = \"soon\"\n");

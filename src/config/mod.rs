@@ -30,8 +30,9 @@ mod validate;
 
 pub use crate::policy::cost::{Price, Pricing};
 pub use crate::policy::quota::Limits;
+pub use crate::policy::shared::redact_url;
 pub use diagnostic::{ConfigError, Diagnostic};
-pub use policy::{redacted_url, CacheConfig, ClientConfig, SharedConfig};
+pub use policy::{CacheConfig, ClientConfig, SharedConfig};
 
 /// The built-in default configuration, also printed by `voxgate print-config`.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");

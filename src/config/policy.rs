@@ -15,6 +15,7 @@ use crate::policy::cache::CacheSettings;
 use crate::policy::cost::{Price, Pricing};
 use crate::policy::quota::Limits;
 use crate::policy::rate::{parse_rate, Rate};
+use crate::policy::shared::{redact_url, SharedSettings};
 use crate::route::{Pattern, RouteConfig};
 
 /// One caller voxgate knows by its key.
@@ -55,26 +56,9 @@ pub struct SharedConfig {
 impl std::fmt::Debug for SharedConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedConfig")
-            .field("redis", &redacted_url(self.redis.expose()))
+            .field("redis", &redact_url(self.redis.expose()))
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
-    }
-}
-
-/// A Redis URL with its password (if any) replaced by `***`.
-pub fn redacted_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            let shown = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                "***".to_string()
-            };
-            format!("{}{shown}{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
     }
 }
 
@@ -270,15 +254,24 @@ impl Validator<'_> {
     pub(super) fn shared(&mut self, raw: Option<Spanned<RawShared>>) -> Option<SharedConfig> {
         let raw = raw?.into_inner();
         let url = self.expand(&raw.redis, "redis");
+        let settings_check = SharedSettings {
+            url: url.clone(),
+            timeout: Duration::ZERO,
+            connect_timeout: Duration::ZERO,
+            max_entry_bytes: 0,
+            prefix: String::new(),
+        };
         let scheme_ok = url.starts_with("redis://") || url.starts_with("rediss://");
-        let host_ok = url
-            .split_once("://")
-            .map(|(_, rest)| rest.rsplit('@').next().unwrap_or_default())
-            .is_some_and(|hostpart| !hostpart.is_empty() && !hostpart.starts_with('/'));
-        if !scheme_ok || !host_ok {
+        let refused = match settings_check.validate() {
+            Err(why) => Some(why),
+            Ok(()) if !scheme_ok => Some("not redis:// or rediss://".to_string()),
+            Ok(()) => None,
+        };
+        if let Some(why) = refused {
+            // `validate` never quotes the password.
             self.error(
                 raw.redis.span(),
-                "`redis` must be a URL such as \"redis://127.0.0.1:6379/0\" or \"rediss://:${REDIS_PASSWORD}@host:6380\"",
+                format!("`redis` must be a URL such as \"redis://127.0.0.1:6379/0\" or \"rediss://:${{REDIS_PASSWORD}}@host:6380\" ({why})"),
             );
         }
         let prefix = raw

@@ -98,6 +98,9 @@ impl Policy {
                 .and_then(|o| o.cache.as_ref())
                 .filter(|c| *c.store.settings() == wanted.settings)
                 .map(|c| c.store.clone());
+            // `voxgate explain` compiles without a runtime and must not open (and tidy)
+            // the disk tier a running daemon is writing.
+            tokio::runtime::Handle::try_current().ok()?;
             let store = match kept {
                 Some(store) => store,
                 None => match Cache::open(wanted.settings.clone()) {
@@ -209,7 +212,7 @@ impl Policy {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             serde_json::json!({
-                "redis": crate::config::redacted_url(&shared.settings().url),
+                "redis": crate::config::redact_url(&shared.settings().url),
                 "up": now.up,
                 "since_unix": since,
                 "outages": now.outages,
@@ -611,6 +614,7 @@ async fn hit_answered(
     if charge_hits {
         Box::pin(meter_units(cx, api, payload)).await?;
     }
+    cx.admitted.cache = Some("hit");
     let runtime = cx.runtime;
     if let Some((price, _)) = priced_upstream(&runtime.upstreams, route, payload.model()) {
         let saved = cost::speech(&price, payload.billed_units());
@@ -621,7 +625,6 @@ async fn hit_answered(
 }
 
 fn hit(cx: &mut Context<'_>, content_type: HeaderValue, body: ProxyBody) -> Response<ProxyBody> {
-    cx.admitted.cache = Some("hit");
     let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, content_type);
@@ -667,12 +670,15 @@ pub fn speech_key<'a>(
     let mut hash = Sha256::new();
     hash.update(b"voxgate speech v1\n");
     for (key, value) in all {
-        let value = match value.as_f64() {
-            Some(n) if value.is_number() => Value::from(n),
+        // An integer is written as the float it equals when that is exact (`1` as `1.0`);
+        // a larger one stays as it is, so two seeds never meet.
+        let value = match value.as_i64() {
+            Some(n) if n.unsigned_abs() <= 1 << 53 => Value::from(n as f64),
             _ => value,
         };
-        hash.update(key.as_bytes());
-        hash.update(b"=");
+        // The name JSON-encoded like the value: no name can pass for `a":…` lines.
+        hash.update(Value::from(key).to_string().as_bytes());
+        hash.update(b":");
         hash.update(value.to_string().as_bytes());
         hash.update(b"\n");
     }
@@ -744,7 +750,10 @@ async fn upload_duration(payload: &Payload) -> Option<std::time::Duration> {
     let tail_start = range.end - total.min(audio::TAIL_BYTES as u64);
     let head = read(&form.replay, range.start..head_end).await?;
     let tail = read(&form.replay, tail_start..range.end).await?;
-    audio::duration(&head, &tail, total)
+    // The header is the client's word: no audio is below 1 kbit/s, so a header claiming
+    // hours in a few bytes is priced as what the bytes could hold.
+    let most = std::time::Duration::from_secs_f64(total as f64 * 8.0 / 1000.0);
+    audio::duration(&head, &tail, total).map(|d| d.min(most))
 }
 
 async fn read(
@@ -759,4 +768,59 @@ async fn read(
         out.extend_from_slice(&chunk);
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::payload::JsonObject;
+
+    fn key_of(route: &RouteConfig, json: &str) -> Key {
+        let object = JsonObject::parse(json.as_bytes()).unwrap().unwrap();
+        speech_key(route, object.iter())
+    }
+
+    #[test]
+    fn the_key_is_the_request_as_meant_and_cannot_be_forged() {
+        let config = Config::from_toml(
+            "[upstreams.a]\nurl = \"http://127.0.0.1:1\"\n[[routes]]\nto = [\"a\"]\n[[routes]]\nto = [\"a\"]\nset = { model = \"tts-1-hd\" }\n",
+            "t.toml",
+        )
+        .unwrap();
+        let (plain, set) = (&config.routes[0], &config.routes[1]);
+        let base = key_of(plain, r#"{"model":"m","voice":"alloy","input":"hi"}"#);
+        // Defaults written out, numbers by value, key order: the same request.
+        let spelled = r#"{"input":"hi","speed":1,"response_format":"mp3","voice":"alloy","model":"m","stream_format":"audio"}"#;
+        assert_eq!(key_of(plain, spelled), base);
+        assert_eq!(
+            key_of(
+                plain,
+                r#"{"model":"m","voice":"alloy","input":"hi","speed":1.0}"#
+            ),
+            base
+        );
+        // A name crafted to look like two fields is one odd field.
+        let forged = r#"{"input":"hi","voice":"alloy","instructions\":\"calm\"\n\"model":"m"}"#;
+        assert_ne!(key_of(plain, forged), base);
+        // Large integers are not rounded into each other.
+        let seed = |n: &str| {
+            key_of(
+                plain,
+                &format!(r#"{{"model":"m","voice":"a","input":"x","seed":{n}}}"#),
+            )
+        };
+        assert_ne!(seed("9007199254740993"), seed("9007199254740992"));
+        // The route's `set` is part of what the client meant.
+        assert_ne!(
+            key_of(set, r#"{"model":"m","voice":"alloy","input":"hi"}"#),
+            base
+        );
+        assert_eq!(
+            key_of(set, r#"{"model":"m","voice":"alloy","input":"hi"}"#),
+            key_of(
+                plain,
+                r#"{"model":"tts-1-hd","voice":"alloy","input":"hi"}"#
+            )
+        );
+    }
 }

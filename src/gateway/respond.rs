@@ -40,6 +40,11 @@ pub async fn respond(
     let upstream = &runtime.upstreams[index];
     let (id, record) = (&cx.id, &mut cx.trace.record);
     let (mut parts, body) = response.into_parts();
+    // Whether the answer's end can be told from a broken connection (a length, chunks,
+    // HTTP/2's end of stream): only such an answer may fill the cache.
+    let delimited = parts.version == http::Version::HTTP_2
+        || parts.headers.contains_key(header::CONTENT_LENGTH)
+        || parts.headers.contains_key(header::TRANSFER_ENCODING);
     strip_hop_by_hop(&mut parts.headers);
     if let Some(theirs) = parts.headers.remove(&REQUEST_ID_HEADER_NAME) {
         if theirs != *id {
@@ -96,7 +101,14 @@ pub async fn respond(
     };
     // The first of identical speech requests: its complete answer fills the cache, and
     // those waiting for it get it as it comes.
-    let body = match (cache, parts.status.is_success()) {
+    // Only a whole 200 in plain bytes: not a range, not a compressed body (a hit would
+    // lose its Content-Encoding), not one whose end cannot be told from a break.
+    let plain = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_none_or(|e| e.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let keepable = parts.status == http::StatusCode::OK && plain && delimited;
+    let body = match (cache, keepable) {
         (Lookup::Lead(flight), true) => match parts.headers.get(header::CONTENT_TYPE) {
             Some(content_type) => flight.answered(content_type.clone(), body),
             None => body,

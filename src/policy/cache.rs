@@ -899,6 +899,7 @@ impl Flight {
         let mut tee = Tee {
             inner: body,
             open: Some(open),
+            passed: 0,
         };
         // hyper never polls a body that says it is over.
         if tee.inner.is_end_stream() {
@@ -921,6 +922,8 @@ struct Tee {
     inner: ProxyBody,
     /// `None` once landed.
     open: Option<OpenFlight>,
+    /// Bytes passed so far.
+    passed: u64,
 }
 
 impl Tee {
@@ -930,9 +933,32 @@ impl Tee {
         }
     }
 
-    fn pass(&self, data: &Bytes) {
-        if let (Some(open), false) = (&self.open, data.is_empty()) {
-            open.state.update(|inner| inner.chunks.push(data.clone()));
+    /// Keeps `data` for the followers and the store. An answer past `max_entry_bytes`
+    /// that no follower has joined is let go of at once: it will not be stored, and
+    /// keeping it would hold a long stream whole in memory for nobody. New identical
+    /// requests then go upstream themselves; followers already reading keep it all.
+    fn pass(&mut self, data: &Bytes) {
+        let Some(open) = &self.open else {
+            return;
+        };
+        if data.is_empty() {
+            return;
+        }
+        self.passed += data.len() as u64;
+        let over = self.passed > open.shared.settings.max_entry_bytes;
+        let mut alone = false;
+        open.state.update(|inner| {
+            // Waiter ids are handed out from 1: 0 means none ever joined.
+            if over && inner.next_id == 0 {
+                alone = true;
+                inner.chunks = Vec::new();
+                inner.phase = Phase::GaveUp;
+            } else {
+                inner.chunks.push(data.clone());
+            }
+        });
+        if alone {
+            self.land(Landing::GaveUp);
         }
     }
 }
@@ -1578,6 +1604,45 @@ mod tests {
             assert_eq!(waiter.await.unwrap(), "1234567890abcde");
         }
         assert!(cache.get(&key(1)).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_long_answer_nobody_follows_is_let_go_of_as_it_passes() {
+        let cache = Cache::open(CacheSettings {
+            max_entry_bytes: 8,
+            ..settings(1 << 20)
+        })
+        .unwrap();
+        let Join::Leader(flight) = cache.join(key(1)) else {
+            panic!("first");
+        };
+        let mut body = flight.answered(MPEG, slow_body(&["12345", "67890", "abcde"]));
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "12345");
+        // Still within the cap: an identical request follows.
+        assert!(matches!(cache.join(key(1)), Join::Follower(_)));
+        // Past the cap with no follower (a fresh cache, its flight alone): let go of.
+        let alone = Cache::open(CacheSettings {
+            max_entry_bytes: 8,
+            ..settings(1 << 20)
+        })
+        .unwrap();
+        let Join::Leader(flight) = alone.join(key(2)) else {
+            panic!("first");
+        };
+        let mut long = flight.answered(MPEG, slow_body(&["12345", "67890", "abcde"]));
+        long.frame().await.unwrap().unwrap();
+        long.frame().await.unwrap().unwrap();
+        assert!(
+            matches!(alone.join(key(2)), Join::Leader(_)),
+            "the flight was closed once past the cap, so a new request leads its own"
+        );
+        assert_eq!(
+            collect(long).await.unwrap(),
+            "abcde",
+            "the leader still gets it all"
+        );
+        assert_eq!(collect(body).await.unwrap(), "67890abcde");
     }
 
     #[tokio::test]

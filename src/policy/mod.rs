@@ -8,6 +8,7 @@
 //! - [`keys`]   client keys: which client a presented key is, in constant time.
 //! - [`quota`]  the limiters of a configuration, per client and global, and what one
 //!   request took (refunds, `x-ratelimit-*` headers).
+//! - [`shared`] limits and the TTS cache in Redis, shared by many instances (local when down).
 //!
 //! Nothing here reads the configuration: `config` parses into these types, and the
 //! gateway builds them from it (`gateway/policy.rs`) and calls them from its phases.

@@ -219,12 +219,27 @@ impl Meter {
                         gcra.refund(cost, now);
                     }
                     quota.note(unit, denied.snapshot);
-                    return Err(Limited {
+                    let mut limited = Limited {
                         unit,
                         scope,
                         rate: gcra.rate(),
                         denied,
-                    });
+                    };
+                    // The wait told is the longest of every scope that would refuse, so
+                    // that the retry passes them all.
+                    for (scope, other) in self.limiters(client, unit) {
+                        if let Err(later) = other.check(cost, now) {
+                            if longer(later.retry_after, limited.denied.retry_after) {
+                                limited = Limited {
+                                    unit,
+                                    scope,
+                                    rate: other.rate(),
+                                    denied: later,
+                                };
+                            }
+                        }
+                    }
+                    return Err(limited);
                 }
             }
         }
@@ -249,6 +264,15 @@ impl Meter {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether wait `a` is longer than `b` (`None`: never passes, the longest).
+fn longer(a: Option<Duration>, b: Option<Duration>) -> bool {
+    match (a, b) {
+        (None, Some(_)) => true,
+        (Some(a), Some(b)) => a > b,
+        _ => false,
     }
 }
 
@@ -309,6 +333,13 @@ impl Quota {
 
     /// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, as OpenAI sends them.
     pub fn write_headers(&self, headers: &mut HeaderMap) {
+        // An upstream's own figures (OpenAI's, for the operator's account) are not the
+        // client's: where voxgate limits the client, only its figures are sent.
+        if self.requests.is_some() || self.tokens.is_some() {
+            for name in REQUESTS.iter().chain(TOKENS.iter()) {
+                headers.remove(name);
+            }
+        }
         let sets = [(&self.requests, &REQUESTS), (&self.tokens, &TOKENS)];
         for (snapshot, names) in sets {
             let Some(s) = snapshot else { continue };
@@ -429,6 +460,36 @@ mod tests {
         assert!(meter
             .take(None, Unit::Requests, 1, &mut Quota::default())
             .is_ok());
+    }
+
+    #[test]
+    fn the_wait_told_is_the_longest_of_every_scope_that_refuses() {
+        let global = Limits {
+            requests: Some(Rate {
+                count: 10,
+                period: Duration::from_secs(1),
+            }),
+            ..Limits::default()
+        };
+        let own = Limits {
+            requests: per_minute(1),
+            ..Limits::default()
+        };
+        let none = Limits::default();
+        let meter = Meter::compile(&global, [("a", &own), ("b", &none)], None);
+        meter
+            .take(Some(0), Unit::Requests, 1, &mut Quota::default())
+            .unwrap();
+        for _ in 0..9 {
+            meter
+                .take(Some(1), Unit::Requests, 1, &mut Quota::default())
+                .unwrap();
+        }
+        // The global limit refuses first (free again in 100 ms), a's own for a minute.
+        let refused = meter.take(Some(0), Unit::Requests, 1, &mut Quota::default());
+        let refused = refused.expect_err("both spent");
+        assert_eq!(refused.scope, Scope::Client("a".into()));
+        assert!(refused.retry_after_seconds() >= Some(59), "{refused:?}");
     }
 
     #[test]

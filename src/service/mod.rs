@@ -102,6 +102,20 @@ fn log_upstreams(config: &Config) {
             );
         }
     }
+    // With client keys, the key a client presents is one of voxgate's own: passing it on
+    // hands it to the upstream.
+    if !config.clients.is_empty() {
+        for u in config
+            .upstreams
+            .iter()
+            .filter(|u| u.api_key.is_none() && u.pass_client_key)
+        {
+            tracing::warn!(
+                upstream = %u.name,
+                "[[clients]] is set and this upstream has pass_client_key = true without an api_key: clients' voxgate keys will be sent to it"
+            );
+        }
+    }
     for u in config.upstreams.iter().filter(|u| !u.tls_verify) {
         tracing::warn!(upstream = %u.name, "TLS certificate verification is OFF for this upstream (tls_verify = false)");
     }

@@ -16,6 +16,7 @@
 pub mod daemon;
 pub mod engines;
 pub mod pki;
+pub mod redis;
 
 use std::convert::Infallible;
 use std::future::Future;
