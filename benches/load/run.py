@@ -50,6 +50,9 @@ RELOADING = "voxgate, reload 1/s"
 # limits, none of them ever refusing (load/keys.toml.in); wrk presents a client's key.
 # Small TTS only: what checking keys and limits costs.
 KEYS = "voxgate, keys+limits"
+# The same clients and limits kept in a local redis-server ([shared], load/shared.toml.in)
+# instead of in-process: what sharing limits between instances costs a request.
+REDIS = "voxgate, limits in Redis"
 CLIENT_KEYS = ("bench-key-a-7c1e9d24f3b85a06", "bench-key-b-2f8a6e0c41d97b53")  # keys.toml.in's
 # The cache phase: a voxgate process with [cache] (load/cache.toml.in) and an nginx with
 # proxy_cache (load/nginx-cache.conf.in), both in front of the counting upstream, both
@@ -413,6 +416,8 @@ class Bench:
             "nginx": b + 11,
             "haproxy": b + 12,
             KEYS: b + 14,
+            REDIS: b + 18,
+            "redis": b + 19,
             CACHED: b + 15,
             NGINX_CACHED: b + 16,
             "cache_upstream": b + 17,
@@ -455,6 +460,8 @@ class Bench:
             ("nginx", ["nginx.conf.in"], subst, "nginx.conf"),
             ("haproxy", ["haproxy.cfg.in"], subst, "haproxy.cfg"),
             (KEYS, ["voxgate.toml.in", "keys.toml.in"], subst, "voxgate-keys.toml"),
+            (REDIS, ["voxgate.toml.in", "keys.toml.in", "shared.toml.in"],
+             dict(subst, redis_port=self.ports["redis"]), "voxgate-redis.toml"),
             (CACHED, ["voxgate.toml.in", "cache.toml.in"], cached, "voxgate-cache.toml"),
             (NGINX_CACHED, ["nginx-cache.conf.in"], cached, "nginx-cache.conf"),
         ]:
@@ -508,6 +515,8 @@ class Bench:
             return pin + [self.args.voxgate_b, "--config", j(self.work, "voxgate-b.toml")]
         if name == KEYS:
             return pin + [self.args.voxgate, "--config", j(self.work, "voxgate-keys.toml")]
+        if name == REDIS:
+            return pin + [self.args.voxgate, "--config", j(self.work, "voxgate-redis.toml")]
         if name == CACHED:
             return pin + [self.args.voxgate, "--config", j(self.work, "voxgate-cache.toml")]
         if name == "nginx":
@@ -521,7 +530,7 @@ class Bench:
 
     def proxy_env(self, name):
         env = dict(os.environ)
-        if name in ("voxgate", SECOND, KEYS, CACHED):
+        if name in ("voxgate", SECOND, KEYS, REDIS, CACHED):
             # The access log off, as nginx (access_log off) and HAProxy (no log) run here.
             env["RUST_LOG"] = self.args.voxgate_log
         return env
@@ -572,7 +581,7 @@ class Bench:
         port = self.ports["voxgate" if target == RELOADING else target]
         url = f"http://127.0.0.1:{port}{path}"
         env = dict(os.environ, BENCH_BODY=body_file, BENCH_CTYPE=ctype,
-                   BENCH_KEY=CLIENT_KEYS[1] if target == KEYS else "")
+                   BENCH_KEY=CLIENT_KEYS[1] if target in (KEYS, REDIS) else "")
         argv = ["taskset", "-c", self.args.load_core, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s",
                 "--timeout", "30s", "-s", os.path.join(HERE, "post.lua"), url]
         pids = self.pids(target)
@@ -699,6 +708,14 @@ class Bench:
                              f"headers {sorted(c.headers)}")
         finally:
             c.close()
+        # The Redis column measures Redis only while voxgate uses it: connected now, and no
+        # request fell back to local limits (checked again after the phase).
+        for _ in range(250):
+            if self.shared_state(REDIS).get("up"):
+                break
+            time.sleep(0.02)
+        else:
+            sys.exit(f"sanity check failed: {REDIS} never connected to redis-server: {self.shared_state(REDIS)}")
         checks = [
             ("speech", SPEECH_PATH, self.bodies["speech"], "application/json", SPEECH_REPLY_BYTES),
             ("stream", SPEECH_PATH + STREAM_QUERY, self.bodies["speech"], "application/json", STREAM_REPLY_BYTES),
@@ -718,6 +735,12 @@ class Bench:
             finally:
                 c.close()
 
+    def shared_state(self, target):
+        """`/status`'s policy.shared of a voxgate target."""
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with direct.open(f"http://127.0.0.1:{self.ports[target]}/status", timeout=10) as r:
+            return json.load(r)["policy"]["shared"] or {}
+
     def fallback_paths(self, target):
         """(503 case, dead case): path and body per target; direct has no fallback."""
         if target == "direct":
@@ -735,17 +758,18 @@ class Bench:
 
     def small_tts(self):
         a = self.args
-        targets = TARGETS + [RELOADING, KEYS]
+        targets = TARGETS + [RELOADING, KEYS, REDIS]
         per = {t: [] for t in targets}
         body = os.path.join(self.work, "speech.json")
-        for t in TARGETS + [KEYS]:  # warm-up: pools filled, caches warm
+        for t in TARGETS + [KEYS, REDIS]:  # warm-up: pools filled, caches warm
             self.wrk(t, SPEECH_PATH, body, "application/json", a.conns, 1)
         for run in range(a.runs):
             # Interleaved, so that a noisy moment hits every target alike. Plain voxgate in
             # the middle of its two variants, each of which is right before it in one round
             # and right after it in the next: each pair back to back, neither always
             # following the same neighbour.
-            group = [RELOADING, "voxgate", KEYS] if run % 2 == 0 else [KEYS, "voxgate", RELOADING]
+            group = ([RELOADING, "voxgate", KEYS, REDIS] if run % 2 == 0
+                     else [REDIS, KEYS, "voxgate", RELOADING])
             rest = [t for t in self.order(run) if t not in ("direct", "voxgate")]
             for t in ["direct"] + (group + rest if run % 2 == 0 else rest[:1] + group + rest[1:]):
                 r = self.timed(t, SPEECH_PATH, body, "application/json", a.conns, a.seconds)
@@ -754,6 +778,10 @@ class Bench:
                        if r["cpu_us_per_req"] else "")
                 reloads = f", {r['reloads']} reloads" if "reloads" in r else ""
                 log(f"  run {run + 1} {t}: {r['rps']:.0f} req/s p50 {r['p50_us']} µs p99 {r['p99_us']} µs {cpu}{reloads}")
+        fallbacks = self.shared_state(REDIS).get("fallbacks", 0)
+        if fallbacks:
+            self.notes.append(f"{REDIS}: {fallbacks} request(s) fell back to local limits (Redis slower "
+                              f"than its 20 ms timeout): that column is not all Redis")
         self.put_runs("small TTS: requests/s", per, "rps")
         self.put_runs("small TTS: p50 latency, ms", per, "p50_us", 1e-3)
         self.put_runs("small TTS: p99 latency, ms", per, "p99_us", 1e-3)
@@ -1027,7 +1055,7 @@ class Bench:
 
     def table(self):
         second = [SECOND] if SECOND in TARGETS else []
-        rows = [tuple(["figure", "direct", "voxgate", RELOADING, KEYS] + second
+        rows = [tuple(["figure", "direct", "voxgate", RELOADING, KEYS, REDIS] + second
                       + ["nginx", "haproxy", "voxgate/direct", "voxgate/best peer"])]
 
         def fmt(v):
@@ -1053,7 +1081,8 @@ class Bench:
                 r_best = f"{vg - best:+.0f} µs"  # a ratio to zero or less says nothing
             else:
                 r_best = f"{vg / best:.2f}×"
-            rows.append(tuple([figure, fmt(d), fmt(vg), fmt(by.get(RELOADING)), fmt(by.get(KEYS))]
+            rows.append(tuple([figure, fmt(d), fmt(vg), fmt(by.get(RELOADING)), fmt(by.get(KEYS)),
+                               fmt(by.get(REDIS))]
                               + [fmt(by.get(t)) for t in second]
                               + [fmt(by.get("nginx")), fmt(by.get("haproxy")), r_direct, r_best]))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -1083,12 +1112,12 @@ class Bench:
                              f"(runs {min(ratios):.2f}–{max(ratios):.2f}×)")
         return lines
 
-    def paired_reload(self, other=RELOADING):
-        """`other` (a reload every second, or the second build) / voxgate, run by run."""
+    def paired_reload(self, other=RELOADING, base="voxgate"):
+        """`other` (a reload every second, the second build, …) / `base`, run by run."""
         lines = []
         for figure, runs in self.per_run.items():
-            ratios = [by[other] / by["voxgate"] for by in runs
-                      if by.get(other) and by.get("voxgate")]
+            ratios = [by[other] / by[base] for by in runs
+                      if by.get(other) and by.get(base)]
             if ratios:
                 lines.append(f"  {figure:<40} {statistics.median(ratios):.3f}×  "
                              f"(runs {min(ratios):.3f}–{max(ratios):.3f}×)")
@@ -1105,9 +1134,14 @@ class Bench:
             if "e" in phases:
                 log("e. start-to-ready and idle RSS (fresh starts)")
                 self.startup()
-            for name in PROXIES + [KEYS]:
+            log("redis: starting redis-server on the load core")
+            self.redis = self.procs.start(
+                ["taskset", "-c", self.args.load_core, "redis-server", "--port", str(self.ports["redis"]),
+                 "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.work],
+                stdout=subprocess.DEVNULL)
+            for name in PROXIES + [KEYS, REDIS]:
                 self.running[name] = self.start_proxy(name)
-            for name in PROXIES + [KEYS]:
+            for name in PROXIES + [KEYS, REDIS]:
                 wait_ready(self.ports[name], 10.0, proc=self.running[name])
             # HAProxy marks the dead primary down after two failed checks, 500 ms apart.
             time.sleep(1.5)
@@ -1133,7 +1167,7 @@ class Bench:
                     f"then {self.args.first_byte_requests} requests one at a time, {self.args.runs} rounds")
                 self.cache_hits()
         except Exception:
-            for name in PROXIES + [KEYS, CACHED, NGINX_CACHED, "nginx-error", "nginx-cache-error"]:
+            for name in PROXIES + [KEYS, REDIS, CACHED, NGINX_CACHED, "nginx-error", "nginx-cache-error"]:
                 path = os.path.join(self.work, f"{slug(name)}.log")
                 if os.path.exists(path) and os.path.getsize(path):
                     with open(path, errors="replace") as f:
@@ -1181,6 +1215,13 @@ class Bench:
         if keys:
             print("voxgate with client keys and limits / without, run by run (median of the per-run ratios):")
             print("\n".join(keys))
+            print()
+        shared = self.paired_reload(REDIS)
+        if shared:
+            print("voxgate with the same limits in Redis / without limits, run by run:")
+            print("\n".join(shared))
+            print("voxgate with the limits in Redis / in-process, run by run:")
+            print("\n".join(self.paired_reload(REDIS, KEYS)))
             print()
         for n in self.notes:
             print(f"note: {n}")

@@ -335,7 +335,14 @@ impl Quota {
     pub fn write_headers(&self, headers: &mut HeaderMap) {
         // An upstream's own figures (OpenAI's, for the operator's account) are not the
         // client's: where voxgate limits the client, only its figures are sent.
-        if self.requests.is_some() || self.tokens.is_some() {
+        // (A look at the names first: most upstreams send none, and six removals are six
+        // hashes for nothing.)
+        let theirs = || {
+            headers
+                .keys()
+                .any(|k| k.as_str().starts_with("x-ratelimit-"))
+        };
+        if (self.requests.is_some() || self.tokens.is_some()) && theirs() {
             for name in REQUESTS.iter().chain(TOKENS.iter()) {
                 headers.remove(name);
             }
@@ -343,10 +350,10 @@ impl Quota {
         let sets = [(&self.requests, &REQUESTS), (&self.tokens, &TOKENS)];
         for (snapshot, names) in sets {
             let Some(s) = snapshot else { continue };
-            headers.insert(names[0].clone(), HeaderValue::from(s.limit));
-            headers.insert(names[1].clone(), HeaderValue::from(s.remaining));
-            if let Ok(reset) = HeaderValue::from_str(&go_duration(s.reset)) {
-                headers.insert(names[2].clone(), reset);
+            headers.append(names[0].clone(), HeaderValue::from(s.limit));
+            headers.append(names[1].clone(), HeaderValue::from(s.remaining));
+            if let Ok(reset) = HeaderValue::try_from(go_duration(s.reset)) {
+                headers.append(names[2].clone(), reset);
             }
         }
     }
