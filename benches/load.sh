@@ -9,7 +9,7 @@
 # (scripts/build-release.sh: profile-guided), then runs benches/load/run.py. Besides the
 # plain contestants: voxgate with client keys and rate limits (small TTS), and voxgate's
 # [cache] against nginx's proxy_cache (cache hits). Traffic stays on 127.0.0.1 (ports
-# BENCH_PORT_BASE..+17, default 18400..18417). Every process started is ended on exit,
+# BENCH_PORT_BASE..+19, default 18400..18419). Every process started is ended on exit,
 # failure included. About 8 to 10 minutes of measuring (two voxgate builds), plus the
 # builds (about 9 minutes when nothing is cached).
 #

@@ -4,9 +4,9 @@
 load.sh installs the tools and builds the binaries, then runs this file. It starts the
 scripted upstream (examples/bench_upstream.rs) on the load core, voxgate, nginx and HAProxy
 each pinned to the proxy core, drives them with wrk and with the small HTTP/1.1 client
-below from the load core, and prints one table. Two more voxgate processes carry the
-policy features (client keys and rate limits; the TTS cache), and a second nginx its
-proxy_cache; the cache phase's upstream is a counting one in this process. Everything is
+below from the load core, and prints one table. Three more voxgate processes carry the
+policy features (client keys and rate limits; the same limits kept in a redis-server on
+the load core; the TTS cache), and a second nginx its proxy_cache; the cache phase's upstream is a counting one in this process. Everything is
 on 127.0.0.1; every loop is bounded in count and time; every process started here is ended
 here (and its pid written to BENCH_PIDFILE, so that load.sh's trap can end it if this
 script is killed).
