@@ -342,6 +342,17 @@ async fn beyond_the_in_flight_limit_requests_are_shed_at_once_with_retry_after()
     assert_eq!(shed.status, 503);
     assert_eq!(shed.header("retry-after"), Some("1"));
     assert!(shed.error_message().contains("overloaded"));
+    // A busy voxgate is alive and ready: probes are not shed (a liveness probe that got
+    // 503 here would restart a healthy instance).
+    for probe in ["/health", "/ready"] {
+        let answer = send(
+            http::Request::get(proxy.url(probe))
+                .body(full_body(""))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{probe}");
+    }
     assert_eq!(first.await.unwrap().unwrap().status(), 200);
     assert_eq!(second.await.unwrap().unwrap().status(), 200);
     still_serves(&proxy).await;

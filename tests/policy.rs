@@ -271,11 +271,19 @@ async fn a_burst_passes_and_the_next_request_gets_429_with_a_correct_retry_after
     let reset = refused.header("x-ratelimit-reset-requests").unwrap();
     assert!(reset == "1m0s" || reset == "59s", "reset {reset}");
     assert_eq!(up.count(), 3, "the refused request reached no upstream");
+    // Discovery is a request of alice's too (it fans out to the upstreams).
+    let models = Request::get(proxy.url("/v1/models"))
+        .header("authorization", "Bearer alice-key")
+        .body(full_body(""))
+        .unwrap();
+    let models = send(models).await;
+    assert_eq!(models.status, 429);
+    assert_eq!(models.header("x-ratelimit-remaining-requests"), Some("0"));
     // bob has no limit of his own, and there is no global one.
     assert_eq!(send(bearer(&proxy, "bob-key", say("hi"))).await.status, 200);
     assert!(refused.header("x-ratelimit-limit-tokens").is_none());
     let limited = r#"voxgate_rate_limited_total{client="alice",unit="requests"}"#;
-    assert_eq!(sample(&proxy, limited).await, 1.0);
+    assert_eq!(sample(&proxy, limited).await, 2.0);
     // /status shows each client's limits as they stand, and never a key or its hash.
     let status = send(
         Request::get(proxy.url("/status"))

@@ -38,7 +38,9 @@ use http_body_util::BodyExt;
 use crate::body::{BoxError, ProxyBody};
 use crate::gateway::classify::{check_head, classify as target_of, Target};
 use crate::gateway::forward::{forward as try_upstreams, RequestHead, Served};
-use crate::gateway::policy::{authenticate, lookup, meter_request, meter_units, permit, Admitted};
+use crate::gateway::policy::{
+    authenticate, lookup, meter_discovery, meter_request, meter_units, permit, Admitted,
+};
 use crate::gateway::request_id::request_id;
 use crate::gateway::respond::respond;
 use crate::gateway::{
@@ -109,7 +111,13 @@ impl Gateway {
         B: Body<Data = Bytes> + Send + Unpin,
         B::Error: Into<BoxError>,
     {
-        let _admitted = self.admit(cx)?;
+        // Probes are never shed: a busy instance is alive and ready, and a liveness probe
+        // answered 503 would have it restarted.
+        let probe = matches!(head.uri.path(), "/health" | "/ready");
+        let _admitted = match probe {
+            true => None,
+            false => Some(self.admit(cx)?),
+        };
         // A body framed by its Content-Length had no Transfer-Encoding to check.
         let length_framed = body.size_hint().exact().is_some();
         let api = self.classify(cx, head, length_framed).await?;
@@ -167,6 +175,9 @@ impl Gateway {
         }
         if matches!(target, Target::Api(_) | Target::Discovery(_)) {
             authenticate(cx, &head.headers)?;
+        }
+        if matches!(target, Target::Discovery(_)) {
+            meter_discovery(cx).await?;
         }
         let runtime = cx.runtime;
         let local = match target {

@@ -372,6 +372,22 @@ pub async fn meter_request(cx: &mut Context<'_>, api: &Api, head: &Parts) -> Ste
     Ok(())
 }
 
+/// A discovery request (`/v1/models`, `/v1/audio/voices`) is a request of its client too:
+/// it fans out to the upstreams.
+pub async fn meter_discovery(cx: &mut Context<'_>) -> Step<()> {
+    if cx
+        .runtime
+        .policy
+        .meter
+        .limits(cx.admitted.client, Unit::Requests)
+    {
+        if let Err(limited) = take(cx, Unit::Requests, 1).await {
+            return Err(limit(cx, limited));
+        }
+    }
+    Ok(())
+}
+
 /// Takes `cost` of `unit` from the shared state when there is one and it answers in
 /// time, else from this instance's own limiters.
 async fn take(cx: &mut Context<'_>, unit: Unit, cost: u64) -> Result<(), Limited> {
