@@ -628,3 +628,37 @@ async fn an_unreachable_redis_at_start_is_unavailable_at_once() {
     })
     .await;
 }
+
+/// A request's limiters (global and its client's) in one round trip: all or none, the
+/// first refusing limiter named, and the same arithmetic as one at a time.
+#[tokio::test]
+async fn take_all_takes_every_limiter_or_none_in_one_call() {
+    let server = RedisServer::start();
+    bounded(async {
+        let a = started(&server.url(), RELAXED, "all:").await;
+        let global = ("global:requests".to_string(), per_minute(5));
+        let client = ("client:x:requests".to_string(), per_minute(2));
+        let both = [global.clone(), client.clone()];
+        for left in [1, 0] {
+            let snapshots = a.take_all(&both, 1).await.unwrap().unwrap();
+            assert_eq!(snapshots.len(), 2);
+            assert_eq!(snapshots[1].remaining, left);
+        }
+        // The client's limiter refuses (index 1): the global one is not taken from.
+        let (index, denied) = a.take_all(&both, 1).await.unwrap().unwrap_err();
+        assert_eq!(index, 1);
+        let wait = denied.retry_after.unwrap();
+        assert!(
+            wait > Duration::from_secs(29) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+        let global_left = a.check(&global.0, global.1, 1).await.unwrap().unwrap();
+        assert_eq!(global_left.remaining, 3, "the refused call took nothing");
+        // The same keys one at a time see what take_all took.
+        assert!(a.take(&client.0, client.1, 1).await.unwrap().is_err());
+        // A cost over a burst never passes.
+        let (index, never) = a.take_all(&both, 3).await.unwrap().unwrap_err();
+        assert_eq!((index, never.retry_after), (1, None));
+    })
+    .await;
+}

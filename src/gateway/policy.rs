@@ -24,9 +24,7 @@ use crate::policy::audio;
 use crate::policy::cache::{Cache, Entry, Flight, Join, Key, Landed};
 use crate::policy::cost::{self, nano_dollars};
 use crate::policy::keys::{self, Keys};
-use crate::policy::quota::{
-    go_duration, refund_shared, shared_key, Limited, Meter, Quota, Scope, Unit,
-};
+use crate::policy::quota::{go_duration, shared_key, Limited, Meter, Quota, Scope, Unit};
 use crate::policy::rate::Rate;
 use crate::policy::shared::{Shared, SharedSettings, Unavailable};
 use crate::request::payload::{PartValue, Payload};
@@ -413,7 +411,7 @@ async fn take(cx: &mut Context<'_>, unit: Unit, cost: u64) -> Result<(), Limited
         .take(client, unit, cost, &mut cx.admitted.quota)
 }
 
-/// Every scope's limiter in the shared state, all or none.
+/// Every scope's limiter in the shared state, all or none, in one round trip.
 async fn take_shared(
     shared: &Arc<Shared>,
     meter: &Meter,
@@ -422,34 +420,30 @@ async fn take_shared(
     cost: u64,
     quota: &mut Quota,
 ) -> Result<Result<(), Limited>, Unavailable> {
-    let mut taken: Vec<(Arc<Shared>, String, Rate, u64)> = Vec::new();
-    for (scope, rate) in meter.scopes(client, unit) {
-        let key = shared_key(&scope, unit);
-        match shared.take(&key, rate, cost).await {
-            Ok(Ok(snapshot)) => {
+    let scopes = meter.scopes(client, unit);
+    let limits: Vec<(String, Rate)> = scopes
+        .iter()
+        .map(|(scope, rate)| (shared_key(scope, unit), *rate))
+        .collect();
+    match shared.take_all(&limits, cost).await? {
+        Ok(snapshots) => {
+            for ((key, rate), snapshot) in limits.into_iter().zip(snapshots) {
                 quota.note(unit, snapshot);
-                taken.push((shared.clone(), key, rate, cost));
+                quota.took_shared(shared, key, rate, cost);
             }
-            Ok(Err(denied)) => {
-                refund_shared(taken);
-                quota.note(unit, denied.snapshot);
-                return Ok(Err(Limited {
-                    unit,
-                    scope,
-                    rate,
-                    denied,
-                }));
-            }
-            Err(unavailable) => {
-                refund_shared(taken);
-                return Err(unavailable);
-            }
+            Ok(Ok(()))
+        }
+        Err((index, denied)) => {
+            quota.note(unit, denied.snapshot);
+            let (scope, rate) = scopes.into_iter().nth(index).ok_or(Unavailable)?;
+            Ok(Err(Limited {
+                unit,
+                scope,
+                rate,
+                denied,
+            }))
         }
     }
-    for (shared, key, rate, cost) in taken {
-        quota.took_shared(&shared, key, rate, cost);
-    }
-    Ok(Ok(()))
 }
 
 /// Whether `cost` of `unit` could be taken now, taking nothing (shared state first).

@@ -244,6 +244,50 @@ end
 return {1, ahead}
 "#;
 
+/// Every limiter of one request at once, all or none, atomically: `KEYS[i]` with
+/// `ARGV[2i-1]` its tolerance and `ARGV[2i]` the request's advance, each as [`GCRA_LUA`]
+/// computes them. Returns `{0, i, ahead_i}` for the first limiter that refuses (nothing
+/// taken), else `{1, ahead_1, …, ahead_n}` after taking from all.
+const GCRA_ALL_LUA: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
+local time = redis.call('TIME')
+local now_s = tonumber(time[1])
+local now_ns = tonumber(time[2]) * 1000
+local after = {}
+for i, key in ipairs(KEYS) do
+  local tolerance = tonumber(ARGV[2 * i - 1])
+  local advance = tonumber(ARGV[2 * i])
+  local ahead = 0
+  local stored = redis.call('GET', key)
+  if stored then
+    local s, ns = string.match(stored, '^(%d+):(%d+)$')
+    if s then
+      ahead = (tonumber(s) - now_s) * 1000000000 + (tonumber(ns) - now_ns)
+    end
+  end
+  ahead = math.max(0, math.min(ahead, tolerance))
+  if ahead + advance > tolerance then
+    return {0, i, ahead}
+  end
+  after[i] = ahead + advance
+end
+local out = {1}
+for i, key in ipairs(KEYS) do
+  local new_ahead = after[i]
+  if new_ahead > 0 then
+    local total = now_ns + new_ahead
+    local s = math.floor(total / 1000000000)
+    local ns = total - s * 1000000000
+    redis.call('SET', key, string.format('%d:%d', now_s + s, ns),
+      'PX', math.ceil(new_ahead / 1000000))
+  end
+  out[i + 1] = new_ahead
+end
+return out
+"#;
+
+static GCRA_ALL: LazyLock<Script> = LazyLock::new(|| Script::new(GCRA_ALL_LUA));
+
 /// Loaded once per connection (and again by `EVALSHA`'s `NOSCRIPT` fallback, after a
 /// restart or `SCRIPT FLUSH`); called by its SHA, so a call sends a few dozen bytes.
 static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(GCRA_LUA));
@@ -416,6 +460,76 @@ impl Shared {
         cost: u64,
     ) -> Result<Result<Snapshot, Denied>, Unavailable> {
         self.limit(key, rate, cost, Mode::Take).await
+    }
+
+    /// Takes `cost` from every limiter of `limits` (keys and rates) in one round trip, all
+    /// or none, atomically in Redis: the snapshots after taking, or the index of the first
+    /// limiter that refused and its refusal (nothing taken). Bounded by `timeout`.
+    pub async fn take_all(
+        &self,
+        limits: &[(String, Rate)],
+        cost: u64,
+    ) -> Result<Result<Vec<Snapshot>, (usize, Denied)>, Unavailable> {
+        let mut params = Vec::with_capacity(limits.len());
+        for (i, (key, rate)) in limits.iter().enumerate() {
+            let p = Params::new(*rate).ok_or(Unavailable)?;
+            if cost > p.count {
+                // Never passes; the headers still want the limiter as it stands.
+                let (_, ahead) = self.gcra(key, Mode::Check, p, 0).await?;
+                let denied = Denied {
+                    retry_after: None,
+                    snapshot: p.snapshot(ahead),
+                };
+                return Ok(Err((i, denied)));
+            }
+            params.push(p);
+        }
+        let mut args = Vec::with_capacity(limits.len() * 2);
+        for p in &params {
+            // Below 2^53 (`Params::new`), so Lua reads them exactly.
+            args.push(u64::try_from(p.tolerance).map_err(|_| Unavailable)?);
+            args.push(u64::try_from(p.advance(cost)).map_err(|_| Unavailable)?);
+        }
+        let keys: Vec<String> = limits
+            .iter()
+            .map(|(key, _)| format!("{}rl:{key}", self.settings.prefix))
+            .collect();
+        let reply: Vec<i64> = self
+            .call(
+                |link| link.limits.clone(),
+                self.settings.timeout,
+                |mut connection| async move {
+                    let mut invocation = GCRA_ALL.prepare_invoke();
+                    for key in keys {
+                        invocation.key(key);
+                    }
+                    for arg in args {
+                        invocation.arg(arg);
+                    }
+                    invocation.invoke_async(&mut connection).await
+                },
+            )
+            .await?;
+        let ahead = |v: i64| u128::try_from(v).unwrap_or(0);
+        match reply.split_first() {
+            Some((1, aheads)) if aheads.len() == params.len() => Ok(Ok(params
+                .iter()
+                .zip(aheads)
+                .map(|(p, a)| p.snapshot(ahead(*a)))
+                .collect())),
+            Some((0, [index, refused_ahead])) => {
+                let i = usize::try_from(*index).map_err(|_| Unavailable)?;
+                let p = i
+                    .checked_sub(1)
+                    .and_then(|i| params.get(i))
+                    .ok_or(Unavailable)?;
+                Ok(Err((
+                    i - 1,
+                    p.denied(ahead(*refused_ahead), p.advance(cost)),
+                )))
+            }
+            _ => Err(Unavailable),
+        }
     }
 
     /// Whether `cost` could be taken, taking nothing, as [`rate::Gcra::check`].
