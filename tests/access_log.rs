@@ -3,50 +3,18 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::logs::{capture, Captured};
 use support::*;
-use tracing_subscriber::fmt::MakeWriter;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
 
 impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
     fn access_lines(&self) -> Vec<Value> {
         self.lines()
             .into_iter()
             .filter(|v| v["target"] == "voxgate::access")
-            .collect()
-    }
-
-    fn lines(&self) -> Vec<Value> {
-        self.text()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .collect()
     }
 
@@ -79,19 +47,6 @@ impl Captured {
         }
         panic!("expected {n} access lines, log was:\n{}", self.text());
     }
-}
-
-/// JSON logs of this thread at `level` and above, captured until the guard is dropped.
-/// Tests use a current-thread runtime, so that every task logs to this subscriber.
-fn capture(level: tracing::Level) -> (Captured, tracing::subscriber::DefaultGuard) {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_max_level(level)
-        .with_writer(captured.clone())
-        .finish();
-    (captured, tracing::subscriber::set_default(subscriber))
 }
 
 #[tokio::test(flavor = "current_thread")]

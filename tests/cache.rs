@@ -27,26 +27,6 @@ async fn speak_with(proxy: &Proxy, body: Value, header: (&str, &str)) -> Answer 
     send(req).await
 }
 
-/// The value of a sample line `name{labels} value` of the metrics page, 0 when absent.
-async fn sample(proxy: &Proxy, series: &str) -> f64 {
-    let page = send(
-        Request::get(proxy.url("/metrics"))
-            .body(full_body(""))
-            .unwrap(),
-    )
-    .await;
-    let text = String::from_utf8_lossy(&page.body).to_string();
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
-}
-
 /// An upstream whose answer names the request it answers (its input and voice), so two
 /// different requests never get the same bytes.
 async fn echoing() -> Scripted {

@@ -77,6 +77,24 @@ impl Instance {
     }
 }
 
+/// Two daemons on the config at `file`, both connected to its Redis.
+async fn two_on(file: &std::path::Path) -> (Instance, Instance) {
+    let a = tokio::task::block_in_place(|| Instance::start(file));
+    let b = tokio::task::block_in_place(|| Instance::start(file));
+    a.until_shared_up(true).await;
+    b.until_shared_up(true).await;
+    (a, b)
+}
+
+/// The instance a request `i` of an alternating run goes to: `a`, then `b`, in turn.
+fn either<'a>(a: &'a Instance, b: &'a Instance, i: usize) -> &'a Instance {
+    if i % 2 == 0 {
+        a
+    } else {
+        b
+    }
+}
+
 fn config(dir: &std::path::Path, upstream: &str, redis: &str, extra: &str) -> std::path::PathBuf {
     let file = dir.join("voxgate.toml");
     std::fs::write(
@@ -101,17 +119,10 @@ async fn a_limit_across_two_instances_lets_exactly_n_through() {
         &redis.url(),
         "[limits]\nrequests = \"6/min\"\n",
     );
-    let a = tokio::task::block_in_place(|| Instance::start(&file));
-    let b = tokio::task::block_in_place(|| Instance::start(&file));
-    a.until_shared_up(true).await;
-    b.until_shared_up(true).await;
+    let (a, b) = two_on(&file).await;
     let mut passed = 0;
     for i in 0..16 {
-        let (answer, _) = if i % 2 == 0 {
-            a.speak("hi").await
-        } else {
-            b.speak("hi").await
-        };
+        let (answer, _) = either(&a, &b, i).speak("hi").await;
         match answer.status {
             200 => passed += 1,
             429 => assert!(answer.header("retry-after").is_some()),
@@ -128,10 +139,7 @@ async fn a_cache_entry_made_through_one_is_a_hit_through_the_other() {
     let up = Scripted::always(Reply::ok("audio/mpeg", "SHARED-MP3")).await;
     let dir = tempfile::tempdir().unwrap();
     let file = config(dir.path(), &up.url(), &redis.url(), "[cache]\n");
-    let a = tokio::task::block_in_place(|| Instance::start(&file));
-    let b = tokio::task::block_in_place(|| Instance::start(&file));
-    a.until_shared_up(true).await;
-    b.until_shared_up(true).await;
+    let (a, b) = two_on(&file).await;
     let (first, _) = a.speak("made once").await;
     assert_eq!(first.header("x-voxgate-cache"), Some("miss"));
     // The shared copy is written behind the answer: give it a moment.
@@ -169,10 +177,7 @@ async fn redis_killed_slowed_and_restarted_costs_no_request_more_than_the_timeou
         &redis.url(),
         "[limits]\nrequests = \"3/min\"\n",
     );
-    let mut a = tokio::task::block_in_place(|| Instance::start(&file));
-    let b = tokio::task::block_in_place(|| Instance::start(&file));
-    a.until_shared_up(true).await;
-    b.until_shared_up(true).await;
+    let (mut a, b) = two_on(&file).await;
     for instance in [&a, &b] {
         assert_eq!(instance.speak("x").await.0.status, 200);
     }
@@ -183,11 +188,7 @@ async fn redis_killed_slowed_and_restarted_costs_no_request_more_than_the_timeou
     let mut slowest = Duration::ZERO;
     let mut statuses = Vec::new();
     for i in 0..20 {
-        let (answer, took) = if i % 2 == 0 {
-            a.speak("x").await
-        } else {
-            b.speak("x").await
-        };
+        let (answer, took) = either(&a, &b, i).speak("x").await;
         statuses.push(answer.status);
         slowest = slowest.max(took);
     }
@@ -219,11 +220,7 @@ async fn redis_killed_slowed_and_restarted_costs_no_request_more_than_the_timeou
     b.until_shared_up(true).await;
     let mut passed = 0;
     for i in 0..8 {
-        let (answer, _) = if i % 2 == 0 {
-            a.speak("y").await
-        } else {
-            b.speak("y").await
-        };
+        let (answer, _) = either(&a, &b, i).speak("y").await;
         passed += usize::from(answer.status == 200);
     }
     assert_eq!(passed, 3);

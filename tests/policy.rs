@@ -25,6 +25,15 @@ fn speech_as(proxy: &Proxy, header: Option<(&str, &str)>, body: Value) -> Reques
     req.body(full_body(body.to_string())).unwrap()
 }
 
+/// A transcription upload of `body` (a multipart form) with `key` as a Bearer key.
+fn upload_as(proxy: &Proxy, key: &str, body: Bytes) -> Request<TestBody> {
+    Request::post(proxy.url("/v1/audio/transcriptions"))
+        .header("content-type", form_content_type())
+        .header("authorization", format!("Bearer {key}"))
+        .body(full_body(body))
+        .unwrap()
+}
+
 fn say(text: &str) -> Value {
     json!({"model": "tts-1", "voice": "alloy", "input": text})
 }
@@ -35,26 +44,6 @@ fn bearer(proxy: &Proxy, key: &str, body: Value) -> Request<TestBody> {
 
 fn hex(digest: impl AsRef<[u8]>) -> String {
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The value of a sample line `name{labels} value` of the metrics page, 0 when absent.
-async fn sample(proxy: &Proxy, series: &str) -> f64 {
-    let page = send(
-        Request::get(proxy.url("/metrics"))
-            .body(full_body(""))
-            .unwrap(),
-    )
-    .await;
-    let text = String::from_utf8_lossy(&page.body).to_string();
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
 }
 
 fn clients_config(url: &str) -> String {
@@ -149,11 +138,7 @@ async fn keys_let_clients_in_and_refuse_everyone_else_with_openai_errors() {
         ("model", None, b"whisper-1"),
         ("file", Some("a.wav"), b"RIFF"),
     ]);
-    let upload = Request::post(proxy.url("/v1/audio/transcriptions"))
-        .header("content-type", form_content_type())
-        .header("authorization", "Bearer bob-secret-key")
-        .body(full_body(body))
-        .unwrap();
+    let upload = upload_as(&proxy, "bob-secret-key", body);
     assert_eq!(send(upload).await.status, 200);
     let hd = json!({"model": "gpt-4o-mini-tts", "voice": "alloy", "input": "hi"});
     let refused = send(bearer(&proxy, "dummy-key-for-local", hd)).await;
@@ -356,13 +341,7 @@ async fn uploaded_bytes_are_the_file_parts_and_a_known_length_over_is_refused_un
         ("model", None, b"whisper-1"),
         ("file", Some("a.wav"), &file),
     ]);
-    let upload = |body: Bytes| {
-        Request::post(proxy.url("/v1/audio/transcriptions"))
-            .header("content-type", form_content_type())
-            .header("authorization", "Bearer bob-key")
-            .body(full_body(body))
-            .unwrap()
-    };
+    let upload = |body: Bytes| upload_as(&proxy, "bob-key", body);
     assert_eq!(send(upload(body.clone())).await.status, 200);
     // 50 KiB left: a second 150 KiB file is over.
     let refused = send(upload(body)).await;
@@ -512,11 +491,7 @@ async fn costs_are_estimated_per_upstream_and_client_and_local_answers_count_as_
         ("model", None, b"whisper-1"),
         ("file", Some("a.wav"), &wav_90s_per_minute()),
     ]);
-    let upload = Request::post(proxy.url("/v1/audio/transcriptions"))
-        .header("content-type", form_content_type())
-        .header("authorization", "Bearer alice-key")
-        .body(full_body(body))
-        .unwrap();
+    let upload = upload_as(&proxy, "alice-key", body);
     assert_eq!(send(upload).await.status, 200);
     let stt = r#"voxgate_estimated_cost_total{upstream="cheap",client="alice"}"#;
     assert!((sample(&proxy, stt).await - 0.00025).abs() < 1e-9);
@@ -616,4 +591,49 @@ fn shared_settings_are_checked_and_the_password_never_shown() {
         "{text}"
     );
     assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[tokio::test]
+async fn a_limited_client_sees_voxgates_limits_not_the_upstreams() {
+    // The upstream's own figures (OpenAI's, for the operator's whole account).
+    let up = Scripted::always(Reply::Full {
+        status: 200,
+        headers: vec![
+            ("content-type", "audio/pcm".to_string()),
+            ("x-ratelimit-limit-requests", "5000".to_string()),
+            ("x-ratelimit-remaining-tokens", "123456".to_string()),
+        ],
+        body: Bytes::from_static(b"PCM"),
+    })
+    .await;
+    let proxy = Proxy::start(&limited_config(&up.url(), "", r#"requests = "3/min""#)).await;
+    let limited = send(bearer(&proxy, "alice-key", say("hi"))).await;
+    let all: Vec<_> = limited
+        .headers
+        .get_all("x-ratelimit-limit-requests")
+        .iter()
+        .collect();
+    assert_eq!(all, ["3"], "voxgate's figure alone");
+    assert!(limited.header("x-ratelimit-remaining-tokens").is_none());
+    // A client voxgate does not limit gets the upstream's headers as they came.
+    let free = send(bearer(&proxy, "bob-key", say("hi"))).await;
+    assert_eq!(free.header("x-ratelimit-limit-requests"), Some("5000"));
+}
+
+#[tokio::test]
+async fn an_uploads_priced_minutes_are_capped_by_what_its_bytes_can_hold() {
+    let up = Scripted::always(Reply::json(200, json!({"text": "hi"}))).await;
+    let proxy = Proxy::start(&priced_config(&up.url(), &up.url())).await;
+    // A WAV (MP3-in-WAV, format 0x55) that claims 1 byte a second: 48,000 s for 48 KB.
+    let mut wav = wav_90s_per_minute();
+    wav[20..22].copy_from_slice(&0x55u16.to_le_bytes());
+    wav[28..32].copy_from_slice(&1u32.to_le_bytes());
+    let body = form(&[("model", None, b"whisper-1"), ("file", Some("a.wav"), &wav)]);
+    let upload = upload_as(&proxy, "alice-key", body);
+    assert_eq!(send(upload).await.status, 200);
+    // What 48,044 bytes hold at 1 kbit/s (384.352 s) at $0.01 a minute.
+    let stt = r#"voxgate_estimated_cost_total{upstream="cheap",client="alice"}"#;
+    let cost = sample(&proxy, stt).await;
+    // Exactly that: the header's duration was read, and capped.
+    assert!((cost - 384.352 / 60.0 * 0.01).abs() < 1e-9, "cost {cost}");
 }

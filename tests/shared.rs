@@ -5,16 +5,15 @@
 mod support;
 
 use std::future::Future;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderValue;
 use serde_json::Value;
+use support::logs::{capture, Captured};
 use support::pki::TestCa;
 use support::redis::RedisServer;
-use tracing_subscriber::fmt::MakeWriter;
 use voxgate::policy::rate::{Gcra, Rate};
 use voxgate::policy::shared::{Shared, SharedSettings, Unavailable};
 
@@ -70,31 +69,7 @@ async fn started(url: &str, timeout: Duration, prefix: &str) -> Arc<Shared> {
     shared
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
-
 impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
     /// Lines at `level` whose message contains `part`.
     fn count(&self, level: &str, part: &str) -> usize {
         self.text()
@@ -104,19 +79,6 @@ impl Captured {
             .filter(|line| line["message"].as_str().is_some_and(|m| m.contains(part)))
             .count()
     }
-}
-
-/// JSON logs of this thread, captured until the guard is dropped; tests that look at logs
-/// run on a current-thread runtime, so the background task logs here too.
-fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(captured.clone())
-        .finish();
-    (captured, tracing::subscriber::set_default(subscriber))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,7 +356,7 @@ async fn timed<T>(call: impl Future<Output = T>) -> (T, Duration) {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_killed_redis_costs_one_timeout_per_outage_and_is_used_again_once_back() {
-    let (logs, _guard) = capture();
+    let (logs, _guard) = capture(tracing::Level::INFO);
     let mut server = RedisServer::start();
     bounded(async {
         let shared = started(&server.url(), TIGHT, "outage:").await;
@@ -457,7 +419,7 @@ async fn a_killed_redis_costs_one_timeout_per_outage_and_is_used_again_once_back
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_stalled_redis_makes_a_take_unavailable_within_the_timeout() {
-    let (logs, _guard) = capture();
+    let (logs, _guard) = capture(tracing::Level::INFO);
     let server = Arc::new(RedisServer::start());
     bounded(async {
         let shared = started(&server.url(), TIGHT, "slow:").await;
@@ -504,7 +466,7 @@ async fn a_stalled_redis_makes_a_take_unavailable_within_the_timeout() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn an_error_reply_falls_back_without_opening_the_breaker() {
-    let (logs, _guard) = capture();
+    let (logs, _guard) = capture(tracing::Level::INFO);
     let server = RedisServer::start();
     bounded(async {
         let shared = started(&server.url(), RELAXED, "reply:").await;
@@ -548,7 +510,7 @@ async fn a_password_in_the_url_authenticates() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_wrong_password_is_unavailable_and_never_shown() {
-    let (logs, _guard) = capture();
+    let (logs, _guard) = capture(tracing::Level::INFO);
     let server = RedisServer::with_password("correct-horse-battery");
     bounded(async {
         let secret = "wrong-staple-hunter2";

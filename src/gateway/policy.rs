@@ -478,7 +478,7 @@ async fn check(cx: &mut Context<'_>, unit: Unit, cost: u64) -> Result<(), Limite
 }
 
 fn limit(cx: &mut Context<'_>, limited: Limited) -> Stop {
-    cx.trace.record.limited = Some(limited.unit.name());
+    cx.trace.record.limited = Some(limited.unit);
     Refusal::Limited(Box::new(limited)).into()
 }
 
@@ -630,7 +630,6 @@ async fn hit_answered(
         let saved = cost::speech(&price, payload.billed_units());
         cx.trace.record.avoided = Some((nano_dollars(saved), "cache"));
     }
-    cx.trace.record.status = answer.status().as_u16();
     Err(Stop::Streamed(Box::new(answer)))
 }
 

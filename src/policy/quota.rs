@@ -424,6 +424,13 @@ mod tests {
         })
     }
 
+    fn requests_per_minute(n: u64) -> Limits {
+        Limits {
+            requests: per_minute(n),
+            ..Limits::default()
+        }
+    }
+
     #[test]
     fn reset_times_are_written_as_openai_writes_them() {
         assert_eq!(go_duration(Duration::from_millis(17)), "17ms");
@@ -437,14 +444,8 @@ mod tests {
 
     #[test]
     fn a_request_takes_from_the_global_and_its_clients_limiter_all_or_none() {
-        let global = Limits {
-            requests: per_minute(3),
-            ..Limits::default()
-        };
-        let own = Limits {
-            requests: per_minute(1),
-            ..Limits::default()
-        };
+        let global = requests_per_minute(3);
+        let own = requests_per_minute(1);
         let none = Limits::default();
         let meter = Meter::compile(&global, [("a", &own), ("b", &none)], None);
         let mut q = Quota::default();
@@ -478,10 +479,7 @@ mod tests {
             }),
             ..Limits::default()
         };
-        let own = Limits {
-            requests: per_minute(1),
-            ..Limits::default()
-        };
+        let own = requests_per_minute(1);
         let none = Limits::default();
         let meter = Meter::compile(&global, [("a", &own), ("b", &none)], None);
         meter
@@ -534,10 +532,7 @@ mod tests {
             tts_chars: per_minute(1000),
             ..Limits::default()
         };
-        let own = Limits {
-            requests: per_minute(2),
-            ..Limits::default()
-        };
+        let own = requests_per_minute(2);
         let meter = Meter::compile(&global, [("a", &own)], None);
         let mut q = Quota::default();
         meter.take(Some(0), Unit::Requests, 1, &mut q).unwrap();

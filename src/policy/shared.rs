@@ -737,13 +737,7 @@ impl Shared {
             return;
         }
         self.link.store(None);
-        self.outages.fetch_add(1, Ordering::Relaxed);
-        health.since = SystemTime::now();
-        health.in_outage = true;
-        tracing::warn!(
-            "shared state (Redis at {}) unavailable: {why}; limits and cache are local until it returns",
-            self.target
-        );
+        self.begin_outage(&mut health, &why);
         health.last_error = Some(why);
         self.wake.notify_one();
     }
@@ -765,18 +759,23 @@ impl Shared {
         health.last_error = Some(why);
     }
 
+    /// An outage begins: counted, timed, and said once (the one warning of the outage).
+    fn begin_outage(&self, health: &mut Health, why: &str) {
+        health.in_outage = true;
+        health.since = SystemTime::now();
+        self.outages.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "shared state (Redis at {}) unavailable: {why}; limits and cache are local until it returns",
+            self.target
+        );
+    }
+
     /// A connection attempt failed: the first one of an outage is an outage (the first
     /// connection at start included), later ones only update `last_error`.
     fn probe_failed(&self, why: String) {
         let mut health = self.health();
         if !health.in_outage {
-            health.in_outage = true;
-            health.since = SystemTime::now();
-            self.outages.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                "shared state (Redis at {}) unavailable: {why}; limits and cache are local until it returns",
-                self.target
-            );
+            self.begin_outage(&mut health, &why);
         }
         health.last_error = Some(why);
     }

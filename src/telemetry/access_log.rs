@@ -2,6 +2,7 @@
 //! an [`Observer`] when the response is over. Headers are never logged: that is how no key
 //! ends up in a log.
 
+use crate::policy::quota::Unit;
 use crate::telemetry::observe::Observer;
 use crate::telemetry::record::{End, RequestRecord};
 
@@ -36,7 +37,7 @@ impl Observer for AccessLog {
             ending = end.ending.name(),
             error = record.error.as_deref(),
             cache = record.cache,
-            limited = record.limited,
+            limited = record.limited.map(Unit::name),
             cost_usd = (record.cost_nanos > 0).then(|| record.cost_nanos as f64 / 1e9),
             cost_avoided_usd = record.avoided.map(|(n, _)| n as f64 / 1e9),
             "request"

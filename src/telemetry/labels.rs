@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::policy::quota::Unit;
 use crate::route::FieldValue;
 
 /// The `endpoint` label's values. `admin` is every request that is not an API operation:
@@ -295,7 +296,7 @@ pub struct LabelTable {
     pub avoided: Series<Count>,
     /// `voxgate_cache_requests_total`: by [`CACHE_RESULTS`].
     pub cache_results: Series<Count>,
-    /// `voxgate_rate_limited_total`: client × [`UNITS`].
+    /// `voxgate_rate_limited_total`: client × unit (`Unit::ALL`, by its `name`).
     pub limited: Series<Count>,
 }
 
@@ -303,8 +304,6 @@ pub struct LabelTable {
 pub const AVOIDED: [&str; 2] = ["local", "cache"];
 /// What the TTS cache made of a speech request (`x-voxgate-cache`).
 pub const CACHE_RESULTS: [&str; 3] = ["hit", "miss", "bypass"];
-/// The units limits count.
-pub const UNITS: [&str; 3] = ["requests", "tts_chars", "stt_bytes"];
 /// The `client` label of requests from no configured client.
 pub const ANONYMOUS: &str = "anonymous";
 
@@ -423,7 +422,7 @@ impl LabelTable {
             .flat_map(|u| clients.iter().map(move |c| vec![u.clone(), c.clone()]));
         let limited_labels = clients
             .iter()
-            .flat_map(|c| UNITS.iter().map(move |u| vec![c.clone(), u.to_string()]));
+            .flat_map(|c| Unit::ALL.map(|u| vec![c.clone(), u.name().to_string()]));
         let fixed = |values: &[&str]| {
             values
                 .iter()

@@ -20,10 +20,11 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::policy::cache::CacheStats;
+use crate::policy::quota::Unit;
 use crate::policy::shared::SharedStatus;
 use crate::telemetry::labels::{
     endpoint_slot, status_label, status_slot, Count, Counts, LabelTable, Reason, Series, AVOIDED,
-    BUCKETS, CACHE_RESULTS, ENDPOINTS, OUTCOMES, UNITS,
+    BUCKETS, CACHE_RESULTS, ENDPOINTS, OUTCOMES,
 };
 use crate::telemetry::observe::Observer;
 use crate::telemetry::record::{AttemptResult, End, RequestRecord};
@@ -160,9 +161,8 @@ impl Metrics {
             }
         }
         if let Some(unit) = record.limited {
-            let slot = UNITS.iter().position(|u| *u == unit);
-            let row = slot.map(|s| client * UNITS.len() + s);
-            if let Some(count) = row.and_then(|r| table.limited.get(r)) {
+            let row = client * Unit::ALL.len() + unit as usize;
+            if let Some(count) = table.limited.get(row) {
                 count.add(1);
             }
         }

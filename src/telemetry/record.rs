@@ -1,6 +1,7 @@
 //! What is known about one request, filled in as it goes through the phases: the facts
 //! every observer at its end (the access log, metrics) reads.
 
+use crate::policy::quota::Unit;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,7 +47,7 @@ pub struct RequestRecord {
     /// `hit`, `miss` or `bypass` for speech when a cache is configured.
     pub cache: Option<&'static str>,
     /// The unit of the limit that refused the request.
-    pub limited: Option<&'static str>,
+    pub limited: Option<Unit>,
     /// What the answering upstream is estimated to charge, in nano-dollars.
     pub cost_nanos: u64,
     /// What serving it locally or from the cache saved against the route's priced

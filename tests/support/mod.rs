@@ -15,6 +15,7 @@
 
 pub mod daemon;
 pub mod engines;
+pub mod logs;
 pub mod pki;
 pub mod redis;
 
@@ -731,4 +732,24 @@ pub async fn run_script(
         json,
         stderr,
     }
+}
+
+/// The value of a sample line `name{labels} value` of `proxy`'s metrics page, 0 when absent.
+pub async fn sample(proxy: &Proxy, series: &str) -> f64 {
+    let page = send(
+        Request::get(proxy.url("/metrics"))
+            .body(full_body(""))
+            .unwrap(),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&page.body).to_string();
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
 }
